@@ -1,0 +1,99 @@
+"""What GPUs there are and how much of their memory is in use (NVML, through nvidia-ml-py).
+
+NVML sees the whole device, other processes included, which PyTorch's allocator counters do
+not; without NVML (no NVIDIA driver) everything here degrades to PyTorch's view or to nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+GIB = 1024**3
+
+_nvml_lock = threading.Lock()
+_nvml_ready: bool | None = None
+
+
+@dataclass
+class GpuInfo:
+    index: int
+    name: str
+    total_bytes: int
+    used_bytes: int | None
+
+    @property
+    def total_gb(self) -> float:
+        return self.total_bytes / GIB
+
+
+def _nvml():
+    """The pynvml module, initialised once, or None where there is no NVIDIA driver."""
+    global _nvml_ready
+    with _nvml_lock:
+        if _nvml_ready is False:
+            return None
+        try:
+            import pynvml
+        except ImportError:
+            _nvml_ready = False
+            return None
+        if _nvml_ready is None:
+            try:
+                pynvml.nvmlInit()
+                _nvml_ready = True
+            except pynvml.NVMLError:
+                _nvml_ready = False
+                return None
+        return pynvml
+
+
+def list_gpus() -> list[GpuInfo]:
+    nvml = _nvml()
+    if nvml is not None:
+        gpus = []
+        try:
+            for index in range(nvml.nvmlDeviceGetCount()):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                name = nvml.nvmlDeviceGetName(handle)
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+                gpus.append(GpuInfo(index, name.decode() if isinstance(name, bytes) else name, int(memory.total), int(memory.used)))
+            return gpus
+        except nvml.NVMLError:
+            pass
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [
+        GpuInfo(i, torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory, None)
+        for i in range(torch.cuda.device_count())
+    ]
+
+
+def device_used_bytes(index: int) -> int | None:
+    """Memory in use on the whole device (all processes), from NVML."""
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    try:
+        return int(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(index)).used)
+    except nvml.NVMLError:
+        return None
+
+
+def torch_memory(device) -> dict[str, float]:
+    """PyTorch allocator counters for `device` in GiB (empty on CPU)."""
+    import torch
+
+    if getattr(device, "type", None) != "cuda":
+        return {}
+    stats = {
+        "vram_allocated_gb": torch.cuda.memory_allocated(device) / GIB,
+        "vram_reserved_gb": torch.cuda.memory_reserved(device) / GIB,
+        "vram_peak_gb": torch.cuda.max_memory_allocated(device) / GIB,
+    }
+    used = device_used_bytes(device.index or 0)
+    if used is not None:
+        stats["vram_device_used_gb"] = used / GIB
+    return {k: round(v, 4) for k, v in stats.items()}

@@ -1,0 +1,91 @@
+"""The `qlora-studio` command: training from a config file, and one-line errors for user mistakes."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from qlora_studio.core.cli import main
+
+
+def cli(*args, timeout=600):
+    exe = shutil.which("qlora-studio")
+    command = [exe, *args] if exe else [sys.executable, "-m", "qlora_studio.core.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(tmp_path, tiny_config, **train):
+    data = tiny_config.model_dump(mode="json")
+    data["train"].update(train)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_train_command_writes_a_run_folder(tmp_path, tiny_config):
+    path = write_config(tmp_path, tiny_config)
+    out = cli("train", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "finished at step 12/12" in out.stderr and "adapter" in out.stderr
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / "config.yaml").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 13))
+
+    listing = cli("runs", str(tmp_path / "runs"))
+    assert run.name in listing.stdout and "finished" in listing.stdout
+
+    extended = cli("train", "--resume", str(run), "--extend", "3", "--json-events")
+    assert extended.returncode == 0, extended.stderr
+    steps = [json.loads(line)["metrics"]["step"] for line in extended.stdout.splitlines() if '"type": "step"' in line]
+    assert steps == [13, 14, 15]
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "config file not found"),
+    ("lora:\n  rank: 8\n", "did you mean 'lora.r'"),
+    ("data:\n  path: /nowhere/train.jsonl\n", "/nowhere/train.jsonl: no such file or folder"),
+    ("model:\n  name_or_path: ./no/such/model\n", "no such folder"),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys, tiny_model, content, expected):
+    path = tmp_path / "cfg.yaml"
+    if content is not None:
+        if "model:" not in content:
+            content += f"model:\n  name_or_path: {tiny_model}\n"
+        content += f"output_dir: {tmp_path / 'runs'}\n"
+        path.write_text(content)
+    code = main(["train", str(path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = [line for line in captured.err.strip().splitlines() if not line.startswith("resume with")]
+    assert "Traceback" not in captured.err
+    assert expected in lines[-1], captured.err
+    assert lines[-1].startswith(("error:", "error: "))
+
+
+def test_train_without_config_explains(capsys):
+    assert main(["train"]) == 2
+    assert "give a config file" in capsys.readouterr().err
+
+
+def test_init_writes_a_documented_config(tmp_path, capsys):
+    target = tmp_path / "my.yaml"
+    assert main(["init", str(target)]) == 0
+    text = target.read_text()
+    assert "# Quantize the 4-bit block scales" in text and "sample:dates" in text
+    assert main(["init", str(target)]) == 2  # no silent overwrite
+    assert "--force" in capsys.readouterr().err
+
+
+def test_generate_with_a_trained_adapter(tmp_path, tiny_config):
+    from qlora_studio.core.runner import run_training
+
+    result = run_training(tiny_config)
+    out = cli("generate", result.run_dir, "Normalize the date: March 5, 2021", "--max-new-tokens", "12")
+    assert out.returncode == 0, out.stderr
+    assert "tokens" in out.stderr

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from qlora_studio.core.config import LoraSettings, ModelSettings, QuantizationSettings, RunConfig
+from qlora_studio.core.errors import ModelLoadError
+from qlora_studio.core.modeling import (
+    build_bnb_config,
+    build_lora_config,
+    load_for_training,
+    resolve_compute_dtype,
+    resolve_model_source,
+    resolve_target_modules,
+)
+from qlora_studio.core.quant_layout import quant_constants_4bit_bytes
+
+
+def test_bnb_config_for_every_mode():
+    q = build_bnb_config(QuantizationSettings(), torch.bfloat16)
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16
+    fp4 = build_bnb_config(QuantizationSettings(quant_type="fp4", double_quant=False), torch.float16)
+    assert fp4.bnb_4bit_quant_type == "fp4" and not fp4.bnb_4bit_use_double_quant
+    assert build_bnb_config(QuantizationSettings(mode="8bit"), torch.float32).load_in_8bit
+    assert build_bnb_config(QuantizationSettings(mode="none"), torch.float32) is None
+
+
+def test_compute_dtype_auto_is_fp32_on_cpu():
+    assert resolve_compute_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_compute_dtype("float16", torch.device("cpu")) == torch.float16
+
+
+def test_target_module_groups(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert resolve_target_modules(model, "all-linear") == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert resolve_target_modules(model, "attention") == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert resolve_target_modules(model, "mlp") == ["down_proj", "gate_proj", "up_proj"]
+    assert resolve_target_modules(model, ["q_proj"]) == ["q_proj"]
+    with pytest.raises(ModelLoadError, match="qkv not in this model"):
+        resolve_target_modules(model, ["qkv"])
+    lora = build_lora_config(LoraSettings(r=4, alpha=8, use_dora=True, use_rslora=True), ["q_proj"])
+    assert lora.r == 4 and lora.lora_alpha == 8 and lora.use_dora and lora.use_rslora
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_4bit_load_reports_what_was_applied(tiny_model, double_quant):
+    config = RunConfig.model_validate({
+        "model": {"name_or_path": str(tiny_model)},
+        "quantization": {"double_quant": double_quant},
+        "lora": {"target_modules": "attention"},
+    })
+    loaded = load_for_training(config)
+    report = loaded.quantization
+    assert report["mode"] == "4bit" and report["double_quant"] is double_quant
+    assert report["quantized_layers"] == 2 * 7  # every linear of 2 layers, lm_head left out
+    import bitsandbytes as bnb
+
+    numels = [m.in_features * m.out_features for m in loaded.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(numels) == 14
+    # the measured bytes equal bitsandbytes' layout written down in quant_layout
+    assert report["quant_constants_bytes"] == sum(quant_constants_4bit_bytes(n, double_quant) for n in numels)
+    key = "with" if double_quant else "without"
+    assert report[f"quant_constants_bytes_{key}_double_quant"] == report["quant_constants_bytes"]
+    assert loaded.target_modules == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    trainable = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_8bit_and_none_load_on_cpu(tiny_model):
+    for mode, layer_type in (("8bit", "Linear8bitLt"), ("none", "Linear")):
+        config = RunConfig.model_validate({"model": {"name_or_path": str(tiny_model)}, "quantization": {"mode": mode}})
+        loaded = load_for_training(config)
+        q_proj = loaded.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+        assert type(q_proj).__name__ == layer_type
+        assert loaded.quantization["mode"] == mode
+
+
+def test_model_source_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such .gguf file"):
+        resolve_model_source(ModelSettings(name_or_path=str(tmp_path / "x.gguf")))
+    with pytest.raises(ModelLoadError, match="without config.json"):
+        resolve_model_source(ModelSettings(name_or_path=str(tmp_path)))
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        resolve_model_source(ModelSettings(name_or_path="./missing/model"))
+    with pytest.raises(ModelLoadError, match="cannot get 'someone/unknown-model'"):
+        resolve_model_source(ModelSettings(name_or_path="someone/unknown-model"))
+
+
+def test_demo_model_falls_back_to_bundled_gguf(smollm2_dir):
+    source = resolve_model_source(ModelSettings())
+    assert source.kind == "gguf" and source.path == str(smollm2_dir)
+    assert "offline copy" in source.note
+    assert (smollm2_dir / "config.json").is_file() and (smollm2_dir / "tokenizer.json").is_file()
+
+
+def test_double_quant_saving_on_a_real_layer_size():
+    # 4096 x 4096: 262,144 blocks -> fp32 absmax 1 MiB, or uint8 absmax + nested state ~ 0.25 MiB
+    numel = 4096 * 4096
+    without, with_dq = quant_constants_4bit_bytes(numel, False), quant_constants_4bit_bytes(numel, True)
+    assert without == 262144 * 4 + 64
+    assert with_dq == 262144 + 1024 * 4 + 1024 + 4 + 64
+    # on tiny layers the nested code table costs more than it saves
+    assert quant_constants_4bit_bytes(4096, True) > quant_constants_4bit_bytes(4096, False)

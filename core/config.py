@@ -37,6 +37,8 @@ class ModelSettings(_Section):
     """Run modeling code shipped with the model. Only for models you trust."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """Attention kernel: auto picks SDPA."""
+    random_init: bool = False
+    """Random weights of the model's shape (only config.json and the tokenizer are read): rehearse memory and speed before downloading weights. What it learns is meaningless."""
 
 
 class QuantizationSettings(_Section):

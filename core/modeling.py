@@ -175,12 +175,21 @@ def resolve_model_source(settings: ModelSettings, *, allow_download: bool = True
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"model.name_or_path: {asked} is a folder without config.json, so not a model folder")
+        if not settings.random_init and not _has_weights(path):
+            raise ModelLoadError(
+                f"model.name_or_path: {asked} holds no weights (*.safetensors / *.bin); "
+                "set model.random_init: true to rehearse memory and speed with random weights"
+            )
         return ModelSource(str(path.resolve()), "local", asked)
     if path.exists():
         raise ModelLoadError(f"model.name_or_path: {asked} is a file; give a model folder, a .gguf file or a Hub id")
     if asked.startswith((".", "/", "~")) or asked.count("/") > 1 or "\\" in asked:
         raise ModelLoadError(f"model.name_or_path: {asked}: no such folder (and not a Hub id like org/name)")
     return _resolve_hub(asked, settings.revision, allow_download)
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.safetensors.index.json"))
 
 
 def _resolve_hub(repo_id: str, revision: str | None, allow_download: bool) -> ModelSource:
@@ -317,11 +326,55 @@ def load_base_model(config: RunConfig, source: ModelSource, device: torch.device
     if config.model.attn_implementation != "auto":
         kwargs["attn_implementation"] = config.model.attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        if config.model.random_init:
+            from transformers import AutoConfig
+
+            model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=config.model.trust_remote_code)
+            # Through from_pretrained, so the weights are quantized exactly as real ones would be.
+            state = random_state_dict(model_config, device, compute_dtype)
+            model = _causal_lm_class(model_config).from_pretrained(None, config=model_config, state_dict=state, **kwargs)
+            del state
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
         raise ModelLoadError(f"model.name_or_path: cannot load {source.origin}: {_first_line(exc)}") from None
     prepare_for_adapter_training(model)
     return model
+
+
+def _causal_lm_class(model_config):
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(model_config)]
+    except KeyError:
+        raise ModelLoadError(f"model.random_init: {type(model_config).__name__} is not a causal LM transformers knows") from None
+
+
+def random_state_dict(model_config, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Random weights for every tensor of the architecture (norms 1, biases 0, the rest N(0, 0.02))."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(model_config)
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    skip = set()
+    if getattr(text_config, "tie_word_embeddings", False):
+        # Like a real checkpoint of a tied model: no separate lm_head tensor, so loading ties it.
+        output = skeleton.get_output_embeddings()
+        skip = {f"{n}.weight" for n, m in skeleton.named_modules() if m is output}
+    generator = torch.Generator(device=device).manual_seed(0)
+    state = {}
+    for name, tensor in skeleton.state_dict().items():
+        if name in skip:
+            continue
+        if tensor.dim() == 1:
+            value = torch.ones if "norm" in name else torch.zeros
+            state[name] = value(tensor.shape, dtype=dtype, device=device)
+        else:
+            state[name] = torch.empty(tensor.shape, dtype=dtype, device=device).normal_(0, 0.02, generator=generator)
+    return state
 
 
 def prepare_for_adapter_training(model: torch.nn.Module) -> None:
@@ -355,6 +408,8 @@ def load_for_training(config: RunConfig, *, note: Callable[[str], None] | None =
     source = resolve_model_source(config.model)
     if source.note and note:
         note(source.note)
+    if config.model.random_init and note:
+        note("model.random_init is on: the weights are random, so only memory and speed mean anything")
     tokenizer = load_tokenizer(source, config.model)
     model = load_base_model(config, source, device, compute_dtype, quant_storage=quant_storage, device_map=device_map)
     report = quantization_report(model, config.quantization, compute_dtype)

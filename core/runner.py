@@ -62,6 +62,53 @@ def resolve_paths(config: RunConfig) -> RunConfig:
     return config.model_copy(update=updates)
 
 
+def training_arguments(config: RunConfig, device: torch.device, compute_dtype: torch.dtype, output_dir: str,
+                       has_eval: bool):
+    """The one place a `TrainingArguments` is made from a run config."""
+    from transformers import TrainingArguments
+
+    t = config.train
+    cuda = device.type == "cuda"
+    optim = {"adamw": "adamw_torch_fused" if cuda else "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
+             "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit"}[t.optimizer]
+    eval_steps = t.eval_every_steps or t.save_every_steps
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=optim,
+        bf16=cuda and compute_dtype == torch.bfloat16,
+        fp16=cuda and compute_dtype == torch.float16,
+        use_cpu=not cuda,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=t.save_every_steps,
+        save_total_limit=None,  # pruning is ours: Trainer's rotation only knows its own folder names
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        prediction_loss_only=True,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False,
+    )
+
+
 def run_training(config: RunConfig | None = None, emit: ev.Emit | None = None, control: TrainControl | None = None,
                  *, resume_from: str | Path | None = None) -> RunResult:
     """Train a LoRA adapter as `config` says, or continue the run folder `resume_from`.
@@ -102,6 +149,7 @@ class _Session:
         self.step_started_at: float | None = None
         self.last_log_tokens = 0
         self.peak_vram_gb: float | None = None
+        self.predicted_peak_gb: float | None = None
 
     # ---- events ----
     def emit(self, event: ev.Event) -> None:
@@ -137,6 +185,7 @@ class _Session:
             self._train_segments()
             return self._finish()
         except OutOfMemoryStop as exc:
+            self._save_adapter()  # what was trained so far stays usable
             return self._fail(str(exc), traceback.format_exc(), user_error=True, status="stopped")
         except UserError as exc:
             return self._fail(str(exc), traceback.format_exc(), user_error=True)
@@ -184,7 +233,21 @@ class _Session:
         self.data = prepare_data(self.config.data, self.loaded.tokenizer, stops, self.config.train.seed, warn=self.warn)
         self.loaded.tokenizer.chat_template = self.data.template
         if self.loaded.device.type == "cuda":
+            self.predicted_peak_gb = self._predict_peak_gb()
             torch.cuda.reset_peak_memory_stats(self.loaded.device)
+
+    def _predict_peak_gb(self) -> float | None:
+        """The planner's prediction for this run's longest batch, shown beside the measured peak."""
+        from qlora_studio.core.memory import GIB, estimate_config
+
+        longest = int(self.data.report.token_lengths.get("max") or self.config.data.max_length)
+        local = self.config.with_overrides({"model.name_or_path": self.loaded.source.path})
+        try:
+            estimate = estimate_config(local, seq_len=min(longest, self.config.data.max_length))
+        except UserError as exc:
+            self.warn(f"no memory prediction: {exc}")
+            return None
+        return round(estimate.peak_allocated_bytes / GIB, 3)
 
     def _train_segments(self) -> None:
         while True:
@@ -206,52 +269,6 @@ class _Session:
             return
 
     # ---- trainer ----
-    def _training_arguments(self):
-        from transformers import TrainingArguments
-
-        cfg, loaded = self.config, self.loaded
-        t = cfg.train
-        cuda = loaded.device.type == "cuda"
-        optim = {"adamw": "adamw_torch_fused" if cuda else "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
-                 "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit"}[t.optimizer]
-        has_eval = self.data.eval is not None
-        eval_steps = t.eval_every_steps or t.save_every_steps
-        return TrainingArguments(
-            output_dir=str(self.folder.checkpoints_dir) if self.folder else os.devnull,
-            per_device_train_batch_size=t.micro_batch_size,
-            per_device_eval_batch_size=t.micro_batch_size,
-            gradient_accumulation_steps=t.grad_accum,
-            num_train_epochs=t.epochs,
-            max_steps=t.max_steps or -1,
-            learning_rate=t.learning_rate,
-            lr_scheduler_type=t.lr_scheduler,
-            warmup_steps=t.warmup_ratio,
-            weight_decay=t.weight_decay,
-            max_grad_norm=t.max_grad_norm,
-            optim=optim,
-            bf16=cuda and loaded.compute_dtype == torch.bfloat16,
-            fp16=cuda and loaded.compute_dtype == torch.float16,
-            use_cpu=not cuda,
-            activation_checkpointing=t.gradient_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-            logging_strategy="steps",
-            logging_steps=1,
-            save_strategy="steps",
-            save_steps=t.save_every_steps,
-            save_total_limit=None,  # pruning is ours: Trainer's rotation only knows its own folder names
-            eval_strategy="steps" if has_eval else "no",
-            eval_steps=eval_steps if has_eval else None,
-            prediction_loss_only=True,
-            include_num_input_tokens_seen="non_padding",
-            remove_unused_columns=False,
-            seed=t.seed,
-            data_seed=t.seed,
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_pin_memory=cuda,
-            ddp_find_unused_parameters=False,
-        )
-
     def _build_trainer(self):
         from transformers import PrinterCallback, Trainer
 
@@ -260,7 +277,9 @@ class _Session:
         cuda = self.loaded.device.type == "cuda"
         trainer = Trainer(
             model=self.loaded.model,
-            args=self._training_arguments(),
+            args=training_arguments(self.config, self.loaded.device, self.loaded.compute_dtype,
+                                    str(self.folder.checkpoints_dir) if self.folder else os.devnull,
+                                    has_eval=self.data.eval is not None),
             train_dataset=self.data.train,
             eval_dataset=self.data.eval,
             data_collator=make_collator(self.loaded.tokenizer, 8 if cuda else None),
@@ -301,10 +320,12 @@ class _Session:
             trainable_params=trainable,
             total_params=total,
             quantization=self.loaded.quantization,
+            predicted_peak_gb=self.predicted_peak_gb,
         ))
         if self.is_main:
             self.folder.write_status("running", total_steps=state.max_steps, model=self.config.model.name_or_path,
-                                  device=device_name(self.loaded.device), quantization=self.loaded.quantization)
+                                     device=device_name(self.loaded.device), quantization=self.loaded.quantization,
+                                     predicted_peak_gb=self.predicted_peak_gb)
             (self.folder.path / "data_report.json").write_text(
                 _json(self.data.report.to_dict(), drop=("examples", "preview_rows")), encoding="utf-8")
 
@@ -409,45 +430,46 @@ class _Session:
 
     # ---- settings the run changes itself ----
     def _recover_from_oom(self) -> None:
+        """Out of memory in the step after `global_step`: drop that step, make the next try smaller, go on."""
         trainer = self.trainer
         step = trainer.state.global_step
         failed = step + 1
-        t = self.config.train
-        if self.config.train.on_oom == "stop" or self.world_size > 1:
-            self._checkpoint_completed_step(trainer, "out of memory")
-            self._drop_trainer()
-            raise OutOfMemoryStop(self._oom_stop_message(failed, "train.on_oom is stop" if self.world_size == 1 else
-                                                         "several processes cannot change batch size together"))
         self._checkpoint_completed_step(trainer, "out of memory")
         self._drop_trainer()
-        before = {"micro_batch_size": t.micro_batch_size, "grad_accum": t.grad_accum,
-                  "gradient_checkpointing": t.gradient_checkpointing, "max_length": self.config.data.max_length}
-        if t.micro_batch_size > 1:
-            factor = _smallest_factor(t.micro_batch_size)
-            self._change(train={"micro_batch_size": t.micro_batch_size // factor, "grad_accum": t.grad_accum * factor})
-            why = (f"halved micro_batch_size to {t.micro_batch_size} and raised grad_accum to {t.grad_accum}: the effective "
-                   f"batch ({self.config.effective_batch_size}) and the schedule stay the same")
-            if factor != 2:
-                why = why.replace("halved", f"divided by {factor}")
+        if self.config.train.on_oom == "stop" or self.world_size > 1:
+            why = ("train.on_oom is stop" if self.world_size == 1
+                   else "several processes cannot change their batch size together")
+            raise OutOfMemoryStop(self._oom_stop_message(failed, why))
+        old_train, old_length = self.config.train, self.config.data.max_length
+        if old_train.micro_batch_size > 1:
+            factor = _smallest_factor(old_train.micro_batch_size)
+            self._change(train={"micro_batch_size": old_train.micro_batch_size // factor,
+                                "grad_accum": old_train.grad_accum * factor})
+            new = self.config.train
+            verb = "halved" if factor == 2 else f"divided by {factor}"
+            why = (f"{verb} micro_batch_size to {new.micro_batch_size} and raised grad_accum to {new.grad_accum}: "
+                   f"the effective batch ({self.config.effective_batch_size}) and the schedule stay the same")
         else:
-            choice = t.oom_last_resort
+            choice = old_train.oom_last_resort
             if choice == "ask":
-                choice = self.control.ask(
-                    self._oom_question(failed), ["shrink", "stop"], default="stop")
+                choice = self.control.ask(self._oom_question(failed), ["shrink", "stop"], default="stop")
             if choice != "shrink":
                 raise OutOfMemoryStop(self._oom_stop_message(failed, None))
-            if not t.gradient_checkpointing:
+            if not old_train.gradient_checkpointing:
                 self._change(train={"gradient_checkpointing": True})
                 why = "turned on train.gradient_checkpointing (activations are recomputed in the backward pass)"
             else:
-                new_length = self.config.data.max_length // 2
+                new_length = old_length // 2
                 if new_length < MIN_MAX_LENGTH:
                     raise OutOfMemoryStop(self._oom_stop_message(failed, None))
                 self._change(data={"max_length": new_length})
                 self._reprepare_data()
                 why = f"cut data.max_length to {new_length} tokens (longer examples are cut)"
-        after = {"micro_batch_size": t.micro_batch_size, "grad_accum": t.grad_accum,
-                 "gradient_checkpointing": self.config.train.gradient_checkpointing, "max_length": self.config.data.max_length}
+        new_train = self.config.train
+        before = {"micro_batch_size": old_train.micro_batch_size, "grad_accum": old_train.grad_accum,
+                  "gradient_checkpointing": old_train.gradient_checkpointing, "max_length": old_length}
+        after = {"micro_batch_size": new_train.micro_batch_size, "grad_accum": new_train.grad_accum,
+                 "gradient_checkpointing": new_train.gradient_checkpointing, "max_length": self.config.data.max_length}
         changes = {k: [before[k], after[k]] for k in before if before[k] != after[k]}
         message = f"CUDA ran out of memory in step {failed}; {why}. Step {failed} is done again from the last saved state."
         self.emit(ev.SettingsChanged(step, "out_of_memory", changes, message))
@@ -532,13 +554,12 @@ class _Session:
         return RunResult(status, str(self.folder.path) if self.folder else None, step, self.last_loss, adapter_dir)
 
     def _save_adapter(self) -> str | None:
-        if not self.is_main:
+        if not self.is_main or self.loaded is None or self.folder is None:
             return None
         target = self.folder.adapter_dir
         staging = target.with_name("adapter.tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        model = self.trainer.model if self.trainer else self.loaded.model
-        model.save_pretrained(staging)
+        self.loaded.model.save_pretrained(staging)
         self.loaded.tokenizer.save_pretrained(staging)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)

@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true")
     p.set_defaults(handler=cmd_generate)
 
+    p = sub.add_parser("evaluate", help="score a trained adapter: exact match against the last reply of each row")
+    p.add_argument("run_dir", help="a run folder (its adapter/) or an adapter folder")
+    p.add_argument("--data", default="sample:dates-eval", help="rows to score (default: the demo's held-out dates)")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--base", action="store_true", help="score the base model without the adapter, for comparison")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(handler=cmd_evaluate)
+
     p = sub.add_parser("init", help="write a documented config file to start from")
     p.add_argument("path", nargs="?", default="qlora-studio.yaml")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -444,6 +453,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
         steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
         loss = f"{r.final_loss:.4f}" if r.final_loss is not None else "-"
         print(f"{r.name[:42]:42} {r.status:11} {steps:>11} {loss:>8}  {Path(r.model).name[:30]:30} {r.quantization}, {r.lora}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from qlora_studio.core.data_sources import resolve_data_path
+    from qlora_studio.core.inference import evaluate, load_for_inference
+    from qlora_studio.core.quiet import quiet_libraries
+
+    quiet_libraries()
+    loaded = load_for_inference(args.run_dir, with_adapter=not args.base)
+    result = evaluate(loaded, resolve_data_path(args.data), limit=args.limit)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+    who = "base model" if args.base else "adapter"
+    print(f"{who}: exact match {result.exact_match:.1%} of {result.rows} rows; stopped by itself {result.stopped:.1%}")
+    for example in result.examples[:3]:
+        print(f"  {example['prompt'][:60]!r} -> {example['reply'][:60]!r} (expected {example['reference'][:40]!r})")
     return 0
 
 

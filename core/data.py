@@ -228,7 +228,7 @@ def _normalize_batch(batch: dict[str, list], indices: list[int], fmt: str, cols:
     return out
 
 
-def _load_normalized(settings: DataSettings, path: str | None = None):
+def load_normalized(settings: DataSettings, path: str | None = None):
     """Every source part normalized to messages/text, plus the bad rows found."""
     from datasets import concatenate_datasets
 
@@ -333,7 +333,7 @@ def _build(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int, wa
     warnings: list[str] = []
     if template_warning:
         warnings.append(template_warning)
-    parts, normalized, formats, bad, bad_count, columns = _load_normalized(settings)
+    parts, normalized, formats, bad, bad_count, columns = load_normalized(settings)
     if bad_count and not settings.skip_bad_rows:
         raise bad_rows_error(bad, bad_count)
     if bad_count:
@@ -346,7 +346,7 @@ def _build(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int, wa
 
     if settings.validation_path:
         val_parts_settings = settings.model_copy(update={"path": settings.validation_path})
-        _, val_norm, _, vbad, vbad_count, _ = _load_normalized(val_parts_settings, settings.validation_path)
+        _, val_norm, _, vbad, vbad_count, _ = load_normalized(val_parts_settings, settings.validation_path)
         if vbad_count and not settings.skip_bad_rows:
             raise bad_rows_error(vbad, vbad_count)
         train_norm, eval_norm = normalized, val_norm

@@ -1,0 +1,66 @@
+"""Where a training step's time goes: torch.profiler over a few steps of the demo-shaped run.
+    python bench/profile_step.py [--shape smollm2-135m] [--set train.micro_batch_size=16 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common import shape_folder
+
+
+def main() -> None:
+    import torch
+    from transformers import TrainerCallback
+
+    from qlora_studio.core import runner
+    from qlora_studio.core.config import load_config
+    from qlora_studio.core.quiet import quiet_libraries
+    from qlora_studio.resources import PRESETS
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="smollm2-135m")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--work", default="/tmp/profile")
+    parser.add_argument("--no-table", action="store_true", help="only print tokens/s per step")
+    args = parser.parse_args()
+    quiet_libraries()
+    folder = shape_folder(args.shape, Path(args.work))
+    config = load_config(PRESETS / "demo.yaml", [f"model.name_or_path={folder}", "model.random_init=true",
+                                                 "train.max_steps=8", f"output_dir={args.work}/runs",
+                                                 "data.validation_split=0", *args.set])
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+
+    class Window(TrainerCallback):
+        def on_step_begin(self, a, state, c, **k):
+            if state.global_step == 4:
+                torch.cuda.synchronize()
+                profiler.start()
+
+        def on_step_end(self, a, state, c, **k):
+            if state.global_step == 7:
+                torch.cuda.synchronize()
+                profiler.stop()
+
+    build = runner._Session._build_trainer
+
+    def with_window(self):
+        trainer = build(self)
+        trainer.add_callback(Window())
+        return trainer
+
+    runner._Session._build_trainer = with_window
+    events = []
+    result = runner.run_training(config, events.append)
+    print(result.status, result.error)
+    print("tokens/s per step:", [round(e.metrics["tokens_per_s"]) for e in events if e.type == "step"], args.set)
+    if args.no_table:
+        return
+    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    print(table)
+    print(profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("_worker", help=argparse.SUPPRESS)  # one rank of a --processes run
     p.add_argument("run_dir")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--json-events", action="store_true")
     p.set_defaults(handler=cmd_worker)
     return parser
 
@@ -200,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from qlora_studio.core.distributed import run_worker
 
-    return run_worker(args.run_dir, resume=args.resume)
+    return run_worker(args.run_dir, json_events=args.json_events)
 
 
 def _install_stop_handler(control) -> None:

@@ -76,8 +76,10 @@ class TrainControl:
             steps, self._extend = self._extend, 0
             return steps
 
-    def wait_while_paused(self, on_save: Callable[[], None] | None = None) -> None:
-        """Block while paused; a stop ends the wait, a save request is served while waiting."""
+    def wait_while_paused(self, on_save: Callable[[], None] | None = None,
+                          on_tick: Callable[[], None] | None = None) -> None:
+        """Block while paused; a stop ends the wait, a save request is served while waiting.
+        `on_tick` runs about twice a second while waiting (other processes' heartbeat)."""
         with self._wake:
             while self._paused and not self._stop:
                 if self._save and on_save is not None:
@@ -89,9 +91,90 @@ class TrainControl:
                         self._wake.acquire()
                     continue
                 self._wake.wait(timeout=0.5)
+                if on_tick is not None:
+                    self._wake.release()
+                    try:
+                        on_tick()
+                    finally:
+                        self._wake.acquire()
 
     def ask(self, question: str, options: list[str], default: str) -> str:
         if self.asker is None:
             return default
         answer = self.asker(question, options)
         return answer if answer in options else default
+
+
+class ControlFile:
+    """Requests to a run in other processes (a --processes run), through <run>/control.json.
+
+    Writers (the window, a second terminal) call stop/pause/resume/save/extend; rank 0 of the run
+    follows the file with `follow(control)` and turns changes into `TrainControl` requests.
+    Save and extend are counters, so every request is served once.
+    """
+
+    def __init__(self, run_dir) -> None:
+        from pathlib import Path
+
+        self.path = Path(run_dir) / "control.json"
+
+    def read(self) -> dict:
+        import json
+
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def _update(self, **changes) -> None:
+        import json
+        import os
+
+        data = {"stop": False, "paused": False, "save": 0, "extend": 0, **self.read()}
+        for key, value in changes.items():
+            data[key] = data[key] + value if key in ("save", "extend") else value
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        self._update(stop=True)
+
+    def pause(self) -> None:
+        self._update(paused=True)
+
+    def resume(self) -> None:
+        self._update(paused=False)
+
+    def save(self) -> None:
+        self._update(save=1)
+
+    def extend(self, steps: int) -> None:
+        self._update(extend=steps)
+
+    def follow(self, control: TrainControl, interval: float = 0.5) -> threading.Event:
+        """Apply the file's requests to `control` until the returned event is set."""
+        done = threading.Event()
+        seen = {"save": self.read().get("save", 0), "extend": self.read().get("extend", 0)}
+
+        def watch() -> None:
+            while not done.wait(interval):
+                data = self.read()
+                if data.get("stop"):
+                    control.request_stop()
+                if data.get("paused") and not control.paused:
+                    control.pause()
+                elif not data.get("paused") and control.paused:
+                    control.resume()
+                if data.get("save", 0) > seen["save"]:
+                    seen["save"] = data["save"]
+                    control.request_save()
+                if data.get("extend", 0) > seen["extend"]:
+                    control.extend(data["extend"] - seen["extend"])
+                    seen["extend"] = data["extend"]
+
+        threading.Thread(target=watch, name="control-file", daemon=True).start()
+        return done

@@ -42,6 +42,7 @@ class RunResult:
     adapter_dir: str | None
     error: str | None = None
     user_error: bool = False
+    adapter_digest: str | None = None  # sha256 of the trained adapter weights (the same on every rank)
 
 
 def resolve_paths(config: RunConfig) -> RunConfig:
@@ -72,6 +73,15 @@ def training_arguments(config: RunConfig, device: torch.device, compute_dtype: t
     optim = {"adamw": "adamw_torch_fused" if cuda else "adamw_torch", "adamw_8bit": "adamw_bnb_8bit",
              "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit"}[t.optimizer]
     eval_steps = t.eval_every_steps or t.save_every_steps
+    sharded = is_fsdp(config)
+    extra: dict[str, Any] = {}
+    if sharded:
+        # FSDP-QLoRA: FSDP2 shards the 4-bit weights (stored in the compute dtype, see modeling) and
+        # checkpoints activations itself; the Trainer-level flag would all-gather again in backward.
+        extra = {"fsdp": True, "fsdp_config": {
+            "version": 2, "cpu_ram_efficient_loading": True, "activation_checkpointing": t.gradient_checkpointing,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT",
+        }}
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=t.micro_batch_size,
@@ -88,8 +98,8 @@ def training_arguments(config: RunConfig, device: torch.device, compute_dtype: t
         bf16=cuda and compute_dtype == torch.bfloat16,
         fp16=cuda and compute_dtype == torch.float16,
         use_cpu=not cuda,
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        activation_checkpointing=t.gradient_checkpointing and not sharded,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing and not sharded else None,
         logging_strategy="steps",
         logging_steps=1,
         save_strategy="steps",
@@ -106,7 +116,12 @@ def training_arguments(config: RunConfig, device: torch.device, compute_dtype: t
         disable_tqdm=True,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
+        **extra,
     )
+
+
+def is_fsdp(config: RunConfig) -> bool:
+    return config.distributed.strategy == "fsdp" and config.distributed.num_processes > 1
 
 
 def run_training(config: RunConfig | None = None, emit: ev.Emit | None = None, control: TrainControl | None = None,
@@ -223,18 +238,40 @@ class _Session:
         from qlora_studio.core.modeling import load_for_training
 
         set_seed(self.config.train.seed)
-        try:
-            self.loaded = load_for_training(self.config, note=self.warn)
-        except torch.OutOfMemoryError:
-            raise OutOfMemoryStop(
-                "the model does not fit in GPU memory: use quantization.mode 4bit, a smaller model, or free the GPU"
-            ) from None
-        stops = stop_token_ids(self.loaded.tokenizer, self.loaded.source.path)
-        self.data = prepare_data(self.config.data, self.loaded.tokenizer, stops, self.config.train.seed, warn=self.warn)
+        with self._main_process_first():
+            load_kwargs: dict[str, Any] = {}
+            if is_fsdp(self.config):
+                # Rank 0 reads the weights, the others start empty and receive them; 4-bit data is
+                # stored in the compute dtype so FSDP can shard it with everything else.
+                os.environ["ACCELERATE_USE_FSDP"] = "true"
+                os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
+                from qlora_studio.core.modeling import resolve_compute_dtype, resolve_device
+
+                load_kwargs = {"device_map": None, "quant_storage": resolve_compute_dtype(
+                    self.config.quantization.compute_dtype, resolve_device(self.config.train.device))}
+            try:
+                self.loaded = load_for_training(self.config, note=self.warn, **load_kwargs)
+            except torch.OutOfMemoryError:
+                raise OutOfMemoryStop(
+                    "the model does not fit in GPU memory: use quantization.mode 4bit, a smaller model, or free the GPU"
+                ) from None
+            stops = stop_token_ids(self.loaded.tokenizer, self.loaded.source.path)
+            self.data = prepare_data(self.config.data, self.loaded.tokenizer, stops, self.config.train.seed,
+                                     warn=self.warn)
         self.loaded.tokenizer.chat_template = self.data.template
         if self.loaded.device.type == "cuda":
             self.predicted_peak_gb = self._predict_peak_gb()
             torch.cuda.reset_peak_memory_stats(self.loaded.device)
+
+    def _main_process_first(self):
+        """Several processes: rank 0 converts, downloads and tokenizes first; the rest read its caches."""
+        import contextlib
+
+        if self.world_size == 1:
+            return contextlib.nullcontext()
+        from accelerate import PartialState
+
+        return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
 
     def _predict_peak_gb(self) -> float | None:
         """The planner's prediction for this run's longest batch, shown beside the measured peak."""
@@ -357,37 +394,59 @@ class _Session:
         self.last_loss = record["loss"]
         return record
 
-    def wait_if_paused(self, state, control) -> None:
+    def after_step_logged(self, state, control) -> None:
+        """Between steps: hold while paused, then turn requests into Trainer flags, on every rank alike.
+
+        Served right after a step is logged, so the checkpoint a stop, save or extend asks for
+        holds the step just finished. With several processes rank 0 decides and broadcasts, and
+        keeps the others waiting with a heartbeat while paused (a silent wait would time out).
+        """
+        if self.world_size == 1:
+            self.wait_if_paused(state, on_save=lambda: self.save_now(state.global_step))
+            requests = (self.control.stop_requested, self.control.take_save(), self.control.take_extension())
+        elif self.is_main:
+            self.wait_if_paused(state, on_tick=lambda: self._broadcast([1]))
+            self._broadcast([0])
+            requests = self._broadcast([int(self.control.stop_requested), int(self.control.take_save()),
+                                        self.control.take_extension()])
+        else:
+            while self._broadcast([0])[0]:
+                pass
+            requests = self._broadcast([0, 0, 0])
+        stop, save, extra = requests
+        if stop:
+            self.stop_reason = "stop"
+            self.save_reason = "stop"
+            control.should_save = True
+            control.should_training_stop = True
+        if save:
+            self.save_reason = "requested"
+            control.should_save = True
+        if extra:
+            self.pending_extension += int(extra)
+            self.save_reason = "extend"
+            control.should_save = True
+            control.should_training_stop = True
+
+    def _broadcast(self, values: list[int]) -> list[int]:
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.int64, device=self.loaded.device)
+        dist.broadcast(tensor, src=0)
+        return tensor.tolist()
+
+    def wait_if_paused(self, state, on_save=None, on_tick=None) -> None:
         if not self.control.paused or self.control.stop_requested:
             return
         self.emit(ev.Paused(state.global_step))
         if self.is_main:
             self.folder.write_status("running", paused=True)
         began = time.monotonic()
-        self.control.wait_while_paused(on_save=lambda: self.save_now(state.global_step))
-        waited = time.monotonic() - began
-        self.paused_total += waited
+        self.control.wait_while_paused(on_save=on_save, on_tick=on_tick)
+        self.paused_total += time.monotonic() - began
         if self.is_main:
             self.folder.write_status("running", paused=False)
         self.emit(ev.Resumed(state.global_step))
-
-    def serve_requests(self, control) -> None:
-        """Turn pending requests into Trainer flags; served right after a step is logged, so the
-        checkpoint that a stop, save or extend asks for holds the step just finished."""
-        if self.control.stop_requested:
-            self.stop_reason = "stop"
-            self.save_reason = "stop"
-            control.should_save = True
-            control.should_training_stop = True
-        if self.control.take_save():
-            self.save_reason = "requested"
-            control.should_save = True
-        extra = self.control.take_extension()
-        if extra:
-            self.pending_extension += extra
-            self.save_reason = "extend"
-            control.should_save = True
-            control.should_training_stop = True
 
     def save_now(self, step: int) -> None:
         """Write a checkpoint while the loop is held between steps (pause + save)."""
@@ -551,7 +610,8 @@ class _Session:
                                   elapsed_s=round(self.elapsed(), 3), peak_vram_gb=peak, paused=False)
         self.emit(ev.Finished(status, step, state.max_steps, self.last_loss, adapter_dir,
                               str(self.folder.path) if self.folder else "", round(self.elapsed(), 3), peak))
-        return RunResult(status, str(self.folder.path) if self.folder else None, step, self.last_loss, adapter_dir)
+        return RunResult(status, str(self.folder.path) if self.folder else None, step, self.last_loss, adapter_dir,
+                         adapter_digest=adapter_digest(self.loaded.model))
 
     def _save_adapter(self) -> str | None:
         if not self.is_main or self.loaded is None or self.folder is None:
@@ -597,6 +657,17 @@ class _Session:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def adapter_digest(model: torch.nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -650,8 +721,7 @@ class _StudioCallback(TrainerCallback):
         logs = logs or {}
         if "loss" in logs and "train_loss" not in logs:
             s.emit(ev.StepLogged(s.step_metrics(state, logs), state.max_steps))
-            s.wait_if_paused(state, control)
-            s.serve_requests(control)
+            s.after_step_logged(state, control)
         elif "eval_loss" in logs:
             extra = {k: v for k, v in logs.items() if k not in ("eval_loss", "epoch") and isinstance(v, (int, float))}
             s.emit(ev.EvalLogged(state.global_step, float(logs["eval_loss"]), extra))

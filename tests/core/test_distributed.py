@@ -1,0 +1,89 @@
+"""Several processes on CPU (gloo): both ranks train in step, rank 0 writes the run, control reaches all."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from qlora_studio.core.control import ControlFile
+from qlora_studio.core.runner import training_arguments
+from qlora_studio.core.runs import RunFolder
+
+
+def launch(tmp_path, tiny_config, **train):
+    data = tiny_config.model_dump(mode="json")
+    data["train"].update(train)
+    data["run_name"] = "ddp"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    command = [sys.executable, "-m", "qlora_studio.core.cli", "train", str(path), "--processes", "2", "--json-events"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ranks(run):
+    return [json.loads((run.path / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_two_processes_train_the_same_adapter(tmp_path, tiny_config):
+    proc = launch(tmp_path, tiny_config, max_steps=6, micro_batch_size=2, grad_accum=2, save_every_steps=3)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    run = RunFolder(tmp_path / "runs" / "ddp")
+    rank0, rank1 = ranks(run)
+    assert rank0["status"] == rank1["status"] == "finished" and rank0["step"] == rank1["step"] == 6
+    assert rank0["adapter_digest"] == rank1["adapter_digest"]  # DDP kept the replicas identical
+    assert run.load_config().distributed.num_processes == 2
+    assert [m["step"] for m in run.read_metrics()] == list(range(1, 7))  # rank 0 alone writes metrics
+    steps = [json.loads(line)["metrics"]["step"] for line in out.splitlines() if '"type": "step"' in line]
+    assert steps == list(range(1, 7))
+    assert [s for s, _ in run.checkpoints()] == [3, 6]
+    # tokens from both ranks are counted
+    started = json.loads(next(line for line in out.splitlines() if '"type": "run_started"' in line))
+    assert started["train_rows"] == 380
+
+
+def test_pause_and_stop_reach_every_rank(tmp_path, tiny_config):
+    proc = launch(tmp_path, tiny_config, max_steps=400, micro_batch_size=2, grad_accum=1, save_every_steps=1000)
+    run = RunFolder(tmp_path / "runs" / "ddp")
+    control = ControlFile(run.path)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(run.read_metrics()) < 3:
+        time.sleep(0.2)
+    control.pause()
+    time.sleep(2.0)  # the file is polled twice a second; the current step finishes
+    held = len(run.read_metrics())
+    time.sleep(2.0)
+    assert len(run.read_metrics()) == held, "training went on while paused"
+    assert run.read_status().get("paused") is True
+    control.stop()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    rank0, rank1 = ranks(run)
+    assert rank0["status"] == rank1["status"] == "stopped"
+    assert rank0["step"] == rank1["step"] == held < 400
+    assert rank0["adapter_digest"] == rank1["adapter_digest"]
+    assert run.latest_checkpoint().name == f"step-{held:06d}"
+
+
+def test_fsdp_arguments(tiny_config):
+    config = tiny_config.with_overrides({"distributed.strategy": "fsdp", "distributed.num_processes": 2})
+    args = training_arguments(config, torch.device("cpu"), torch.float32, "/tmp/x", has_eval=False)
+    assert args.fsdp and args.fsdp_config["cpu_ram_efficient_loading"] and args.fsdp_config["version"] == 2
+    assert args.fsdp_config["activation_checkpointing"] is True
+    assert not args.activation_checkpointing  # FSDP checkpoints itself; the Trainer flag would all-gather twice
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPUs")
+def test_fsdp_needs_gpus(tiny_config, tmp_path, capsys):
+    from qlora_studio.core.cli import main
+
+    data = tiny_config.model_dump(mode="json")
+    data["distributed"] = {"strategy": "fsdp"}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["train", str(path), "--processes", "2"]) == 2
+    assert "fsdp needs GPUs" in capsys.readouterr().err

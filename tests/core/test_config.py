@@ -89,3 +89,15 @@ def test_commented_yaml_is_valid_and_documented():
 def test_fsdp_with_8bit_is_rejected():
     with pytest.raises(ConfigError, match="fsdp"):
         RunConfig().with_overrides({"distributed.strategy": "fsdp", "quantization.mode": "8bit"})
+
+
+def test_bundled_presets_are_valid():
+    from qlora_studio.resources import preset_paths
+
+    presets = preset_paths()
+    assert "demo" in presets and len(presets) >= 4
+    for name, path in presets.items():
+        config = load_config(path)
+        assert config.quantization.mode == "4bit" and config.quantization.double_quant, name
+    demo = load_config(presets["demo"])
+    assert demo.data.path == "sample:dates" and demo.model.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"

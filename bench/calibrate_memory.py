@@ -31,10 +31,19 @@ GRID = [
     ("llama-3.1-8b", False, 4096, 1, 32, True),
     ("llama-3.1-8b", True, 1024, 2, 16, False),
 ]
+# The same planner with Liger kernels (fused cross-entropy, RMSNorm, SwiGLU), measured when liger-kernel is installed.
+LIGER_GRID = [
+    ("llama-3.2-1b", True, 4096, 2, 16, True),
+    ("llama-2-7b", True, 2048, 4, 16, True),
+    ("llama-3.1-8b", True, 8192, 1, 8, True),
+    ("llama-3.1-8b", True, 2048, 4, 16, True),
+    ("llama-3.1-8b", True, 1024, 2, 16, False),
+]
 SMOKE_GRID = [("tiny", True, 64, 2, 8, True), ("tiny", False, 128, 1, 16, False)]
 
 
-def run_config(shape: str, folder, double_quant: bool, seq: int, batch: int, r: int, ckpt: bool, steps: int):
+def run_config(shape: str, folder, double_quant: bool, seq: int, batch: int, r: int, ckpt: bool, steps: int,
+               liger: bool = False):
     from qlora_studio.core.config import RunConfig
 
     return RunConfig.model_validate({
@@ -43,7 +52,7 @@ def run_config(shape: str, folder, double_quant: bool, seq: int, batch: int, r: 
         "lora": {"r": r, "alpha": 2 * r},
         "data": {"max_length": seq},
         "train": {"micro_batch_size": batch, "grad_accum": 1, "max_steps": steps, "gradient_checkpointing": ckpt,
-                  "save_every_steps": 10**6, "warmup_ratio": 0.0},
+                  "save_every_steps": 10**6, "warmup_ratio": 0.0, "liger_kernels": "on" if liger else "off"},
     })
 
 
@@ -65,12 +74,13 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/calibration")
     parser.add_argument("--only", help="comma-separated shape names")
     parser.add_argument("--tag", default="estimator", help="result file name (before the GPU's name)")
+    parser.add_argument("--liger", action="store_true", help="measure the Liger grid instead")
     args = parser.parse_args()
     quiet_libraries()
     from pathlib import Path
 
     work = Path(args.work)
-    grid = SMOKE_GRID if args.smoke else GRID
+    grid = SMOKE_GRID if args.smoke else (LIGER_GRID if args.liger else GRID)
     if args.only:
         grid = [g for g in grid if g[0] in args.only.split(",")]
     cuda = torch.cuda.is_available()
@@ -103,7 +113,7 @@ def main() -> None:
         measured = f"{loaded_bytes / GIB:.3f} GiB" if loaded_bytes is not None else "-"
         print(f"loaded {shape} dq={dq}: {measured} measured, {predicted_weights / GIB:.3f} GiB predicted", flush=True)
         for (_, _, seq, batch, r, ckpt) in points:
-            cfg = run_config(shape, folder, dq, seq, batch, r, ckpt, args.steps)
+            cfg = run_config(shape, folder, dq, seq, batch, r, ckpt, args.steps, liger=args.liger)
             peft_model, _ = apply_lora(model, cfg.lora)
             vocab = min(shp.vocab, 32000)
             generator = torch.Generator().manual_seed(0)
@@ -121,7 +131,8 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats(device)
             start_alloc = torch.cuda.memory_allocated(device) if cuda else None
             record = {"shape": shape, "double_quant": dq, "seq_len": seq, "micro_batch": batch, "lora_r": r,
-                      "gradient_checkpointing": ckpt, "steps": args.steps, "allocated_before_train": start_alloc}
+                      "gradient_checkpointing": ckpt, "liger": args.liger, "steps": args.steps,
+                      "allocated_before_train": start_alloc}
             t0 = time.time()
             try:
                 trainer.train()
@@ -137,7 +148,7 @@ def main() -> None:
             except torch.OutOfMemoryError:
                 record["oom"] = True
             predicted = estimate(shp, double_quant=dq, seq_len=seq, micro_batch=batch, lora_r=r,
-                                 gradient_checkpointing=ckpt)
+                                 gradient_checkpointing=ckpt, liger=args.liger)
             record["predicted_peak"] = predicted.peak_allocated_bytes
             results.append(record)
             if record.get("peak_allocated"):

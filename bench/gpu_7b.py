@@ -26,7 +26,7 @@ def base_config(folder: Path, data: Path, work: Path, **train):
     from qlora_studio.core.config import RunConfig
 
     settings = {"micro_batch_size": 4, "grad_accum": 1, "max_steps": 12, "save_every_steps": 10**6,
-                "warmup_ratio": 0.0, "learning_rate": 1e-4}
+                "warmup_ratio": 0.0, "learning_rate": 1e-4, "liger_kernels": "off"}
     settings.update(train)
     return RunConfig.model_validate({
         "model": {"name_or_path": str(folder), "random_init": True},
@@ -56,6 +56,20 @@ def part_train(folder, data, work):
         "weights": started.quantization,
         "metrics_last": metrics[-1],
     }
+
+
+def part_liger(folder, data, work):
+    """`train` again with Liger kernels (fused cross-entropy, RMSNorm, SwiGLU, RoPE)."""
+    from qlora_studio.core.runner import run_training
+    from qlora_studio.core.runs import RunFolder
+
+    events = []
+    result = run_training(base_config(folder, data, work, liger_kernels="on"), events.append)
+    assert result.status == "finished", result.error
+    metrics = RunFolder(result.run_dir).read_metrics()
+    started = next(e for e in events if e.type == "run_started")
+    return {"tokens_per_s_median": statistics.median(m["tokens_per_s"] for m in metrics[2:]),
+            "peak_allocated_gb": max(m["vram_peak_gb"] for m in metrics), "predicted_peak_gb": started.predicted_peak_gb}
 
 
 def part_oom(folder, data, work):
@@ -160,15 +174,16 @@ def main() -> None:
     results = {"shape": args.shape, "seq_len": SEQ}
     for part in args.parts.split(","):
         started = time.time()
-        results[part] = {"main": part_train, "train": part_train, "oom": part_oom, "reference": part_reference}[part](
+        parts = {"train": part_train, "liger": part_liger, "oom": part_oom, "reference": part_reference}
+        results[part] = parts[part](
             folder, data, work)
         results[part]["part_s"] = round(time.time() - started, 1)
         print(f"{part}: {results[part]}", flush=True)
         gc.collect()
         torch.cuda.empty_cache()
-    save(f"gpu-{args.shape}", results)
+    save(f"gpu-{args.shape}-{args.parts.replace(',', '-')}", results)
     print("\npart        tokens/s   peak GiB")
-    for part in ("train", "reference"):
+    for part in ("train", "liger", "reference"):
         if part in results:
             print(f"{part:10} {results[part]['tokens_per_s_median']:9.0f} {results[part]['peak_allocated_gb']:9.2f}")
     if "oom" in results:

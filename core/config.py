@@ -134,6 +134,8 @@ class TrainSettings(_Section):
     """adamw (fused on CUDA) or bitsandbytes' 8-bit / paged variants."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: far less memory, about 30% slower."""
+    liger_kernels: Literal["auto", "on", "off"] = "auto"
+    """Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE, and a cross-entropy that never holds the full logits): auto = on with a CUDA GPU and the liger-kernel package."""
     save_every_steps: int = Field(100, ge=1)
     """Write a resumable checkpoint every N optimizer steps."""
     eval_every_steps: int | None = Field(None, ge=1)

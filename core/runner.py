@@ -116,8 +116,22 @@ def training_arguments(config: RunConfig, device: torch.device, compute_dtype: t
         disable_tqdm=True,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
+        use_liger_kernel=use_liger(config, device),
         **extra,
     )
+
+
+def use_liger(config: RunConfig, device: torch.device) -> bool:
+    """Whether Liger kernels apply: they are Triton (CUDA) kernels from the optional liger-kernel package."""
+    setting = config.train.liger_kernels
+    if setting == "off" or device.type != "cuda":
+        return False
+    import importlib.util
+
+    available = importlib.util.find_spec("liger_kernel") is not None
+    if setting == "on" and not available:
+        raise UserError("train.liger_kernels is on, but liger-kernel is not installed: pip install liger-kernel")
+    return available
 
 
 def is_fsdp(config: RunConfig) -> bool:

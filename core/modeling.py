@@ -355,10 +355,11 @@ def _causal_lm_class(model_config):
 
 def random_state_dict(model_config, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Random weights for every tensor of the architecture (norms 1, biases 0, the rest N(0, 0.02))."""
-    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with init_empty_weights():
+    # torch's meta-device context is thread-local (accelerate's init_empty_weights patches
+    # nn.Module for the whole process, breaking a model load running on another thread).
+    with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(model_config)
     text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     skip = set()
@@ -391,6 +392,14 @@ def prepare_for_adapter_training(model: torch.nn.Module) -> None:
         param.requires_grad_(False)
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
+    # On AVX512-BF16 CPUs bitsandbytes repacks a 4-bit weight for fast inference the first time
+    # it runs in eval mode (an evaluation pass), and the repacked matmul has no backward: later
+    # training steps would pass no gradient through the frozen weights. Keep the trainable layout.
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def apply_lora(model: torch.nn.Module, settings: LoraSettings) -> tuple[Any, list[str]]:

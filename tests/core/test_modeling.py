@@ -102,3 +102,22 @@ def test_double_quant_saving_on_a_real_layer_size():
     assert with_dq == 262144 + 1024 * 4 + 1024 + 4 + 64
     # on tiny layers the nested code table costs more than it saves
     assert quant_constants_4bit_bytes(4096, True) > quant_constants_4bit_bytes(4096, False)
+
+
+def test_gradients_still_reach_early_layers_after_an_eval_pass(tiny_model):
+    """bitsandbytes repacks 4-bit weights for CPU inference on its first eval-mode call; the
+    repacked matmul has no backward. Training after an evaluation must still train layer 0."""
+    import warnings
+
+    config = RunConfig.model_validate({"model": {"name_or_path": str(tiny_model)}})
+    model = load_for_training(config).model
+    ids = torch.randint(0, 500, (2, 16))
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "an autograd kernel was not registered" would be raised here
+        model(input_ids=ids, labels=ids).loss.backward()
+    first_b = model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    assert first_b.grad is not None and first_b.grad.abs().sum() > 0

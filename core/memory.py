@@ -128,13 +128,14 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False, revisi
 @lru_cache(maxsize=16)
 def _shape_from_json(config_json: str, trust_remote_code: bool) -> ModelShape:
     import torch
-    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     data = json.loads(config_json)
     model_type = data.pop("model_type")
     config = AutoConfig.for_model(model_type, **data)
-    with init_empty_weights():
+    # torch's meta-device context is thread-local (accelerate's init_empty_weights patches
+    # nn.Module for the whole process, breaking a model load running on another thread).
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     output = model.get_output_embeddings()
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -240,7 +241,7 @@ class Estimate:
             ("LoRA + grads + optimizer", self.lora_bytes + self.gradients_bytes + self.optimizer_bytes),
             ("activations", self.checkpoint_bytes + (self.activations_bytes - self.checkpoint_bytes - self.logits_bytes)),
             ("logits + loss", self.logits_bytes),
-            ("CUDA context + slack", self.overhead_bytes),
+            ("CUDA context, workspaces + slack", self.overhead_bytes + RUNTIME_WORKSPACE_BYTES),
         ]
 
     def to_dict(self, budget_gb: float | None = None) -> dict[str, Any]:
@@ -414,9 +415,11 @@ def format_estimate(e: Estimate, budget_gb: float | None) -> str:
         "",
         f"  weights            {gib(e.weights_bytes)}   (quantization constants {e.quant_constants_bytes / MIB:.1f} MiB)",
     ]
-    if e.mode == "4bit":
+    if e.mode == "4bit" and e.double_quant_saving_bytes >= 0:
         lines.append(f"  double quant saves {e.double_quant_saving_bytes / MIB:7.1f} MiB"
                      + ("" if e.double_quant else "   (it is off: turn quantization.double_quant on)"))
+    elif e.mode == "4bit":
+        lines.append(f"  double quant costs {-e.double_quant_saving_bytes / MIB:7.2f} MiB on layers this small")
     lines += [
         f"  LoRA adapters      {gib(e.lora_bytes)}   ({e.lora_params / 1e6:.1f}M trainable parameters)",
         f"  gradients          {gib(e.gradients_bytes)}",
@@ -424,7 +427,7 @@ def format_estimate(e: Estimate, budget_gb: float | None) -> str:
         f"  activations        {gib(e.activations_bytes - e.logits_bytes)}"
         + (f"   ({e.checkpoint_bytes / GIB:.2f} GiB layer checkpoints)" if e.gradient_checkpointing else ""),
         f"  logits + loss      {gib(e.logits_bytes)}",
-        f"  CUDA context+slack {gib(e.overhead_bytes)}",
+        f"  CUDA context+slack {gib(e.overhead_bytes + RUNTIME_WORKSPACE_BYTES)}   (workspaces included)",
         f"  total              {gib(e.total_bytes)}",
     ]
     if budget_gb is not None:

@@ -306,6 +306,34 @@ def _did_you_mean(loc: list[str]) -> str:
     return f" (did you mean '{'.'.join(loc[:-1] + matches)}'?)"
 
 
+# ---- paths ----------------------------------------------------------------------------------
+
+def absolute_paths(config: RunConfig, base: str | Path | None = None) -> RunConfig:
+    """Relative paths made absolute against `base` (default: the working folder), so a saved
+    config works from anywhere. Data and model paths change only where they exist under `base`
+    (a Hub id such as org/name looks relative too); the output folder always does."""
+    base = Path(base) if base is not None else Path.cwd()
+
+    def anchored(value: str) -> str | None:
+        path = Path(value).expanduser()
+        candidate = path if path.is_absolute() else base / path
+        return str(candidate.resolve()) if candidate.exists() else None
+
+    updates: dict[str, Any] = {}
+    data_updates = {}
+    for key in ("path", "validation_path"):
+        value = getattr(config.data, key)
+        if value and not value.startswith(SAMPLE_PREFIX) and anchored(value):
+            data_updates[key] = anchored(value)
+    if data_updates:
+        updates["data"] = config.data.model_copy(update=data_updates)
+    if anchored(config.model.name_or_path):
+        updates["model"] = config.model.model_copy(update={"name_or_path": anchored(config.model.name_or_path)})
+    output = Path(config.output_dir).expanduser()
+    updates["output_dir"] = str((output if output.is_absolute() else base / output).resolve())
+    return config.model_copy(update=updates)
+
+
 # ---- documentation ----------------------------------------------------------------------------
 
 def field_help(dotted: str) -> str:

@@ -44,7 +44,7 @@ def check_processes(config: RunConfig) -> list[int] | None:
 def launch(config: RunConfig, resume: str | None = None, json_events: bool = False) -> int:
     """Start `distributed.num_processes` workers on one run folder and wait for them."""
     from qlora_studio.core.control import ControlFile
-    from qlora_studio.core.runner import resolve_paths
+    from qlora_studio.core.config import absolute_paths
     from qlora_studio.core.runs import RunFolder
 
     gpus = check_processes(config)
@@ -52,7 +52,7 @@ def launch(config: RunConfig, resume: str | None = None, json_events: bool = Fal
         folder = RunFolder.open(resume)
         config.save(folder.config_path)
     else:
-        config = resolve_paths(config)
+        config = absolute_paths(config)
         folder = RunFolder.create(config)
     ControlFile(folder.path).clear()  # a stale stop request must not end the new run
     command = worker_command(folder.path, config.distributed.num_processes, json_events)

@@ -24,7 +24,7 @@ import torch
 from transformers import TrainerCallback
 
 from qlora_studio.core import events as ev
-from qlora_studio.core.config import RunConfig
+from qlora_studio.core.config import RunConfig, absolute_paths
 from qlora_studio.core.control import TrainControl
 from qlora_studio.core.errors import OutOfMemoryStop, UserError
 from qlora_studio.core.gpu import torch_memory
@@ -43,24 +43,6 @@ class RunResult:
     error: str | None = None
     user_error: bool = False
     adapter_digest: str | None = None  # sha256 of the trained adapter weights (the same on every rank)
-
-
-def resolve_paths(config: RunConfig) -> RunConfig:
-    """Relative paths become absolute (against the working folder), so the saved config works anywhere."""
-    updates: dict[str, Any] = {}
-    data = config.data
-    data_updates = {}
-    for key in ("path", "validation_path"):
-        value = getattr(data, key)
-        if value and not value.startswith("sample:") and Path(value).expanduser().exists():
-            data_updates[key] = str(Path(value).expanduser().resolve())
-    if data_updates:
-        updates["data"] = data.model_copy(update=data_updates)
-    model_path = Path(config.model.name_or_path).expanduser()
-    if model_path.exists():
-        updates["model"] = config.model.model_copy(update={"name_or_path": str(model_path.resolve())})
-    updates["output_dir"] = str(Path(config.output_dir).expanduser().resolve())
-    return config.model_copy(update=updates)
 
 
 def training_arguments(config: RunConfig, device: torch.device, compute_dtype: torch.dtype, output_dir: str,
@@ -239,7 +221,7 @@ class _Session:
                 _truncate_evals(self.folder, self.start_step)
                 self.config.save(self.folder.config_path)
         else:
-            self.config = resolve_paths(self.config)
+            self.config = absolute_paths(self.config)
             self.folder = RunFolder.create(self.config) if self.is_main else None
         if self.is_main:
             self.folder.write_status("running", started_at=self.folder.read_status().get("started_at", time.time()),

@@ -1,15 +1,66 @@
-"""The desktop app's entry point."""
+"""The desktop app's entry point: `qlora-studio` with no arguments, or `qlora-studio gui [CONFIG]`.
+
+Heavy libraries (torch, transformers) load lazily on worker threads, so the window appears at
+once. QLORA_STUDIO_SMOKE_QUIT_MS=<ms> closes the window that long after it is shown (the
+start-up smoke test).
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+
+SMOKE_ENV = "QLORA_STUDIO_SMOKE_QUIT_MS"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="qlora-studio gui", description="Open the QLoRA Studio window.")
+    parser.add_argument("config", nargs="?", help="a config YAML to open instead of the demo preset")
+    return parser.parse_args(argv)
+
+
+def apply_style(app) -> None:
+    from qlora_studio.resources import STYLES
+
+    app.setStyle("Fusion")
+    sheet = STYLES / "studio.qss"
+    if sheet.is_file():
+        app.setStyleSheet(sheet.read_text(encoding="utf-8"))
+
+
+def create_app(argv: list[str] | None = None):
+    from PySide6.QtWidgets import QApplication
+
+    from qlora_studio.gui.charts import configure_pyqtgraph
+    from qlora_studio.gui.settings import APPLICATION, ORGANIZATION
+
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(["qlora-studio", *(argv or [])])
+        apply_style(app)
+    app.setOrganizationName(ORGANIZATION)
+    app.setApplicationName(APPLICATION)
+    app.setApplicationDisplayName("QLoRA Studio")
+    configure_pyqtgraph()
+    if not hasattr(app, "_studio_gc"):
+        from qlora_studio.gui.gc_guard import GuiThreadGarbageCollector
+
+        app._studio_gc = GuiThreadGarbageCollector()
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:
-    from PySide6.QtWidgets import QApplication, QLabel
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    app = create_app()
+    from PySide6.QtCore import QTimer
 
-    app = QApplication.instance() or QApplication(sys.argv[:1] + list(argv or []))
-    label = QLabel("QLoRA Studio")
-    label.resize(480, 200)
-    label.show()
+    from qlora_studio.gui.main_window import MainWindow
+
+    window = MainWindow(config_path=args.config)
+    window.show()
+    smoke_ms = os.environ.get(SMOKE_ENV)
+    if smoke_ms:
+        print("qlora-studio: window shown", flush=True)
+        QTimer.singleShot(int(smoke_ms), window.close)
     return app.exec()

@@ -1,0 +1,373 @@
+"""The main window: Setup, Monitor and Runs pages around one `TrainController`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
+from PySide6.QtWidgets import (
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QStyle,
+    QTabWidget,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qlora_studio.gui.monitor_page import MonitorPage
+from qlora_studio.gui.runs_page import RunsPage
+from qlora_studio.gui.settings import Settings
+from qlora_studio.gui.setup_page import SetupPage
+from qlora_studio.gui.workers import TaskRunner, TrainController
+
+SETUP, MONITOR, RUNS = range(3)
+
+
+def _probe_gpus():
+    from qlora_studio.core.gpu import list_gpus
+
+    return list_gpus()
+
+
+def _run_history(run_dir: str):
+    from qlora_studio.core.gui_support import run_history
+
+    return run_history(run_dir)
+
+
+def show_error(parent: QWidget, title: str, reason: str, details: str = "") -> QMessageBox:
+    """A non-blocking error dialog: the one-line reason, the traceback behind "Show Details…"."""
+    box = QMessageBox(QMessageBox.Icon.Critical, title, reason, QMessageBox.StandardButton.Ok, parent)
+    box.setObjectName("errorDialog")
+    if details:
+        box.setDetailedText(details)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.open()
+    return box
+
+
+class MainWindow(QMainWindow):
+    gpus_detected = Signal(object)  # list of core GpuInfo
+    run_ended = Signal(object)  # the result dict, after the window has handled it
+
+    def __init__(self, settings: Settings | None = None, config_path: str | None = None):
+        super().__init__()
+        from qlora_studio.resources import ICONS
+
+        self.settings = settings or Settings()
+        self.setWindowTitle("QLoRA Studio")
+        icon = ICONS / "qlora-studio.svg"
+        if icon.is_file():
+            self.setWindowIcon(QIcon(str(icon)))
+        self.gpus: list[Any] | None = None
+        self.last_error_box: QMessageBox | None = None
+        self._close_after_run = False
+        self._run_config = None
+
+        self.controller = TrainController(self)
+        self.controller.answer_question = self.ask_user
+        self.controller.event.connect(self._on_event)
+        self.controller.finished.connect(self._on_run_finished)
+
+        self.setup = SetupPage(self.settings)
+        self.monitor = MonitorPage()
+        self.runs = RunsPage()
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("pages")
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.setup, "Setup")
+        self.tabs.addTab(self.monitor, "Monitor")
+        self.tabs.addTab(self.runs, "Runs")
+
+        self.banner = QLabel("")
+        self.banner.setObjectName("noGpuBanner")
+        self.banner.setWordWrap(True)
+        self.banner.hide()
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+        self._build_toolbar()
+        self.state_label = QLabel("Idle")
+        self.state_label.setObjectName("stateLabel")
+        self.statusBar().addPermanentWidget(self.state_label)
+
+        self.setup.error.connect(lambda title, reason, details: self.report_error(title, reason, details))
+        self.setup.config_changed.connect(self._on_config_changed)
+        self.setup.memory.budget_changed.connect(lambda value: self.settings.set("memory/budget", value))
+        self.runs.replay_requested.connect(self.replay_run)
+        self.runs.resume_requested.connect(self.resume_run)
+        self.monitor.smoothing_changed.connect(lambda w: self.settings.set("monitor/smoothing", w))
+        self.monitor.log_scale_changed.connect(lambda on: self.settings.set("monitor/log_scale", on))
+
+        self.gpu_probe = TaskRunner(_probe_gpus, self)
+        self.gpu_probe.result.connect(self._on_gpus)
+        self.gpu_probe.error.connect(lambda _tag, info: self._on_gpus(None, []))
+        self.history_loader = TaskRunner(_run_history, self)
+        self.history_loader.result.connect(self._on_history)
+        self.history_loader.error.connect(
+            lambda _tag, info: self.report_error("Replay", info["reason"], info["details"]))
+
+        self._restore_state()
+        if config_path:
+            self.setup.load_config_file(config_path)
+        self.runs.set_output_dir(self.setup.config.output_dir)
+        self.gpu_probe.request()
+        self._update_actions()
+
+    # ---- building ----
+    def _build_toolbar(self) -> None:
+        bar = QToolBar("Training")
+        bar.setObjectName("trainingToolbar")
+        bar.setMovable(False)
+        bar.setIconSize(QSize(18, 18))
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        style = self.style()
+        self.start_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_MediaPlay), "Start", self)
+        self.start_action.setObjectName("startAction")
+        self.start_action.setShortcut(QKeySequence("Ctrl+Return"))
+        self.start_action.setToolTip("Train with the settings on the Setup page (Ctrl+Enter)")
+        self.pause_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_MediaPause), "Pause", self)
+        self.pause_action.setObjectName("pauseAction")
+        self.pause_action.setCheckable(True)
+        self.pause_action.setToolTip("Hold training after the current step (the model stays loaded)")
+        self.stop_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_MediaStop), "Stop", self)
+        self.stop_action.setObjectName("stopAction")
+        self.stop_action.setToolTip("Stop after the current step and save a checkpoint (resumable)")
+        self.save_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_DialogSaveButton), "Save now", self)
+        self.save_action.setObjectName("saveAction")
+        self.save_action.setToolTip("Write a resumable checkpoint after the current step")
+        for action in (self.start_action, self.pause_action, self.stop_action, self.save_action):
+            bar.addAction(action)
+        bar.addSeparator()
+        self.extend_spin = QSpinBox()
+        self.extend_spin.setObjectName("extendSpin")
+        self.extend_spin.setRange(1, 1_000_000)
+        self.extend_spin.setValue(self.settings.get("monitor/extend_steps"))
+        self.extend_spin.setToolTip("Steps to add to the running plan")
+        self.extend_button = QPushButton("+ steps")
+        self.extend_button.setObjectName("extendButton")
+        self.extend_button.setToolTip("Train this many more steps than planned (the schedule stretches)")
+        bar.addWidget(self.extend_spin)
+        bar.addWidget(self.extend_button)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
+        self.toolbar = bar
+
+        self.start_action.triggered.connect(self.start_training)
+        self.pause_action.toggled.connect(self._on_pause_toggled)
+        self.stop_action.triggered.connect(self.stop_training)
+        self.save_action.triggered.connect(self._save_now)
+        self.extend_button.clicked.connect(self._extend)
+
+    # ---- state ----
+    def _restore_state(self) -> None:
+        geometry = self.settings.get("window/geometry")
+        if not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1400, 900)
+        splitter = self.settings.get("window/splitter")
+        if not splitter.isEmpty():
+            self.setup.splitter.restoreState(splitter)
+        self.tabs.setCurrentIndex(min(max(self.settings.get("window/page"), 0), RUNS))
+        self.monitor.set_smoothing(self.settings.get("monitor/smoothing"))
+        self.monitor.log_scale.setChecked(self.settings.get("monitor/log_scale"))
+        self.setup.memory.select_budget(self.settings.get("memory/budget"))
+
+    def save_state(self) -> None:
+        self.settings.set("window/geometry", self.saveGeometry())
+        self.settings.set("window/splitter", self.setup.splitter.saveState())
+        self.settings.set("window/page", self.tabs.currentIndex())
+        self.settings.set("monitor/extend_steps", self.extend_spin.value())
+        self.settings.sync()
+
+    def _update_actions(self) -> None:
+        running = self.controller.running
+        stopping = running and bool(self.controller.control and self.controller.control.stop_requested)
+        self.start_action.setEnabled(not running)
+        self.pause_action.setEnabled(running and not stopping)
+        self.stop_action.setEnabled(running and not stopping)
+        self.save_action.setEnabled(running and not stopping)
+        self.extend_button.setEnabled(running and not stopping)
+        self.runs.set_busy(running)
+        if not running:
+            self.pause_action.blockSignals(True)
+            self.pause_action.setChecked(False)
+            self.pause_action.setText("Pause")
+            self.pause_action.blockSignals(False)
+
+    # ---- GPU ----
+    @Slot(object, object)
+    def _on_gpus(self, _tag, gpus: list[Any]) -> None:
+        self.gpus = list(gpus or [])
+        if self.gpus:
+            gpu = self.gpus[0]
+            self.banner.hide()
+            self.setup.memory.set_detected_gpu(gpu.name, round(gpu.total_gb, 1))
+            self.monitor.set_gpu_capacity(gpu.total_gb)
+            self.statusBar().showMessage(f"GPU: {gpu.name}, {gpu.total_gb:.1f} GiB", 5000)
+        else:
+            self.banner.setText(
+                "<b>No NVIDIA GPU found.</b> Training runs on the CPU: fine for tiny models, very slow for real "
+                "ones. The memory panel plans for the GPU budget you pick.")
+            self.banner.show()
+            self.setup.memory.set_detected_gpu("", None)
+        self.gpus_detected.emit(self.gpus)
+
+    # ---- training ----
+    def start_training(self) -> bool:
+        if self.controller.running:
+            return False
+        if not self.setup.valid:
+            self.report_error("Cannot start", self.setup.problem_label.text().lstrip("⚠ ").splitlines()[0])
+            return False
+        config = self.setup.config
+        self._run_config = config
+        predicted = self.setup.memory.predicted_peak_gb(config)
+        self.monitor.begin_live(config.run_name or Path(config.model.name_or_path).name, predicted)
+        self.controller.start(config)
+        self._after_start()
+        return True
+
+    def resume_run(self, run_dir: str) -> bool:
+        if self.controller.running:
+            return False
+        self._run_config = None
+        self.monitor.begin_live(f"{Path(run_dir).name} (resuming)")
+        self.controller.start(None, resume_from=run_dir)
+        self._after_start()
+        return True
+
+    def _after_start(self) -> None:
+        self.tabs.setCurrentIndex(MONITOR)
+        self.state_label.setText("Training")
+        self._update_actions()
+
+    def _on_pause_toggled(self, paused: bool) -> None:
+        if paused:
+            self.controller.pause()
+            self.pause_action.setText("Resume")
+            self.pause_action.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPlay))
+            self.state_label.setText("Pausing after this step…")
+        else:
+            self.controller.resume()
+            self.pause_action.setText("Pause")
+            self.pause_action.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPause))
+            self.state_label.setText("Training")
+
+    def stop_training(self) -> None:
+        if not self.controller.running:
+            return
+        self.controller.stop()
+        self.monitor.mark_stopping()
+        self.state_label.setText("Stopping: saving a checkpoint…")
+        self._update_actions()
+
+    def _save_now(self) -> None:
+        self.controller.save_now()
+        self.statusBar().showMessage("A checkpoint will be saved after the current step", 4000)
+
+    def _extend(self) -> None:
+        steps = self.extend_spin.value()
+        self.controller.extend(steps)
+        self.statusBar().showMessage(f"Adding {steps} steps after the current one", 4000)
+
+    @Slot(object)
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self.monitor.handle_event(event)
+        kind = event["type"]
+        if kind == "run_started" and event.get("start_step"):
+            # a resumed run: its folder already holds the curves up to the checkpoint (a small file,
+            # read here so the earlier steps are drawn before the next step event arrives)
+            from qlora_studio.core.gui_support import run_history
+
+            self.monitor.prefill(run_history(event["run_dir"]), int(event["start_step"]))
+        if kind == "step":
+            m = event["metrics"]
+            self.state_label.setText(f"Training: step {m['step']} / {event['total_steps']}")
+        elif kind == "paused":
+            self.state_label.setText(f"Paused at step {event['step']}")
+        elif kind == "run_started":
+            self.runs.refresh()
+
+    @Slot(object)
+    def _on_run_finished(self, result: dict[str, Any]) -> None:
+        status = result.get("status", "failed")
+        self.monitor.end_live(status)
+        self._update_actions()
+        self.runs.refresh()
+        if status == "failed":
+            self.state_label.setText("Failed")
+            where = f"\n\nRun folder: {result['run_dir']}" if result.get("run_dir") else ""
+            self.report_error("Training failed", result.get("error") or "training failed",
+                              (result.get("details") or "") + where)
+        else:
+            self.state_label.setText(f"{status.capitalize()} at step {result.get('step')}")
+            self.statusBar().showMessage(f"Run {status}: {result.get('run_dir')}", 8000)
+        self.run_ended.emit(result)
+        if self._close_after_run:
+            self.close()
+
+    def ask_user(self, question: str, options: list[str]) -> str:
+        """A question from the training thread (e.g. out of memory at micro-batch 1)."""
+        box = QMessageBox(QMessageBox.Icon.Question, "Training needs a decision", question, parent=self)
+        buttons = {box.addButton(option.capitalize(), QMessageBox.ButtonRole.AcceptRole): option for option in options}
+        box.exec()
+        return buttons.get(box.clickedButton(), options[-1])
+
+    # ---- runs ----
+    def _on_config_changed(self, config) -> None:
+        self.runs.set_output_dir(config.output_dir)
+
+    def replay_run(self, run_dir: str) -> None:
+        if self.controller.running:
+            return
+        self.history_loader.request(run_dir, tag=run_dir)
+
+    @Slot(object, object)
+    def _on_history(self, run_dir: str, history: dict[str, Any]) -> None:
+        if self.controller.running:
+            return
+        history["path"] = run_dir
+        self.monitor.load_history(Path(run_dir).name, history)
+        self.tabs.setCurrentIndex(MONITOR)
+
+    # ---- errors ----
+    def report_error(self, title: str, reason: str, details: str = "") -> QMessageBox:
+        self.last_error_box = show_error(self, title, reason, details)
+        return self.last_error_box
+
+    # ---- closing ----
+    def confirm_quit_during_run(self) -> bool:
+        answer = QMessageBox.question(
+            self, "Quit QLoRA Studio",
+            "A run is training. Stop it (saving a checkpoint you can resume) and quit?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
+        if self.controller.running:
+            if not self._close_after_run:
+                if not self.confirm_quit_during_run():
+                    event.ignore()
+                    return
+                self._close_after_run = True
+                self.stop_training()
+            # the run saves its checkpoint and ends; _on_run_finished closes the window again
+            self.state_label.setText("Stopping: saving a checkpoint, then quitting…")
+            event.ignore()
+            return
+        self.save_state()
+        self.setup.shutdown()
+        for runner in (self.gpu_probe, self.history_loader):
+            runner.shutdown()
+        event.accept()

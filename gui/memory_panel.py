@@ -1,0 +1,334 @@
+"""The memory panel: core's estimate as a stacked bar against a budget, and "Make it fit".
+
+Estimates read config.json and build the model on the meta device (seconds the first time), so
+they run off the GUI thread, debounced: a burst of edits costs one estimate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QColor, QPainter, QPen
+from PySide6.QtWidgets import (
+    QComboBox,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qlora_studio.gui import fmt
+from qlora_studio.gui.workers import TaskRunner
+
+DEBOUNCE_MS = 300
+PART_COLORS = ["#2563eb", "#16a34a", "#f59e0b", "#db2777", "#94a3b8"]
+GIB = 1024**3
+
+
+def _estimate(config, seq_len: int | None):
+    from qlora_studio.core.memory import estimate_config
+
+    return estimate_config(config, seq_len=seq_len)
+
+
+def _fit(config, budget_gb: float, seq_len: int | None):
+    from qlora_studio.core.memory import make_it_fit
+
+    return make_it_fit(config, budget_gb, seq_len=seq_len)
+
+
+class StackedBar(QWidget):
+    """Horizontal bar of (label, bytes) parts with a budget marker."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.parts: list[tuple[str, int]] = []
+        self.budget_bytes: float | None = None
+        self.setMinimumHeight(46)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def sizeHint(self) -> QSize:
+        return QSize(400, 46)
+
+    def set_parts(self, parts: list[tuple[str, int]], budget_bytes: float | None) -> None:
+        self.parts = list(parts)
+        self.budget_bytes = budget_bytes
+        self.update()
+
+    @property
+    def total(self) -> int:
+        return sum(b for _, b in self.parts)
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        rect = QRectF(self.rect()).adjusted(1, 14, -1, -6)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor("#e2e8f0"))
+        painter.drawRoundedRect(rect, 4, 4)
+        scale_max = max(self.total, self.budget_bytes or 0) * 1.04 or 1
+        x = rect.left()
+        painter.save()
+        clip = QRectF(rect)
+        painter.setClipRect(clip)
+        for (_, nbytes), color in zip(self.parts, PART_COLORS):
+            width = rect.width() * nbytes / scale_max
+            painter.setBrush(QColor(color))
+            painter.drawRect(QRectF(x, rect.top(), width, rect.height()))
+            x += width
+        painter.restore()
+        if self.budget_bytes:
+            bx = rect.left() + rect.width() * self.budget_bytes / scale_max
+            over = self.total > self.budget_bytes
+            pen = QPen(QColor("#dc2626" if over else "#0f172a"), 2)
+            painter.setPen(pen)
+            painter.drawLine(int(bx), int(rect.top() - 4), int(bx), int(rect.bottom() + 3))
+            text = f"budget {self.budget_bytes / GIB:g} GB"
+            metrics = painter.fontMetrics()
+            tw = metrics.horizontalAdvance(text)
+            tx = min(max(bx - tw / 2, 0), self.width() - tw)
+            painter.drawText(int(tx), int(rect.top() - 4), text)
+        painter.end()
+
+
+class MemoryPanel(QGroupBox):
+    estimate_ready = Signal(object)  # the core Estimate, after the bar shows it
+    estimate_failed = Signal(str)
+    fitted = Signal(object, str)  # (fitted RunConfig, message)
+    fit_failed = Signal(str)
+    budget_changed = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("GPU memory estimate", parent)
+        self.setObjectName("memoryPanel")
+        self.config = None
+        self.estimate = None
+        self._estimated_config = None
+        self.longest_tokens: int | None = None
+        self.detected_gb: float | None = None
+        self._gpu_name = ""
+        self._wanted: Any = "auto"  # the user's choice, kept while no GPU has been detected yet
+
+        self.budget_combo = QComboBox()
+        self.budget_combo.setObjectName("budgetCombo")
+        self.budget_combo.setToolTip("The card to plan for: the detected GPU, or a common size")
+        self.fit_button = QPushButton("Make it fit")
+        self.fit_button.setObjectName("fitButton")
+        self.fit_button.setToolTip("The fastest settings that fit the budget, keeping the effective batch:\n"
+                                   "micro-batch / grad accumulation, gradient checkpointing, optimizer,\n"
+                                   "then max length")
+        self.bar = StackedBar()
+        self.total_label = QLabel("Estimating…")
+        self.total_label.setObjectName("memoryTotal")
+        self.dq_label = QLabel("")
+        self.dq_label.setObjectName("dqSaving")
+        self.dq_label.setToolTip("Double quantization stores the 4-bit blocks' scales in 8 bits, "
+                                 "with a second-level scale")
+        self.message = QLabel("")
+        self.message.setObjectName("fitMessage")
+        self.message.setWordWrap(True)
+        self.message.hide()
+
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Budget"))
+        top.addWidget(self.budget_combo, 1)
+        top.addWidget(self.fit_button)
+        self.legend = QGridLayout()
+        self.legend.setHorizontalSpacing(14)
+        self.legend.setVerticalSpacing(2)
+        self._legend_labels: list[QLabel] = []
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.bar)
+        layout.addLayout(self.legend)
+        layout.addWidget(self.total_label)
+        layout.addWidget(self.dq_label)
+        layout.addWidget(self.message)
+
+        self._fill_budgets()
+        self.budget_combo.currentIndexChanged.connect(self._on_budget)
+        self.fit_button.clicked.connect(self.make_it_fit)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self._request)
+        self.estimator = TaskRunner(_estimate, self)
+        self.estimator.result.connect(self._on_estimate)
+        self.estimator.error.connect(self._on_estimate_error)
+        self.fitter = TaskRunner(_fit, self)
+        self.fitter.result.connect(self._on_fit)
+        self.fitter.error.connect(self._on_fit_error)
+
+    # ---- budget ----
+    def _fill_budgets(self, selected: Any = None) -> None:
+        from qlora_studio.core.memory import BUDGETS_GB
+
+        if selected is None:
+            selected = self.budget_combo.currentData()
+        self.budget_combo.blockSignals(True)
+        self.budget_combo.clear()
+        if self.detected_gb:
+            self.budget_combo.addItem(f"{self._gpu_name} ({self.detected_gb:g} GB)", "auto")
+        for gb in BUDGETS_GB:
+            self.budget_combo.addItem(f"{gb} GB card", float(gb))
+        index = self.budget_combo.findData(selected)
+        if index < 0:
+            index = 0 if self.detected_gb else self.budget_combo.findData(16.0)
+        self.budget_combo.setCurrentIndex(index)
+        self.budget_combo.blockSignals(False)
+
+    def set_detected_gpu(self, name: str, total_gb: float | None) -> None:
+        self._gpu_name = name
+        self.detected_gb = total_gb
+        self._fill_budgets(self._wanted)
+        self._show()
+
+    def select_budget(self, value: Any) -> None:
+        """`auto` (the detected GPU) or a size in GB."""
+        if value != "auto":
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                value = "auto"
+        self._wanted = value
+        index = self.budget_combo.findData(value)
+        if index >= 0:
+            self.budget_combo.setCurrentIndex(index)
+
+    @property
+    def budget_gb(self) -> float | None:
+        data = self.budget_combo.currentData()
+        return self.detected_gb if data == "auto" else data
+
+    def _on_budget(self) -> None:
+        self._wanted = self.budget_combo.currentData()
+        self._show()
+        self.budget_changed.emit(self.budget_combo.currentData())
+
+    # ---- estimate ----
+    def set_config(self, config) -> None:
+        self.config = config
+        self._debounce.start()
+
+    def set_longest_tokens(self, tokens: int | None) -> None:
+        """The dataset's longest row (from the X-ray): batches are padded to it, not to max_length."""
+        if tokens != self.longest_tokens:
+            self.longest_tokens = tokens
+            self._debounce.start()
+
+    def _seq_len(self) -> int | None:
+        if self.config is None or not self.longest_tokens:
+            return None
+        return min(self.config.data.max_length, int(self.longest_tokens))
+
+    def _request(self) -> None:
+        if self.config is not None:
+            self.total_label.setText(self.total_label.text() if self.estimate else "Estimating…")
+            self.estimator.request(self.config, self._seq_len(), tag=self.config)
+
+    @Slot(object, object)
+    def _on_estimate(self, config, estimate) -> None:
+        self.estimate = estimate
+        self._estimated_config = config
+        self._show()
+        self.estimate_ready.emit(estimate)
+
+    @Slot(object, object)
+    def _on_estimate_error(self, config, info: dict) -> None:
+        self.estimate = None
+        self.bar.set_parts([], None)
+        self._set_legend([])
+        self.total_label.setText(f"<span style='color:#b91c1c'>No estimate: {fmt.escape(info['reason'])}</span>")
+        self.dq_label.setText("")
+        self.estimate_failed.emit(info["reason"])
+
+    def predicted_peak_gb(self, config) -> float | None:
+        """The estimate's peak allocated memory (what the VRAM chart measures), when it was made
+        for exactly this config; the run's own prediction replaces it once training starts."""
+        if self.estimate is None or self._estimated_config is None:
+            return None
+        same = self._estimated_config.model_dump() == config.model_dump()
+        return round(self.estimate.peak_allocated_bytes / GIB, 3) if same else None
+
+    def _set_legend(self, parts: list[tuple[str, int]]) -> None:
+        for label in self._legend_labels:
+            self.legend.removeWidget(label)
+            label.deleteLater()
+        self._legend_labels = []
+        for i, ((name, nbytes), color) in enumerate(zip(parts, PART_COLORS)):
+            label = QLabel(f"<span style='color:{color};font-size:13pt'>■</span> {fmt.escape(name)} "
+                           f"<b>{fmt.size(nbytes)}</b>")
+            self.legend.addWidget(label, i // 3, i % 3)
+            self._legend_labels.append(label)
+
+    def _show(self) -> None:
+        e = self.estimate
+        budget = self.budget_gb
+        if e is None:
+            return
+        self.bar.set_parts(e.parts(), budget * GIB if budget else None)
+        self._set_legend(e.parts())
+        total = f"Peak <b>{fmt.size(e.total_bytes)}</b> on a GPU"
+        if self.config is not None and e.seq_len < self.config.data.max_length:
+            total += f" (batches of {e.micro_batch} x {e.seq_len} tokens: the data's longest row)"
+        if budget:
+            spare = budget * GIB - e.total_bytes
+            verdict = (f"<span style='color:#15803d'>fits {budget:g} GB with {fmt.size(spare)} to spare</span>"
+                       if spare >= 0 else
+                       f"<span style='color:#b91c1c'><b>does not fit</b> {budget:g} GB: {fmt.size(-spare)} over</span>")
+            total += f" · {verdict}"
+        self.total_label.setText(total)
+        saving = e.double_quant_saving_bytes
+        if e.mode != "4bit":
+            self.dq_label.setText("Double quant applies to 4-bit weights only")
+        elif e.double_quant and saving >= 0:
+            self.dq_label.setText(f"Double quant saves <b>{saving / 2**20:.1f} MiB</b> of quantization constants")
+        elif e.double_quant:
+            # its per-weight tables outweigh the saving on very small layers
+            self.dq_label.setText(f"Double quant costs <b>{-saving / 2**20:.2f} MiB</b> here: layers this small "
+                                  "gain nothing from it")
+        elif saving > 0:
+            self.dq_label.setText(f"Double quant is off: turning it on would save <b>{saving / 2**20:.1f} MiB</b>")
+        else:
+            self.dq_label.setText("Double quant is off: it would save nothing on layers this small")
+
+    # ---- make it fit ----
+    def make_it_fit(self) -> None:
+        budget = self.budget_gb
+        if self.config is None or not budget:
+            return
+        self.fit_button.setEnabled(False)
+        self.message.setText("Searching for settings that fit…")
+        self.message.setStyleSheet("")
+        self.message.show()
+        self.fitter.request(self.config, budget, self._seq_len(), tag=self.config)
+
+    @Slot(object, object)
+    def _on_fit(self, config, result) -> None:
+        self.fit_button.setEnabled(True)
+        self.message.setText(result.message)
+        if result.config is None:
+            self.message.setStyleSheet("color:#b91c1c")
+            self.fit_failed.emit(result.message)
+            return
+        self.message.setStyleSheet("color:#15803d")
+        self.fitted.emit(result.config, result.message)
+
+    @Slot(object, object)
+    def _on_fit_error(self, config, info: dict) -> None:
+        self.fit_button.setEnabled(True)
+        self.message.setText(f"Make it fit failed: {info['reason']}")
+        self.message.setStyleSheet("color:#b91c1c")
+        self.message.show()
+        self.fit_failed.emit(info["reason"])
+
+    def shutdown(self) -> None:
+        self._debounce.stop()
+        self.estimator.shutdown()
+        self.fitter.shutdown()

@@ -1,0 +1,279 @@
+"""The runs page: every run in the output folder, a loss overlay of the selected runs, and the
+ways back into one (replay its charts, resume it, open its folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, QUrl, Signal
+from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qlora_studio.gui import fmt
+from qlora_studio.gui.charts import OVERLAY_COLORS, LiveChart, SmoothedSeries
+
+MAX_OVERLAY = len(OVERLAY_COLORS)
+STATUS_COLORS = {"finished": "#15803d", "running": "#2563eb", "stopped": "#b45309", "interrupted": "#b45309",
+                 "failed": "#b91c1c"}
+
+
+class RunsModel(QAbstractTableModel):
+    COLUMNS = ["Run", "Status", "Steps", "Final loss", "Model", "Quantization", "LoRA", "Started", "Time", "Peak VRAM"]
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.runs: list[Any] = []
+
+    def set_runs(self, runs: list[Any]) -> None:
+        self.beginResetModel()
+        self.runs = list(runs)
+        self.endResetModel()
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802,B008 - Qt's signature
+        return 0 if parent.isValid() else len(self.runs)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802,B008
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(self, section: int, orientation, role: int = Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
+        run = self.runs[index.row()]
+        col = index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(run, col)
+        if role == Qt.ItemDataRole.UserRole:  # sort key
+            return self._sort_key(run, col)
+        if role == Qt.ItemDataRole.ForegroundRole and col == 1:
+            return QColor(STATUS_COLORS.get(run.status, "#334155"))
+        if role == Qt.ItemDataRole.ToolTipRole:
+            tip = str(run.path)
+            if run.reason:
+                tip += f"\n{run.reason}"
+            return tip
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (2, 3, 8, 9):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def _text(self, run, col: int) -> str:
+        if col == 0:
+            return run.name
+        if col == 1:
+            return run.status
+        if col == 2:
+            return f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step)
+        if col == 3:
+            return fmt.loss(run.final_loss)
+        if col == 4:
+            return run.model.rstrip("/").split("/")[-1]
+        if col == 5:
+            return run.quantization
+        if col == 6:
+            return run.lora
+        if col == 7:
+            return fmt.timestamp(run.started_at)
+        if col == 8:
+            return fmt.duration(run.elapsed_s)
+        return f"{run.peak_vram_gb:.2f} GiB" if run.peak_vram_gb is not None else "–"
+
+    def _sort_key(self, run, col: int) -> Any:
+        keys = {2: run.step, 3: run.final_loss if run.final_loss is not None else float("inf"),
+                7: run.started_at or 0, 8: run.elapsed_s or 0, 9: run.peak_vram_gb or 0}
+        return keys.get(col, self._text(run, col))
+
+
+class RunsPage(QWidget):
+    replay_requested = Signal(str)  # run folder
+    resume_requested = Signal(str)
+    refreshed = Signal()
+    overlay_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.output_dir: str | None = None
+        self.busy = False  # a run is training: no resume, no replay into the monitor
+
+        self.folder_label = QLabel("")
+        self.folder_label.setObjectName("runsFolder")
+        self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.setObjectName("refreshRunsButton")
+        self.replay_button = QPushButton("Open in monitor")
+        self.replay_button.setObjectName("replayButton")
+        self.replay_button.setToolTip("Replay the selected run's charts from its metrics.jsonl")
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setObjectName("resumeButton")
+        self.resume_button.setToolTip("Continue the selected run from its latest checkpoint")
+        self.folder_button = QPushButton("Show folder")
+        self.folder_button.setObjectName("showFolderButton")
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Runs in"))
+        top.addWidget(self.folder_label, 1)
+        for button in (self.refresh_button, self.replay_button, self.resume_button, self.folder_button):
+            top.addWidget(button)
+
+        self.model = RunsModel(self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setSortRole(Qt.ItemDataRole.UserRole)
+        self.table = QTableView()
+        self.table.setObjectName("runsTable")
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(7, Qt.SortOrder.DescendingOrder)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setAlternatingRowColors(True)
+        self.table.setWordWrap(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setStretchLastSection(False)
+        self.table.doubleClicked.connect(lambda _: self._replay())
+
+        self.hint = QLabel("Select runs to compare their loss curves; double-click one to replay all its charts.")
+        self.hint.setObjectName("hint")
+        self.overlay = LiveChart("Loss: selected runs (smoothed)", "loss")
+        self.overlay.setObjectName("overlayChart")
+        self.overlay.add_legend()
+        self.overlay_runs: list[str] = []
+
+        lower = QWidget()
+        lower_layout = QVBoxLayout(lower)
+        lower_layout.setContentsMargins(0, 0, 0, 0)
+        lower_layout.addWidget(self.hint)
+        lower_layout.addWidget(self.overlay, 1)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(self.table)
+        splitter.addWidget(lower)
+        splitter.setSizes([240, 500])
+        splitter.setChildrenCollapsible(False)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(8, 6, 8, 6)
+        layout.addLayout(top)
+        layout.addWidget(splitter, 1)
+
+        self.refresh_button.clicked.connect(self.refresh)
+        self.replay_button.clicked.connect(self._replay)
+        self.resume_button.clicked.connect(self._resume)
+        self.folder_button.clicked.connect(self._show_folder)
+        self.table.selectionModel().selectionChanged.connect(self._on_selection)
+        self._update_buttons()
+
+    # ---- data ----
+    def set_output_dir(self, output_dir: str) -> None:
+        if output_dir != self.output_dir:
+            self.output_dir = output_dir
+            self.refresh()
+
+    def refresh(self) -> None:
+        from qlora_studio.core.runs import list_runs
+
+        selected = {str(r.path) for r in self.selected_runs()}
+        self.folder_label.setText(self.output_dir or "")
+        runs = list_runs(self.output_dir) if self.output_dir else []
+        self.model.set_runs(runs)
+        selection = self.table.selectionModel()
+        for row in range(self.proxy.rowCount()):
+            source = self.proxy.mapToSource(self.proxy.index(row, 0))
+            if str(self.model.runs[source.row()].path) in selected:
+                selection.select(self.proxy.index(row, 0),
+                                 selection.SelectionFlag.Select | selection.SelectionFlag.Rows)
+        self._on_selection()
+        self.refreshed.emit()
+
+    def selected_runs(self) -> list[Any]:
+        rows = sorted({self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()})
+        return [self.model.runs[r] for r in rows if r < len(self.model.runs)]
+
+    def select_paths(self, paths: list[str | Path]) -> None:
+        wanted = {str(p) for p in paths}
+        selection = self.table.selectionModel()
+        selection.clearSelection()
+        for row in range(self.proxy.rowCount()):
+            source = self.proxy.mapToSource(self.proxy.index(row, 0))
+            if str(self.model.runs[source.row()].path) in wanted:
+                selection.select(self.proxy.index(row, 0),
+                                 selection.SelectionFlag.Select | selection.SelectionFlag.Rows)
+
+    def set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        self._update_buttons()
+
+    # ---- selection: the overlay ----
+    def _on_selection(self, *_: Any) -> None:
+        self._update_buttons()
+        self.show_overlay(self.selected_runs()[:MAX_OVERLAY])
+
+    def show_overlay(self, runs: list[Any]) -> None:
+        """Each selected run's smoothed training loss; with one run, its eval loss too."""
+        from qlora_studio.core.runs import RunFolder, read_jsonl
+
+        for key in list(self.overlay.curves):
+            self.overlay.remove_curve(key)
+        self.overlay_runs = []
+        for i, run in enumerate(runs):
+            color = OVERLAY_COLORS[i % len(OVERLAY_COLORS)]
+            metrics = [m for m in RunFolder(run.path).read_metrics() if "loss" in m]
+            key = str(run.path)
+            label = f"{run.name} · {run.quantization} · {run.lora}"
+            self.overlay.add_curve(key, label, color, 2.0, series=SmoothedSeries(0.6))
+            series = self.overlay.series[key]
+            for m in metrics:
+                series.push(m["step"], m["loss"])
+            self.overlay_runs.append(key)
+            if len(runs) == 1:
+                evals = read_jsonl(Path(run.path) / "evals.jsonl")
+                self.overlay.add_curve(key + "#eval", f"{run.name} · eval", "#ea580c", 1.6, symbol="o")
+                eval_series = self.overlay.series[key + "#eval"]
+                eval_series.extend([e["step"] for e in evals], [e["eval_loss"] for e in evals])
+        self.overlay.redraw()
+        self.overlay.getPlotItem().enableAutoRange()
+        self.overlay.set_message("" if runs else "Select one or more runs")
+        self.overlay_changed.emit()
+
+    # ---- actions ----
+    def _update_buttons(self) -> None:
+        runs = self.selected_runs()
+        one = runs[0] if len(runs) == 1 else None
+        self.replay_button.setEnabled(one is not None and not self.busy)
+        self.resume_button.setEnabled(one is not None and one.resumable and one.status != "running" and not self.busy)
+        self.folder_button.setEnabled(one is not None)
+        if one is not None and not one.resumable:
+            self.resume_button.setToolTip("This run has no checkpoint to resume from")
+        elif self.busy:
+            self.resume_button.setToolTip("A run is training")
+        else:
+            self.resume_button.setToolTip("Continue the selected run from its latest checkpoint")
+
+    def _replay(self) -> None:
+        runs = self.selected_runs()
+        if len(runs) == 1 and not self.busy:
+            self.replay_requested.emit(str(runs[0].path))
+
+    def _resume(self) -> None:
+        runs = self.selected_runs()
+        if len(runs) == 1 and runs[0].resumable and not self.busy:
+            self.resume_requested.emit(str(runs[0].path))
+
+    def _show_folder(self) -> None:
+        runs = self.selected_runs()
+        if runs:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(runs[0].path)))

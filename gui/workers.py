@@ -1,0 +1,324 @@
+"""Long work off the GUI thread: a worker QObject moved to a QThread (superqt's new_worker_qthread).
+
+Signals carry plain data (dicts, core dataclasses); an exception travels as an error dict, never
+as a dead thread. Each thread quits when its worker finishes and is waited for and dropped on
+the GUI thread, so nothing is destroyed while it still runs.
+
+- `TaskRunner`: one kind of short task (model info, memory estimate, dataset X-ray), one at a
+  time; a request made while one runs replaces any waiting one (typing costs one extra run).
+- `TrainController`: one training run through `run_training(config, emit, control)`; steering
+  goes through core's thread-safe `TrainControl`, questions from the run (`control.asker`) are
+  answered on the GUI thread while the training thread waits.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from typing import Any, Callable
+
+from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal, Slot
+
+Answerer = Callable[[str, list[str]], str]
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """An exception as data: a one-line reason, the traceback, and whether it is the user's to fix."""
+    from qlora_studio.core.errors import UserError
+
+    user = isinstance(exc, UserError)
+    reason = str(exc).strip() if user else f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"reason": reason.splitlines()[0] if reason else type(exc).__name__, "details": details, "user_error": user}
+
+
+class _Worker(QObject):
+    finished = Signal()
+
+    def _done(self) -> None:
+        # Back to the GUI thread before the thread ends, so Python may delete the worker there.
+        app = QCoreApplication.instance()
+        if app is not None:
+            self.moveToThread(app.thread())
+        self.finished.emit()
+
+
+class FunctionWorker(_Worker):
+    returned = Signal(object)
+    errored = Signal(object)
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        super().__init__()
+        self.fn = fn
+        self.args = args
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            value = self.fn(*self.args)
+        except Exception as exc:  # noqa: BLE001 - travels to the GUI as data
+            self.errored.emit(error_info(exc))
+        else:
+            self.returned.emit(value)
+        finally:
+            self._done()
+
+
+def _wire(worker: _Worker, thread: QThread) -> None:
+    worker.moveToThread(thread)
+    thread.started.connect(worker.run)
+    # Direct: quit from the worker thread itself, so a GUI thread blocked in wait() cannot deadlock.
+    worker.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
+
+
+class TaskRunner(QObject):
+    """Runs `fn(*args)` off the GUI thread, at most one at a time, newest request wins."""
+
+    result = Signal(object, object)  # (tag, value)
+    error = Signal(object, object)  # (tag, error_info dict)
+    busy_changed = Signal(bool)
+
+    def __init__(self, fn: Callable[..., Any], parent: QObject | None = None):
+        super().__init__(parent)
+        self.fn = fn
+        self._thread: QThread | None = None
+        self._worker: FunctionWorker | None = None
+        self._tag: Any = None
+        self._pending: tuple[Any, tuple[Any, ...]] | None = None
+        self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None or self._pending is not None
+
+    def request(self, *args: Any, tag: Any = None) -> None:
+        if self._closed:
+            return
+        if self._thread is not None:
+            self._pending = (tag, args)
+            return
+        self._start(tag, args)
+
+    def _start(self, tag: Any, args: tuple[Any, ...]) -> None:
+        self._tag = tag
+        self._worker = FunctionWorker(self.fn, *args)
+        self._thread = QThread(self)
+        self._thread.setObjectName(f"task-{getattr(self.fn, '__name__', 'fn')}")
+        _wire(self._worker, self._thread)
+        self._worker.returned.connect(self._on_returned)
+        self._worker.errored.connect(self._on_errored)
+        self._thread.finished.connect(self._on_thread_finished)
+        self._thread.start()
+        self.busy_changed.emit(True)
+
+    @Slot(object)
+    def _on_returned(self, value: Any) -> None:
+        if self._pending is None and not self._closed:  # a newer request makes this result stale
+            self.result.emit(self._tag, value)
+
+    @Slot(object)
+    def _on_errored(self, info: dict[str, Any]) -> None:
+        if self._pending is None and not self._closed:
+            self.error.emit(self._tag, info)
+
+    @Slot()
+    def _on_thread_finished(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        thread.wait()
+        thread.deleteLater()
+        if self._worker is not None:
+            self._worker.deleteLater()  # freed here on the GUI thread, never by a collector elsewhere
+        self._thread = self._worker = None
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._closed:
+            self._start(*pending)
+        else:
+            self.busy_changed.emit(False)
+
+    def wait(self, msecs: int = -1) -> bool:
+        """Block until the running task ends (for shutdown and tests); True when none is left."""
+        thread = self._thread
+        if thread is None:
+            return True
+        return thread.wait(msecs) if msecs >= 0 else thread.wait()
+
+    def shutdown(self) -> None:
+        """Drop the waiting request and wait for the running one (the window is closing)."""
+        self._closed = True
+        self._pending = None
+        self.wait()
+        if self._thread is not None:
+            self._on_thread_finished()
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+class TrainWorker(_Worker):
+    event = Signal(object)  # each core event as a plain dict
+    returned = Signal(object)  # the RunResult as a dict, plus `details`
+
+    def __init__(self, config: Any, control: Any, resume_from: str | None):
+        super().__init__()
+        self.config = config
+        self.control = control
+        self.resume_from = resume_from
+        self._failure_details = ""
+
+    def _emit(self, event: Any) -> None:
+        data = event.to_dict()
+        if data["type"] == "failed":
+            self._failure_details = data.get("details") or ""
+        self.event.emit(data)
+
+    @Slot()
+    def run(self) -> None:
+        from dataclasses import asdict
+
+        try:
+            from qlora_studio.core import runner
+            from qlora_studio.core.quiet import quiet_libraries
+
+            quiet_libraries()
+            result = runner.run_training(self.config, self._emit, self.control, resume_from=self.resume_from)
+            out = asdict(result)
+            out["details"] = self._failure_details
+        except Exception as exc:  # noqa: BLE001 - run_training never raises by contract; a bug still reaches the user
+            info = error_info(exc)
+            out = {"status": "failed", "run_dir": None, "step": 0, "final_loss": None, "adapter_dir": None,
+                   "error": info["reason"], "user_error": info["user_error"], "details": info["details"]}
+        finally:
+            self.config = None  # hold nothing of the run after it ends
+        self.returned.emit(out)
+        self._done()
+
+
+class _Reply:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.answer: str | None = None
+
+
+class TrainController(QObject):
+    """Starts, steers and ends one run at a time; every core event is re-emitted as `event`."""
+
+    started = Signal()
+    event = Signal(object)
+    finished = Signal(object)  # result dict: status finished|stopped|failed, run_dir, step, error, details ...
+    busy_changed = Signal(bool)
+    _asked = Signal(str, list, object)  # training thread -> GUI thread
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.control = None
+        self.answer_question: Answerer | None = None
+        """Shows a question to the user and returns the chosen option (set by the window)."""
+        self._thread: QThread | None = None
+        self._worker: TrainWorker | None = None
+        self._result: dict[str, Any] | None = None
+        self._asked.connect(self._on_asked)
+
+    # ---- state ----
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.control and self.control.paused)
+
+    # ---- start ----
+    def start(self, config: Any = None, resume_from: str | None = None) -> None:
+        if self.running:
+            raise RuntimeError("a run is already in progress")
+        from qlora_studio.core.control import TrainControl
+
+        self.control = TrainControl()
+        self.control.asker = self._ask
+        self._result = None
+        self._worker = TrainWorker(config, self.control, resume_from)
+        self._thread = QThread(self)
+        self._thread.setObjectName("training")
+        _wire(self._worker, self._thread)
+        self._worker.event.connect(self._on_event)
+        self._worker.returned.connect(self._on_returned)
+        self._thread.finished.connect(self._on_thread_finished)
+        self._thread.start()
+        self.busy_changed.emit(True)
+        self.started.emit()
+
+    # ---- steering (thread-safe through TrainControl) ----
+    def pause(self) -> None:
+        if self.control:
+            self.control.pause()
+
+    def resume(self) -> None:
+        if self.control:
+            self.control.resume()
+
+    def stop(self) -> None:
+        """Stop after the current step; the run saves a checkpoint first."""
+        if self.control:
+            self.control.request_stop()
+
+    def save_now(self) -> None:
+        if self.control:
+            self.control.request_save()
+
+    def extend(self, steps: int) -> None:
+        if self.control:
+            self.control.extend(steps)
+
+    def wait(self, msecs: int = -1) -> bool:
+        thread = self._thread
+        if thread is None:
+            return True
+        return thread.wait(msecs) if msecs >= 0 else thread.wait()
+
+    # ---- questions from the run ----
+    def _ask(self, question: str, options: list[str]) -> str:
+        """Called by the runner on the training thread: blocks until the GUI answers."""
+        reply = _Reply()
+        self._asked.emit(question, list(options), reply)
+        control = self.control
+        while not reply.done.wait(0.2):
+            if control is not None and control.stop_requested:  # closing or Stop: never hang on an open question
+                return "stop" if "stop" in options else options[-1]
+        return reply.answer if reply.answer in options else options[-1]
+
+    @Slot(str, list, object)
+    def _on_asked(self, question: str, options: list[str], reply: _Reply) -> None:
+        try:
+            if self.control is not None and self.control.stop_requested:
+                reply.answer = "stop" if "stop" in options else options[-1]
+            elif self.answer_question is not None:
+                reply.answer = self.answer_question(question, options)
+        finally:
+            reply.done.set()
+
+    # ---- from the worker ----
+    @Slot(object)
+    def _on_event(self, data: dict[str, Any]) -> None:
+        self.event.emit(data)
+
+    @Slot(object)
+    def _on_returned(self, result: dict[str, Any]) -> None:
+        self._result = result
+
+    @Slot()
+    def _on_thread_finished(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        thread.wait()
+        thread.deleteLater()
+        if self._worker is not None:
+            self._worker.deleteLater()
+        self._thread = self._worker = None
+        if self.control is not None:
+            self.control.asker = None
+        result = self._result or {"status": "failed", "error": "the training thread ended without a result",
+                                  "details": "", "user_error": False, "run_dir": None, "step": 0}
+        self._result = None
+        self.busy_changed.emit(False)
+        self.finished.emit(result)

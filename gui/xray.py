@@ -1,0 +1,251 @@
+"""The dataset X-ray: core's `inspect_data` report shown as a summary, one rendered example with
+the trained tokens highlighted, the first rows, a token-length histogram and the problems."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QGroupBox,
+    QHeaderView,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qlora_studio.gui import fmt
+from qlora_studio.gui.workers import TaskRunner
+
+DEBOUNCE_MS = 500
+TRAINED_STYLE = "background:#bbf7d0;color:#14532d;"
+CONTEXT_STYLE = "color:#64748b;"
+
+
+def _preview(config):
+    from qlora_studio.core.gui_support import preview_data
+
+    return preview_data(config, examples=3, preview=50)
+
+
+def _relevant(config) -> Any:
+    """The parts of a config the preview depends on: editing LoRA or training settings skips it,
+    and so does skip_bad_rows (the preview always skips and counts bad rows)."""
+    return (config.model.model_dump_json(), config.data.model_dump_json(exclude={"skip_bad_rows"}), config.train.seed)
+
+
+class DataXRay(QGroupBox):
+    report_ready = Signal(object)  # the core DataReport, after the widgets show it
+    report_failed = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("Dataset X-ray", parent)
+        self.setObjectName("dataXRay")
+        self.config = None
+        self.report = None
+        self._key: Any = None
+        self.skip_bad_rows = False
+
+        self.summary = QLabel("Pick a dataset to see how it will be trained on.")
+        self.summary.setObjectName("xraySummary")
+        self.summary.setWordWrap(True)
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
+        self.alert = QLabel("")
+        self.alert.setObjectName("xrayAlert")
+        self.alert.setWordWrap(True)
+        self.alert.hide()
+
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.example = QTextBrowser()
+        self.example.setObjectName("xrayExample")
+        self.example.setOpenLinks(False)
+        self.rows = QTableWidget(0, 4)
+        self.rows.setObjectName("xrayRows")
+        self.rows.setHorizontalHeaderLabels(["Where", "Turns", "First prompt", "First reply"])
+        self.rows.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.rows.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.rows.verticalHeader().setVisible(False)
+        self.rows.setWordWrap(False)
+        header = self.rows.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.histogram = pg.PlotWidget()
+        self.histogram.setObjectName("xrayHistogram")
+        plot = self.histogram.getPlotItem()
+        plot.setLabel("bottom", "tokens per example")
+        plot.setLabel("left", "examples")
+        plot.showGrid(x=False, y=True, alpha=0.15)
+        plot.setMenuEnabled(False)
+        self.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush="#60a5fa", pen=pg.mkPen("#2563eb", width=0.5))
+        plot.addItem(self.bars)
+        self.max_line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#dc2626", width=1.5, style=Qt.PenStyle.DashLine),
+                                        label="max_length", labelOpts={"position": 0.9, "color": "#dc2626"})
+        plot.addItem(self.max_line)
+        self.problems = QTextBrowser()
+        self.problems.setObjectName("xrayProblems")
+        self.tabs.addTab(self.example, "Example")
+        self.tabs.addTab(self.rows, "Rows")
+        self.tabs.addTab(self.histogram, "Token lengths")
+        self.tabs.addTab(self.problems, "Problems")
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.alert)
+        layout.addWidget(self.tabs, 1)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self._request)
+        self.runner = TaskRunner(_preview, self)
+        self.runner.result.connect(self._on_report)
+        self.runner.error.connect(self._on_error)
+
+    def set_config(self, config) -> None:
+        self.config = config
+        self.skip_bad_rows = config.data.skip_bad_rows
+        key = _relevant(config)
+        if key == self._key:
+            self._show_alert()
+            return
+        self._key = key
+        self._debounce.start()
+
+    def refresh(self) -> None:
+        self._key = None
+        if self.config is not None:
+            self.set_config(self.config)
+
+    def _request(self) -> None:
+        if self.config is None:
+            return
+        self.summary.setText(f"Reading <b>{fmt.escape(self.config.data.path)}</b>…")
+        self.runner.request(self.config, tag=self._key)
+
+    @Slot(object, object)
+    def _on_report(self, key, report) -> None:
+        self.report = report
+        self._show(report)
+        self.report_ready.emit(report)
+
+    @Slot(object, object)
+    def _on_error(self, key, info: dict) -> None:
+        self.report = None
+        self.summary.setText("<span style='color:#b91c1c'><b>Cannot read the dataset:</b> "
+                             f"{fmt.escape(info['reason'])}</span>")
+        self.alert.hide()
+        self.example.clear()
+        self.rows.setRowCount(0)
+        self.bars.setOpts(x0=[], x1=[], height=[])
+        self.problems.setPlainText(info["reason"] if info["user_error"] else info["details"])
+        self.tabs.setTabText(3, "Problems (1)")
+        self.report_failed.emit(info["reason"])
+
+    # ---- showing a report ----
+    def _show(self, r) -> None:
+        t = r.token_lengths
+        share = r.trained_tokens / r.total_tokens * 100 if r.total_tokens else 0
+        fmt_mix = f" (mixed: {', '.join(f'{k} {v}' for k, v in r.formats.items())})" if len(r.formats) > 1 else ""
+        lines = [
+            f"<b>{fmt.escape(r.format)}</b>{fmt.escape(fmt_mix)} · {r.rows:,} rows"
+            + (f" (<span style='color:#b91c1c'>{r.bad_rows:,} bad</span>)" if r.bad_rows else "")
+            + f" · {r.train_rows:,} train / {r.eval_rows:,} validation · template <b>{fmt.escape(r.template)}</b>",
+        ]
+        if t:
+            lines.append(
+                f"tokens p50 <b>{t['p50']:.0f}</b> · p90 <b>{t['p90']:.0f}</b> · p99 <b>{t['p99']:.0f}</b> · "
+                f"max <b>{t['max']}</b> · {r.over_max_length:,} over max_length {r.max_length} · "
+                f"{share:.0f}% of tokens trained")
+        self.summary.setText("<br>".join(lines))
+        self._show_example(r)
+        self._show_rows(r)
+        self._show_histogram(r)
+        self._show_problems(r)
+        self._show_alert()
+
+    def _show_alert(self) -> None:
+        r = self.report
+        if r is not None and r.bad_rows and not self.skip_bad_rows:
+            self.alert.setText(f"⚠ {r.bad_rows:,} bad row(s): training stops on them unless "
+                               "“Skip bad rows” is on (see Problems).")
+            self.alert.show()
+        else:
+            self.alert.hide()
+
+    def _show_example(self, r) -> None:
+        if not r.examples:
+            self.example.setHtml("<i>No example to show.</i>")
+            return
+        parts = [f"<p style='color:#334155'><span style='{TRAINED_STYLE}'>&nbsp;trained&nbsp;</span> tokens carry "
+                 f"the loss · <span style='{CONTEXT_STYLE}'>grey</span> tokens are context</p>"]
+        for number, ex in enumerate(r.examples, start=1):
+            spans = []
+            for segment in ex["segments"]:
+                style = TRAINED_STYLE if segment["trained"] else CONTEXT_STYLE
+                spans.append(f"<span style='{style}'>{fmt.escape(segment['text'])}</span>")
+            parts.append(f"<p style='color:#475569;margin-top:10px'><b>Example {number}</b> · {ex['trained_tokens']} "
+                         f"of {ex['tokens']} tokens trained</p>"
+                         f"<pre style='white-space:pre-wrap;font-family:monospace;margin:0'>{''.join(spans)}</pre>")
+        self.example.setHtml("".join(parts))
+
+    def _show_rows(self, r) -> None:
+        self.rows.setRowCount(len(r.preview_rows))
+        for i, row in enumerate(r.preview_rows):
+            messages = row.get("messages") or []
+            if messages:
+                prompt = next((m["content"] for m in messages if m["role"] == "user"), "")
+                reply = next((m["content"] for m in messages if m["role"] == "assistant"), "")
+                turns = str(len(messages))
+            else:
+                prompt, reply, turns = row.get("text", ""), "", "text"
+            for col, value in enumerate((row.get("where", ""), turns, prompt, reply)):
+                item = QTableWidgetItem(" ".join(str(value).split())[:300])
+                item.setToolTip(str(value)[:2000])
+                self.rows.setItem(i, col, item)
+        self.tabs.setTabText(1, f"Rows ({len(r.preview_rows)} of {r.rows:,})")
+
+    def _show_histogram(self, r) -> None:
+        h = r.length_histogram
+        if h and h.get("counts"):
+            edges = h["edges"]
+            self.bars.setOpts(x0=edges[:-1], x1=edges[1:], height=h["counts"])
+            self.histogram.getPlotItem().enableAutoRange()
+        else:
+            self.bars.setOpts(x0=[], x1=[], height=[])
+        self.max_line.setPos(r.max_length)
+        self.max_line.label.setFormat(f"max_length {r.max_length}")
+
+    def _show_problems(self, r) -> None:
+        items = []
+        for bad in r.bad_examples:
+            items.append(f"<li><b>bad row</b> {fmt.escape(bad['where'])}: {fmt.escape(bad['reason'])}</li>")
+        if r.bad_rows > len(r.bad_examples):
+            items.append(f"<li>… and {r.bad_rows - len(r.bad_examples):,} more bad rows</li>")
+        if r.over_max_length:
+            items.append(f"<li>{r.over_max_length:,} examples are longer than max_length {r.max_length}: "
+                         f"{r.cut_rows} cut, {r.dropped_rows} dropped, {r.split_rows} split</li>")
+        first_bad = r.bad_examples[0]["where"] if r.bad_examples else None
+        for warning in r.warnings:
+            if first_bad and first_bad in warning:
+                continue  # core's "skipped N bad rows (first: ...)": the rows are listed above
+            items.append(f"<li>{fmt.escape(warning)}</li>")
+        eos = r.eos or {}
+        eos_line = (f"<p><b>EOS</b> {'✔' if eos.get('ok') else '✘'} {fmt.escape(eos.get('message', ''))}</p>"
+                    if eos else "")
+        count = len(items)
+        body = f"<ul>{''.join(items)}</ul>" if items else "<p>No problems found.</p>"
+        self.problems.setHtml(body + eos_line)
+        self.tabs.setTabText(3, f"Problems ({count})" if count else "Problems")
+
+    def shutdown(self) -> None:
+        self._debounce.stop()
+        self.runner.shutdown()

@@ -1,0 +1,102 @@
+"""GUI fixtures: a window on a throwaway QSettings file, opened on the tiny model, and finished
+run folders to replay. Qt warnings fail these tests (pytest-qt's qt_log_level_fail)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gui_helpers import close_window
+
+import qlora_studio.gui  # noqa: F401 - applies the PySide6 refcount guard before pytest-qt calls into Qt
+
+# Qt messages that are facts of the offscreen platform, not of our code.
+QT_LOG_IGNORE = (
+    r"This plugin does not support propagateSizeHints\(\)",
+    r"This plugin does not support raise\(\)",
+    r"QFont::setPointSize: Point size <= 0",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.qt_log_level_fail("WARNING"))
+            item.add_marker(pytest.mark.qt_log_ignore(*QT_LOG_IGNORE))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _studio_app(qapp):
+    """The app as `main()` sets it up: style, chart defaults, garbage collection on the GUI thread."""
+    from qlora_studio.gui.app import apply_style
+    from qlora_studio.gui.charts import configure_pyqtgraph
+    from qlora_studio.gui.gc_guard import GuiThreadGarbageCollector
+
+    apply_style(qapp)
+    configure_pyqtgraph()
+    collector = GuiThreadGarbageCollector()
+    yield
+    collector.stop()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_on_the_gui_thread():
+    """The last test's widgets are garbage only once its fixtures are gone: collect them here, on
+    the GUI thread. Left alone, a library's gc.collect() on the training thread (accelerate calls
+    one) would destroy them there, which Qt reports as "Timers cannot be started from another
+    thread"."""
+    import gc
+
+    gc.collect()
+    yield
+
+
+@pytest.fixture()
+def settings(tmp_path, tiny_model):
+    """Settings in a temporary .ini, remembering the tiny model so no test loads SmolLM2."""
+    from PySide6.QtCore import QSettings
+
+    from qlora_studio.gui.settings import Settings
+
+    s = Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    s.set("setup/model", str(tiny_model))
+    s.set("setup/data", "sample:dates")
+    s.set("setup/output_dir", str(tmp_path / "runs"))
+    s.sync()
+    return s
+
+
+@pytest.fixture()
+def window(qtbot, settings):
+    from qlora_studio.gui.main_window import MainWindow
+
+    w = MainWindow(settings)
+    w.resize(1400, 900)
+    w.show()
+    yield w
+    close_window(qtbot, w)
+
+
+@pytest.fixture(scope="session")
+def two_runs(tiny_model, tmp_path_factory):
+    """Two finished tiny runs, double quant on and off, in one output folder."""
+    from qlora_studio.core.config import RunConfig
+    from qlora_studio.core.runner import run_training
+
+    out = tmp_path_factory.mktemp("finished-runs")
+    base = RunConfig.model_validate({
+        "model": {"name_or_path": str(tiny_model)},
+        "data": {"path": "sample:dates", "max_length": 128, "validation_split": 0.05},
+        "lora": {"r": 8, "alpha": 16},
+        "train": {"max_steps": 12, "micro_batch_size": 4, "grad_accum": 2, "learning_rate": 2e-2,
+                  "save_every_steps": 6, "warmup_ratio": 0.0},
+        "output_dir": str(out),
+    })
+    dirs = []
+    for name, dq in (("dq-on", True), ("dq-off", False)):
+        result = run_training(base.with_overrides({"run_name": name, "quantization.double_quant": dq}))
+        assert result.status == "finished", result.error
+        dirs.append(result.run_dir)
+    return out, dirs

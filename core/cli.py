@@ -175,13 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_run_config(args)
     if args.oom_shrink:
         config = config.with_overrides({"train.oom_last_resort": "shrink"})
-    processes = args.processes or config.distributed.num_processes
-    if processes > 1:
-        from qlora_studio.core.distributed import launch
-
-        config = config.with_overrides({"distributed.num_processes": processes})
-        return launch(config, resume=args.resume, json_events=args.json_events)
-
+    if args.processes:
+        config = config.with_overrides({"distributed.num_processes": args.processes})
     control = TrainControl()
     sink = JsonEventPrinter() if args.json_events else ProgressPrinter()
     _install_stop_handler(control)

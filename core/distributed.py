@@ -1,17 +1,20 @@
 """Several processes on one machine: data-parallel (DDP) or sharded (FSDP-QLoRA) training.
 
-`launch` makes the run folder, then starts one worker per GPU (or per CPU process, with gloo)
-through torch's elastic launcher; each worker is `run_training` on that folder, so metrics,
-checkpoints and resume are those of a single-process run (rank 0 writes them; the Trainer,
-through accelerate, wraps the model in DDP or FSDP).
+`run_training` hands a config with distributed.num_processes > 1 to `run_distributed`, which
+makes the run folder and starts one worker per GPU (or per CPU process, with gloo) through
+torch's elastic launcher. Each worker is `run_training` on that folder, so metrics, checkpoints
+and resume are those of a single-process run (rank 0 writes them; the Trainer, through
+accelerate, wraps the model in DDP or FSDP).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from qlora_studio.core.config import RunConfig
@@ -41,28 +44,105 @@ def check_processes(config: RunConfig) -> list[int] | None:
     return chosen
 
 
-def launch(config: RunConfig, resume: str | None = None, json_events: bool = False) -> int:
-    """Start `distributed.num_processes` workers on one run folder and wait for them."""
-    from qlora_studio.core.control import ControlFile
+def run_distributed(config: RunConfig | None, emit, control, resume_from=None):
+    """`run_training` for distributed.num_processes > 1: the same events, control and result.
+
+    The workers run in child processes; rank 0 prints its events as JSON lines, which come back
+    here as events, and this process's `control` reaches the workers through control.json.
+    """
+    from qlora_studio.core import events as ev
     from qlora_studio.core.config import absolute_paths
+    from qlora_studio.core.control import ControlFile
+    from qlora_studio.core.runner import RunResult
     from qlora_studio.core.runs import RunFolder
 
-    gpus = check_processes(config)
-    if resume:
-        folder = RunFolder.open(resume)
-        config.save(folder.config_path)
-    else:
-        config = absolute_paths(config)
-        folder = RunFolder.create(config)
-    ControlFile(folder.path).clear()  # a stale stop request must not end the new run
-    command = worker_command(folder.path, config.distributed.num_processes, json_events)
+    emit = emit or (lambda event: None)
+    try:
+        if resume_from is not None:
+            folder = RunFolder.open(resume_from)
+            config = config or folder.load_config()
+            config.save(folder.config_path)
+        else:
+            config = absolute_paths(config)
+        gpus = check_processes(config)
+        if resume_from is None:
+            folder = RunFolder.create(config)
+    except UserError as exc:
+        emit(ev.Failed(str(exc), "", None, None, True))
+        return RunResult("failed", None, 0, None, None, error=str(exc), user_error=True)
+    files = ControlFile(folder.path)
+    files.clear()  # a stale request must not steer the new run
     env = dict(os.environ)
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // config.distributed.num_processes)))
-    print(f"run folder  {folder.path}\nprocesses   {config.distributed.num_processes} "
-          f"({'GPUs ' + ','.join(map(str, gpus)) if gpus is not None else 'CPU, gloo'})", file=sys.stderr, flush=True)
-    return subprocess.run(command, env=env).returncode
+    # A session of their own: Ctrl+C in a terminal reaches this process, which asks rank 0 to stop
+    # after a checkpoint, instead of the launcher killing the workers mid-step.
+    process = subprocess.Popen(worker_command(folder.path, config.distributed.num_processes, json_events=True),
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                               start_new_session=True)
+    errors: list[str] = []
+    drain = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
+    drain.start()
+    done = threading.Event()
+    bridge = threading.Thread(target=_forward_control, args=(control, files, done), daemon=True)
+    bridge.start()
+    last = None
+    try:
+        for line in process.stdout:
+            if not line.startswith("{"):
+                continue
+            try:
+                event = ev.event_from_dict(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(event, (ev.Finished, ev.Failed)):
+                last = event
+            emit(event)
+        code = process.wait()
+    except BaseException:  # a second Ctrl+C, or the caller going away: take the workers down too
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
+        raise
+    finally:
+        done.set()
+    drain.join(timeout=5)
+    digest = _rank_digest(folder.path)
+    if isinstance(last, ev.Finished):
+        return RunResult(last.status, str(folder.path), last.step, last.final_loss, last.adapter_dir,
+                         adapter_digest=digest)
+    if isinstance(last, ev.Failed):
+        status = "stopped" if "out of memory" in last.reason.lower() else "failed"
+        return RunResult(status, str(folder.path), last.step or 0, None, None, error=last.reason,
+                         user_error=last.user_error)
+    reason = f"the worker processes ended with exit code {code} before reporting"
+    details = "".join(errors[-60:])
+    emit(ev.Failed(reason, details, str(folder.path), None, False))
+    return RunResult("failed", str(folder.path), 0, None, None, error=reason)
+
+
+def _forward_control(control, files, done: threading.Event) -> None:
+    """This process's TrainControl -> control.json, which rank 0 follows."""
+    stopped = paused = False
+    while not done.wait(0.25):
+        if control.stop_requested and not stopped:
+            stopped = True
+            files.stop()
+        if control.paused != paused:
+            paused = control.paused
+            files.pause() if paused else files.resume()
+        if control.take_save():
+            files.save()
+        steps = control.take_extension()
+        if steps:
+            files.extend(steps)
+
+
+def _rank_digest(run_dir: Path) -> str | None:
+    try:
+        return json.loads((Path(run_dir) / "ranks" / "rank-0.json").read_text(encoding="utf-8"))["adapter_digest"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def worker_command(run_dir: Path, processes: int, json_events: bool = False) -> list[str]:

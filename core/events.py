@@ -114,6 +114,19 @@ class Failed(Event):
 
 Emit = Callable[[Event], None]
 
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__dataclass_fields__["type"].default: cls
+    for cls in (RunStarted, StepLogged, EvalLogged, CheckpointSaved, Paused, Resumed, SettingsChanged, Warning,
+                Finished, Failed)
+}
+
+
+def event_from_dict(data: dict) -> Event:
+    """The event that `to_dict()` wrote (events cross process boundaries as JSON lines)."""
+    cls = EVENT_TYPES[data["type"]]
+    fields = {k: v for k, v in data.items() if k != "type" and k in cls.__dataclass_fields__}
+    return cls(**fields)
+
 
 def fan_out(*sinks: Emit | None) -> Emit:
     """One emit that hands each event to every sink in order."""

@@ -129,7 +129,24 @@ def run_training(config: RunConfig | None = None, emit: ev.Emit | None = None, c
     """
     if config is None and resume_from is None:
         raise ValueError("give a config or a run folder to resume")
-    return _Session(config, emit, control or TrainControl(), resume_from).run()
+    control = control or TrainControl()
+    if _launches_workers(config, resume_from):
+        from qlora_studio.core.distributed import run_distributed
+
+        return run_distributed(config, emit, control, resume_from)
+    return _Session(config, emit, control, resume_from).run()
+
+
+def _launches_workers(config: RunConfig | None, resume_from: str | Path | None) -> bool:
+    """Several processes asked for, and this is not already one of them."""
+    if "RANK" in os.environ:
+        return False
+    if config is None:
+        try:
+            config = RunFolder.open(resume_from).load_config()
+        except UserError:
+            return False  # the session reports the bad folder
+    return config.distributed.num_processes > 1
 
 
 class _Session:

@@ -87,3 +87,30 @@ def test_fsdp_needs_gpus(tiny_config, tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     assert main(["train", str(path), "--processes", "2"]) == 2
     assert "fsdp needs GPUs" in capsys.readouterr().err
+
+
+def test_run_training_hands_several_processes_to_workers(tiny_config):
+    """The in-process API (what the window calls): events stream back, TrainControl reaches rank 0."""
+    from qlora_studio.core.control import TrainControl
+    from qlora_studio.core.runner import run_training
+
+    config = tiny_config.with_overrides({"distributed.num_processes": 2, "train.max_steps": 400,
+                                         "train.micro_batch_size": 2, "train.grad_accum": 1,
+                                         "train.save_every_steps": 1000, "run_name": "api"})
+    control = TrainControl()
+    events = []
+
+    def emit(event):
+        events.append(event)
+        if event.type == "step" and event.metrics["step"] == 3:
+            control.request_stop()
+
+    result = run_training(config, emit, control)
+    assert result.status == "stopped" and 3 <= result.step < 400
+    steps = [e.metrics["step"] for e in events if e.type == "step"]
+    assert steps == list(range(1, result.step + 1))
+    assert events[0].type == "run_started" and events[-1].type == "finished"
+    run = RunFolder(result.run_dir)
+    rank0, rank1 = ranks(run)
+    assert rank0["adapter_digest"] == rank1["adapter_digest"] == result.adapter_digest
+    assert run.latest_checkpoint().name == f"step-{result.step:06d}"

@@ -200,6 +200,7 @@ class SetupPage(QWidget):
         form.addWidget(self._build_quant_group())
         form.addWidget(self._build_lora_group())
         form.addWidget(self._build_train_group())
+        form.addWidget(self._build_gpus_group())
         form.addWidget(self._build_output_group())
         self.problem_label = QLabel("")
         self.problem_label.setObjectName("problemLabel")
@@ -300,6 +301,12 @@ class SetupPage(QWidget):
                 return (lambda: widget.currentText().strip()), (lambda v: widget.setCurrentText(str(v or ""))), \
                     widget.currentTextChanged
             return widget.currentText, lambda v: widget.setCurrentText(str(v)), widget.currentTextChanged
+        if isinstance(widget, QLineEdit) and key == "distributed.gpus":
+            def get_gpus() -> Any:
+                parts = [p.strip() for p in widget.text().replace(";", ",").split(",") if p.strip()]
+                return [int(p) if p.isdigit() else p for p in parts] or None  # core names a bad entry
+
+            return get_gpus, lambda v: widget.setText(", ".join(map(str, v or []))), widget.textChanged
         if isinstance(widget, QLineEdit):
             optional = key in ("run_name", "data.system_prompt", "data.validation_path")
             return ((lambda: widget.text().strip() or None) if optional else (lambda: widget.text().strip()),
@@ -320,18 +327,6 @@ class SetupPage(QWidget):
         for c in range(columns):
             grid.setColumnStretch(c * 2 + 1, 1)
         return grid
-
-    @staticmethod
-    def _optional_rows(rows: list[tuple[str, str, Callable[[], QWidget]]]) -> list[tuple[str, str, QWidget]]:
-        """Rows for config keys this core may not have yet (core and window evolve separately)."""
-        from qlora_studio.core.config import RunConfig
-
-        out = []
-        for key, text, make in rows:
-            section, name = key.split(".")
-            if name in RunConfig.model_fields[section].annotation.model_fields:
-                out.append((key, text, make()))
-        return out
 
     def _build_config_row(self) -> QHBoxLayout:
         from qlora_studio.resources import preset_paths
@@ -493,7 +488,7 @@ class SetupPage(QWidget):
             ("train.device", "Device", _combo(("auto", "cuda", "cpu"))),
             ("train.seed", "Seed", _spin(0, 2_147_483_647)),
             ("train.keep_checkpoints", "Keep", _spin(1, 100_000, none_text="all checkpoints")),
-            *self._optional_rows([("train.liger_kernels", "Liger kernels", lambda: _combo(("auto", "on", "off")))]),
+            ("train.liger_kernels", "Liger kernels", _combo(("auto", "on", "off"))),
         ])
         self.batch_label = QLabel("")
         self.batch_label.setObjectName("effectiveBatch")
@@ -506,6 +501,24 @@ class SetupPage(QWidget):
         layout = QVBoxLayout(box)
         layout.addLayout(grid)
         layout.addLayout(checks)
+        return box
+
+    def _build_gpus_group(self) -> QGroupBox:
+        """Several GPUs: one process each (data-parallel), or the model sharded across them (FSDP)."""
+        box = QGroupBox("GPUs")
+        gpus = QLineEdit()
+        gpus.setPlaceholderText("the first N")
+        grid = self._grid([
+            ("distributed.num_processes", "Processes", _spin(1, 64)),
+            ("distributed.strategy", "Strategy", _combo(("ddp", "fsdp"))),
+            ("distributed.gpus", "GPU indices", gpus),
+        ])
+        note = QLabel("One process per GPU. Without a GPU, processes share the CPU (gloo backend).")
+        note.setObjectName("hint")
+        note.setWordWrap(True)
+        layout = QVBoxLayout(box)
+        layout.addLayout(grid)
+        layout.addWidget(note)
         return box
 
     def _build_output_group(self) -> QGroupBox:

@@ -224,3 +224,22 @@ def test_resume_a_stopped_run_from_the_runs_page(window, qtbot, tiny_config):
     assert runs.model.runs[0].status == "finished"
     # the monitor drew the steps before the checkpoint too: one continuous curve
     assert list(window.monitor.loss_chart.series["raw"].x) == list(range(1, 9))
+
+
+def test_gpu_selector_starts_several_processes(window, qtbot, tiny_config):
+    """Processes > 1 in the GPUs group: the same Start, charts and result, from worker processes."""
+    setup = window.setup
+    setup.set_config(tiny_config.with_overrides({"train.max_steps": 4, "train.micro_batch_size": 2,
+                                                 "train.grad_accum": 1}))
+    setup.widget("distributed.num_processes").setValue(2)
+    setup.widget("distributed.gpus").setText("0, x")
+    assert "distributed.gpus" in setup._problems  # core rejects it, the field says so
+    setup.widget("distributed.gpus").setText("")
+    assert setup.config.distributed.num_processes == 2 and setup.config.distributed.gpus is None
+    setup.widget("distributed.strategy").setCurrentText("ddp")
+    result = run_to_end(qtbot, window, window.start_action.trigger, timeout=240_000)
+    assert result["status"] == "finished", result.get("error")
+    assert list(window.monitor.loss_chart.series["raw"].x) == [1, 2, 3, 4]
+    run = RunFolder(result["run_dir"])
+    assert run.load_config().distributed.num_processes == 2
+    assert sorted(p.name for p in (run.path / "ranks").iterdir()) == ["rank-0.json", "rank-1.json"]

@@ -104,7 +104,7 @@ class SmoothedSeries(Series):
         self.append(x, self._acc / (1 - w**self._count) if w > 0 else y)
 
     def rebuild(self, source: Series, weight: float | None = None) -> None:
-        from scipy.signal import lfilter
+        import pandas as pd  # installed with datasets; its ewm(adjust=True) is exactly the debiased EMA
 
         if weight is not None:
             self.weight = weight
@@ -117,9 +117,8 @@ class SmoothedSeries(Series):
         if w <= 0:
             smoothed, self._acc = y.copy(), float(y[-1])
         else:
-            acc = lfilter([1 - w], [1, -w], y)
-            smoothed = acc / (1 - w ** np.arange(1, len(y) + 1))
-            self._acc = float(acc[-1])
+            smoothed = pd.Series(y).ewm(alpha=1 - w, adjust=True).mean().to_numpy()
+            self._acc = float(smoothed[-1] * (1 - w ** len(y)))
         self._count = len(y)
         self.extend(source.x, smoothed)
 

@@ -115,7 +115,7 @@ def run_distributed(config: RunConfig | None, emit, control, resume_from=None):
         status = "stopped" if "out of memory" in last.reason.lower() else "failed"
         return RunResult(status, str(folder.path), last.step or 0, None, None, error=last.reason,
                          user_error=last.user_error)
-    reason = f"the worker processes ended with exit code {code} before reporting"
+    reason = _rank_failure(folder.path) or f"the worker processes ended with exit code {code} before reporting"
     details = "".join(errors[-60:])
     emit(ev.Failed(reason, details, str(folder.path), None, False))
     return RunResult("failed", str(folder.path), 0, None, None, error=reason)
@@ -136,6 +136,18 @@ def _forward_control(control, files, done: threading.Event) -> None:
         steps = control.take_extension()
         if steps:
             files.extend(steps)
+
+
+def _rank_failure(run_dir: Path) -> str | None:
+    """The first error a rank recorded (a rank other than 0 has no event stream of its own)."""
+    for path in sorted((Path(run_dir) / "ranks").glob("rank-*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if record.get("error"):
+            return f"rank {record['rank']}: {record['error']}"
+    return None
 
 
 def _rank_digest(run_dir: Path) -> str | None:
@@ -175,6 +187,8 @@ def run_worker(run_dir: str, json_events: bool = False) -> int:
         "rank": rank, "status": result.status, "step": result.step, "adapter_digest": result.adapter_digest,
         "error": result.error,
     }), encoding="utf-8")
+    if result.status == "failed" and rank != 0:
+        print(f"rank {rank} failed: {result.error}", file=sys.stderr, flush=True)
     if result.status == "failed":
         return EXIT_USER_ERROR if result.user_error else EXIT_FAILED
     return EXIT_OUT_OF_MEMORY if result.error else 0

@@ -354,20 +354,27 @@ def _causal_lm_class(model_config):
 
 
 def random_state_dict(model_config, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Random weights for every tensor of the architecture (norms 1, biases 0, the rest N(0, 0.02))."""
-    from transformers import AutoModelForCausalLM
+    """Random-looking weights for every tensor of the architecture (norms 1, biases 0).
 
+    The values only have to be well-scaled: they carry no meaning. A pool of N(0, 0.02) draws is
+    repeated, so even a 70B model fills at memory-copy speed. Every process builds its own copy
+    (from_pretrained cannot take meta tensors in a state dict), so an FSDP rehearsal needs CPU RAM
+    for one copy per process.
+    """
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     # torch's meta-device context is thread-local (accelerate's init_empty_weights patches
     # nn.Module for the whole process, breaking a model load running on another thread).
+    from transformers import AutoModelForCausalLM
+
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(model_config)
-    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     skip = set()
     if getattr(text_config, "tie_word_embeddings", False):
         # Like a real checkpoint of a tied model: no separate lm_head tensor, so loading ties it.
         output = skeleton.get_output_embeddings()
         skip = {f"{n}.weight" for n, m in skeleton.named_modules() if m is output}
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    pool = torch.empty(1 << 20, dtype=torch.float32).normal_(0, 0.02, generator=generator).to(device=device, dtype=dtype)
     state = {}
     for name, tensor in skeleton.state_dict().items():
         if name in skip:
@@ -375,8 +382,15 @@ def random_state_dict(model_config, device: torch.device, dtype: torch.dtype) ->
         if tensor.dim() == 1:
             value = torch.ones if "norm" in name else torch.zeros
             state[name] = value(tensor.shape, dtype=dtype, device=device)
-        else:
-            state[name] = torch.empty(tensor.shape, dtype=dtype, device=device).normal_(0, 0.02, generator=generator)
+            continue
+        out = torch.empty(tensor.shape, dtype=dtype, device=device)
+        if device.type != "meta":
+            flat, size = out.view(-1), pool.numel()
+            whole = flat.numel() // size
+            if whole:
+                flat[: whole * size].view(whole, size).copy_(pool.expand(whole, size))
+            flat[whole * size:].copy_(pool[: flat.numel() - whole * size])
+        state[name] = out
     return state
 
 

@@ -58,11 +58,14 @@ def training_arguments(config: RunConfig, device: torch.device, compute_dtype: t
     sharded = is_fsdp(config)
     extra: dict[str, Any] = {}
     if sharded:
-        # FSDP-QLoRA: FSDP2 shards the 4-bit weights (stored in the compute dtype, see modeling) and
+        # FSDP-QLoRA: FSDP shards the 4-bit weights (stored in the compute dtype, see modeling) and
         # checkpoints activations itself; the Trainer-level flag would all-gather again in backward.
+        # FSDP1 with flat parameters: FSDP2's DTensors reach bitsandbytes' 4-bit matmul, which
+        # cannot mix them with plain tensors (seen on 2 x H200).
         extra = {"fsdp": True, "fsdp_config": {
-            "version": 2, "cpu_ram_efficient_loading": True, "activation_checkpointing": t.gradient_checkpointing,
-            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "FULL_STATE_DICT",
+            "version": 1, "use_orig_params": False, "cpu_ram_efficient_loading": True,
+            "activation_checkpointing": t.gradient_checkpointing, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "FULL_STATE_DICT",
         }}
     return TrainingArguments(
         output_dir=output_dir,
@@ -213,7 +216,8 @@ class _Session:
             self._train_segments()
             return self._finish()
         except OutOfMemoryStop as exc:
-            self._save_adapter()  # what was trained so far stays usable
+            if self.world_size == 1:
+                self._save_adapter()  # what was trained so far stays usable
             return self._fail(str(exc), traceback.format_exc(), user_error=True, status="stopped")
         except UserError as exc:
             return self._fail(str(exc), traceback.format_exc(), user_error=True)
@@ -623,16 +627,24 @@ class _Session:
                                   elapsed_s=round(self.elapsed(), 3), peak_vram_gb=peak, paused=False)
         self.emit(ev.Finished(status, step, state.max_steps, self.last_loss, adapter_dir,
                               str(self.folder.path) if self.folder else "", round(self.elapsed(), 3), peak))
+        digest = None if is_fsdp(self.config) else adapter_digest(self.loaded.model)  # FSDP ranks hold shards
         return RunResult(status, str(self.folder.path) if self.folder else None, step, self.last_loss, adapter_dir,
-                         adapter_digest=adapter_digest(self.loaded.model))
+                         adapter_digest=digest)
 
     def _save_adapter(self) -> str | None:
+        if is_fsdp(self.config) and self.trainer is not None:
+            # Sharded weights are gathered by a collective: every rank saves through the Trainer.
+            staging = Path(self.trainer.args.output_dir).parent / "adapter.tmp"
+            self.trainer.save_model(str(staging))
+            if not self.is_main:
+                return None
         if not self.is_main or self.loaded is None or self.folder is None:
             return None
         target = self.folder.adapter_dir
         staging = target.with_name("adapter.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        self.loaded.model.save_pretrained(staging)
+        if not is_fsdp(self.config) or self.trainer is None:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.loaded.model.save_pretrained(staging)
         self.loaded.tokenizer.save_pretrained(staging)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)

@@ -72,7 +72,7 @@ def test_pause_and_stop_reach_every_rank(tmp_path, tiny_config):
 def test_fsdp_arguments(tiny_config):
     config = tiny_config.with_overrides({"distributed.strategy": "fsdp", "distributed.num_processes": 2})
     args = training_arguments(config, torch.device("cpu"), torch.float32, "/tmp/x", has_eval=False)
-    assert args.fsdp and args.fsdp_config["cpu_ram_efficient_loading"] and args.fsdp_config["version"] == 2
+    assert args.fsdp and args.fsdp_config["cpu_ram_efficient_loading"] and args.fsdp_config["version"] == 1
     assert args.fsdp_config["activation_checkpointing"] is True
     assert not args.activation_checkpointing  # FSDP checkpoints itself; the Trainer flag would all-gather twice
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from shapes import SHAPES, shape_folder  # noqa: E402  (tests/shapes.py, shared with the GPU tests)
+from shapes import SHAPES, shape_folder  # noqa: E402,F401 - re-exported for the bench scripts (tests/shapes.py)
 
 
 def fixed_length_rows(path: Path, rows: int, tokens: int, tokenizer, seed: int = 0) -> Path:

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- train ------------------------------------------------------------------------------------
 
 def load_run_config(args: argparse.Namespace):
-    from qlora_studio.core.config import load_config, validate_config
+    from qlora_studio.core.config import load_config
     from qlora_studio.resources import PRESETS
 
     if getattr(args, "demo", False):
@@ -145,8 +145,7 @@ def load_run_config(args: argparse.Namespace):
         if args.command in ("estimate", "fit"):
             return load_config(PRESETS / "demo.yaml", args.overrides)
         raise UserError("give a config file (make one with `qlora-studio init`), or --demo, or --resume RUN_DIR")
-    config = load_config(args.config, args.overrides)
-    return validate_config(config.model_dump(mode="json"), args.config)
+    return load_config(args.config, args.overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -126,14 +126,3 @@ def event_from_dict(data: dict) -> Event:
     cls = EVENT_TYPES[data["type"]]
     fields = {k: v for k, v in data.items() if k != "type" and k in cls.__dataclass_fields__}
     return cls(**fields)
-
-
-def fan_out(*sinks: Emit | None) -> Emit:
-    """One emit that hands each event to every sink in order."""
-    active = [s for s in sinks if s is not None]
-
-    def emit(event: Event) -> None:
-        for sink in active:
-            sink(event)
-
-    return emit

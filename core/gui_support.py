@@ -45,7 +45,7 @@ def run_history(run_dir: str | Path) -> dict[str, Any]:
             started = record  # the last start (a resumed run starts again)
     return {
         "metrics": run.read_metrics(),
-        "evals": read_jsonl(run.path / "evals.jsonl"),
+        "evals": read_jsonl(run.evals_path),
         "run_started": started,
         "status": run.read_status(),
     }

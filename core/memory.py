@@ -37,8 +37,6 @@ GIB = 1024**3
 MIB = 1024**2
 BUDGETS_GB = (8, 12, 16, 24, 48, 80)
 
-# Calibrated coefficients (see module docstring): measured saved bytes relative to the analytic count.
-ACTIVATION_SCALE = 1.0
 LOGITS_BYTES_PER_ELEMENT = 12.0
 LIGER_CHUNK_BYTES_PER_ELEMENT = 8.0  # fp32 chunk logits and their gradient
 LIGER_INPUT_GRAD_BYTES = 4.0  # fp32 gradient of the hidden states, filled chunk by chunk
@@ -293,8 +291,7 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
         notes.append("paged optimizer states live in unified memory and move to CPU RAM under pressure: not counted")
 
     tokens = seq_len * micro_batch
-    layer = int(ACTIVATION_SCALE * tokens * _layer_bytes_per_token(shape, targets, lora_r, lora_dropout, compute_bytes,
-                                                                   liger))
+    layer = int(tokens * _layer_bytes_per_token(shape, targets, lora_r, lora_dropout, compute_bytes, liger))
     logits = int(_loss_bytes(shape, tokens, liger))
     hidden_state = tokens * shape.hidden * compute_bytes
     if gradient_checkpointing:
@@ -544,13 +541,3 @@ def format_fit(result: FitResult) -> str:
     lines = [result.message, ""]
     lines.append(format_estimate(result.estimate, result.budget_gb))
     return "\n".join(lines)
-
-
-def fit_table(config: RunConfig) -> list[dict[str, Any]]:
-    """make_it_fit for each common card size."""
-    rows = []
-    for budget in BUDGETS_GB:
-        result = make_it_fit(config, budget)
-        rows.append({"budget_gb": budget, "fits": result.config is not None, "message": result.message})
-    return rows
-

@@ -197,7 +197,7 @@ class _Session:
                              last_loss=event.metrics.get("loss"), elapsed_s=event.metrics.get("elapsed_s"),
                              peak_vram_gb=self.peak_vram_gb)
         elif isinstance(event, ev.EvalLogged):
-            run.append_jsonl(run.path / "evals.jsonl", {"step": event.step, "eval_loss": event.eval_loss, **event.metrics})
+            run.append_jsonl(run.evals_path, {"step": event.step, "eval_loss": event.eval_loss, **event.metrics})
         else:
             record = event.to_dict()
             if isinstance(event, ev.RunStarted):
@@ -238,8 +238,7 @@ class _Session:
                 self.start_step = int(meta.get("step", 0)) or int(self.checkpoint.name.split("-")[-1])
                 self.elapsed_offset = float(meta.get("elapsed_s", 0.0))
             if self.is_main:
-                self.folder.truncate_metrics(self.start_step)
-                _truncate_evals(self.folder, self.start_step)
+                self.folder.truncate_records(self.start_step)
                 self.config.save(self.folder.config_path)
         else:
             self.config = absolute_paths(self.config)
@@ -707,16 +706,6 @@ def _smallest_factor(n: int) -> int:
         if n % p == 0:
             return p
     return n
-
-
-def _truncate_evals(run: RunFolder, last_step: int) -> None:
-    from qlora_studio.core.runs import read_jsonl
-
-    path = run.path / "evals.jsonl"
-    if not path.exists():
-        return
-    kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
-    path.write_text("".join(_json(r) + "\n" for r in kept), encoding="utf-8")
 
 
 def _json(data: dict[str, Any], drop: tuple[str, ...] = ()) -> str:

@@ -58,6 +58,10 @@ class RunFolder:
         return self.path / "metrics.jsonl"
 
     @property
+    def evals_path(self) -> Path:
+        return self.path / "evals.jsonl"
+
+    @property
     def events_path(self) -> Path:
         return self.path / "events.jsonl"
 
@@ -126,16 +130,17 @@ class RunFolder:
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path)
 
-    def truncate_metrics(self, last_step: int) -> None:
-        """Keep only records up to `last_step`, so a resumed run logs each step once."""
-        if not self.metrics_path.exists():
-            return
-        kept = [r for r in read_jsonl(self.metrics_path) if int(r.get("step", 0)) <= last_step]
-        tmp = self.metrics_path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for record in kept:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.metrics_path)
+    def truncate_records(self, last_step: int) -> None:
+        """Keep only metrics and evaluations up to `last_step`, so a resumed run logs each step once."""
+        for path in (self.metrics_path, self.evals_path):
+            if not path.exists():
+                continue
+            kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for record in kept:
+                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            os.replace(tmp, path)
 
     # ---- checkpoints ----
     def checkpoints(self) -> list[tuple[int, Path]]:

@@ -9,7 +9,6 @@ import pytest
 
 from gui_helpers import close_window
 
-import qlora_studio.gui  # noqa: F401 - applies the PySide6 refcount guard before pytest-qt calls into Qt
 
 # Qt messages that are facts of the offscreen platform, not of our code.
 QT_LOG_IGNORE = (

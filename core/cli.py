@@ -314,37 +314,31 @@ def _duration(seconds: float) -> str:
 # ---- inspect-data -----------------------------------------------------------------------------
 
 def cmd_inspect_data(args: argparse.Namespace) -> int:
-    from qlora_studio.core.config import DataSettings, ModelSettings, load_config
+    from qlora_studio.core.config import RunConfig, load_config
     from qlora_studio.core.data import inspect_data, stop_token_ids
     from qlora_studio.core.modeling import load_tokenizer, resolve_model_source
     from qlora_studio.core.quiet import quiet_libraries
 
     quiet_libraries()
-    base = load_config(args.config) if args.config else None
-    data = base.data if base else DataSettings()
-    model = base.model if base else ModelSettings()
-    updates: dict[str, Any] = {"path": args.data}
-    if args.format != "auto" or base is None:
-        updates["format"] = args.format
+    base = load_config(args.config) if args.config else RunConfig()
+    overrides: dict[str, Any] = {"data.path": args.data}
+    if args.format != "auto" or not args.config:
+        overrides["data.format"] = args.format
     if args.max_length:
-        updates["max_length"] = args.max_length
+        overrides["data.max_length"] = args.max_length
     if args.column:
-        mapping = dict(data.columns)
+        mapping = dict(base.data.columns)
         for item in args.column:
             ours, sep, theirs = item.partition("=")
             if not sep:
                 raise UserError(f"--column {item}: write it as ours=theirs, e.g. prompt=question")
             mapping[ours.strip()] = theirs.strip()
-        updates["columns"] = mapping
+        overrides["data.columns"] = mapping
     if args.skip_bad_rows:
-        updates["skip_bad_rows"] = True
-    from qlora_studio.core.config import validate_config
-
-    merged = (base.model_dump(mode="json") if base else {"data": {}, "model": {}})
-    merged["data"] = {**data.model_dump(mode="json"), **updates}
+        overrides["data.skip_bad_rows"] = True
     if args.model:
-        merged["model"] = {**model.model_dump(mode="json"), "name_or_path": args.model}
-    config = validate_config(merged, "inspect-data")
+        overrides["model.name_or_path"] = args.model
+    config = base.with_overrides(overrides, "inspect-data")
     source = resolve_model_source(config.model)
     tokenizer = load_tokenizer(source, config.model)
     report = inspect_data(config.data, tokenizer, stop_token_ids(tokenizer, source.path), examples=args.examples)

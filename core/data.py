@@ -379,10 +379,12 @@ def _build(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int, wa
         overlength=settings.overlength,
         warnings=warnings,
     )
-    all_enc = [train_enc] + ([eval_enc] if eval_enc is not None else [])
-    _fill_stats(report, all_enc, encoder, parts, settings.skip_bad_rows)
-    report.train_rows = _usable(train_enc).num_rows
-    report.eval_rows = _usable(eval_enc).num_rows if eval_enc is not None else 0
+    train_ok = _usable(train_enc)
+    eval_ok = _usable(eval_enc) if eval_enc is not None else None
+    encoded = [(train_enc, train_ok)] + ([(eval_enc, eval_ok)] if eval_enc is not None else [])
+    _fill_stats(report, encoded, encoder, parts, settings.skip_bad_rows)
+    report.train_rows = train_ok.num_rows
+    report.eval_rows = eval_ok.num_rows if eval_ok is not None else 0
     if report.train_rows == 0:
         raise DataError(f"no example is left after applying data.max_length {settings.max_length}; raise it or use overlength: truncate",
                         path=parts[0].label)
@@ -396,8 +398,8 @@ def _build(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int, wa
     for message in warnings:
         if warn:
             warn(message)
-    train = _usable(train_enc).select_columns(["input_ids", "labels"])
-    evaluation = _usable(eval_enc).select_columns(["input_ids", "labels"]) if eval_enc is not None and report.eval_rows else None
+    train = train_ok.select_columns(["input_ids", "labels"])
+    evaluation = eval_ok.select_columns(["input_ids", "labels"]) if report.eval_rows else None
     return train, evaluation, report, template
 
 
@@ -405,12 +407,13 @@ def _usable(ds):
     return ds.filter(lambda fate: not fate.startswith(("drop", "bad")), input_columns="_fate")
 
 
-def _fill_stats(report: DataReport, encoded: list, encoder: ConversationEncoder, parts: list[SourcePart],
+def _fill_stats(report: DataReport, encoded: list[tuple], encoder: ConversationEncoder, parts: list[SourcePart],
                 skip_bad_rows: bool) -> None:
+    """Counts over (every encoded row, the usable ones) pairs."""
     lengths: list[int] = []
     bad_template: list[dict[str, str]] = []
     bad_template_count = 0
-    for ds in encoded:
+    for ds, usable in encoded:
         fates = ds["_fate"]
         row_lengths = ds["length"]
         report.cut_rows += sum(1 for f in fates if f == "cut")
@@ -424,7 +427,6 @@ def _fill_stats(report: DataReport, encoded: list, encoder: ConversationEncoder,
                 if len(bad_template) < BAD_ROWS_SHOWN:
                     row = ds[i]
                     bad_template.append({"where": parts[row["_part"]].where(row["_row"]), "reason": f[4:]})
-        usable = _usable(ds)
         labels = usable["labels"]
         report.trained_tokens += sum(sum(1 for t in seq if t != IGNORE_INDEX) for seq in labels)
         report.total_tokens += sum(len(seq) for seq in labels)

@@ -371,17 +371,25 @@ def _round(nbytes: int) -> int:
 
 def estimate_config(config: RunConfig, seq_len: int | None = None) -> Estimate:
     """The estimate for a run config, on a CUDA GPU (compute dtype auto = bf16)."""
-    model_config = load_model_config(config.model.name_or_path, config.model.trust_remote_code, config.model.revision)
-    shape = model_shape(model_config)
-    compute = config.quantization.compute_dtype
-    compute_bytes = 4 if compute == "float32" else 2
+    return _estimate_run(config_shape(config), config, seq_len or config.data.max_length)
+
+
+def config_shape(config: RunConfig) -> ModelShape:
+    return model_shape(load_model_config(config.model.name_or_path, config.model.trust_remote_code,
+                                         config.model.revision))
+
+
+def _estimate_run(shape: ModelShape, config: RunConfig, seq_len: int, **train: Any) -> Estimate:
+    """`estimate` with every argument taken from `config`; `train` replaces micro_batch,
+    gradient_checkpointing or optimizer (the settings make_it_fit tries)."""
     t = config.train
+    settings = {"micro_batch": t.micro_batch_size, "gradient_checkpointing": t.gradient_checkpointing,
+                "optimizer": t.optimizer, **train}
     return estimate(
-        shape, mode=config.quantization.mode, double_quant=config.quantization.double_quant, compute_bytes=compute_bytes,
-        seq_len=seq_len or config.data.max_length, micro_batch=t.micro_batch_size,
-        gradient_checkpointing=t.gradient_checkpointing, lora_r=config.lora.r, target_modules=config.lora.target_modules,
-        lora_dropout=config.lora.dropout, use_dora=config.lora.use_dora, optimizer=t.optimizer,
-        model_name=config.model.name_or_path, liger=expects_liger(config),
+        shape, mode=config.quantization.mode, double_quant=config.quantization.double_quant,
+        compute_bytes=4 if config.quantization.compute_dtype == "float32" else 2, seq_len=seq_len,
+        lora_r=config.lora.r, target_modules=config.lora.target_modules, lora_dropout=config.lora.dropout,
+        use_dora=config.lora.use_dora, model_name=config.model.name_or_path, liger=expects_liger(config), **settings,
     )
 
 
@@ -484,23 +492,15 @@ def make_it_fit(config: RunConfig, budget_gb: float, seq_len: int | None = None)
     lengths = [config.data.max_length]
     while lengths[-1] // 2 >= 256:
         lengths.append(lengths[-1] // 2)
-    model_config = load_model_config(config.model.name_or_path, config.model.trust_remote_code, config.model.revision)
-    shape = model_shape(model_config)
-    compute_bytes = 4 if config.quantization.compute_dtype == "float32" else 2
+    shape = config_shape(config)
     for length in lengths:
         tokens = min(length, seq_len or length)
         best = None
         for checkpointing in (False, True):
             for micro in _divisors(effective):
                 for rank, optimizer in enumerate(OPTIMIZER_PREFERENCE):
-                    e = estimate(
-                        shape, mode=config.quantization.mode, double_quant=config.quantization.double_quant,
-                        compute_bytes=compute_bytes, seq_len=tokens, micro_batch=micro,
-                        gradient_checkpointing=checkpointing, lora_r=config.lora.r,
-                        target_modules=config.lora.target_modules, lora_dropout=config.lora.dropout,
-                        use_dora=config.lora.use_dora, optimizer=optimizer, model_name=config.model.name_or_path,
-                        liger=expects_liger(config),
-                    )
+                    e = _estimate_run(shape, config, tokens, micro_batch=micro, gradient_checkpointing=checkpointing,
+                                      optimizer=optimizer)
                     if not e.fits(budget_gb):
                         continue
                     score = (relative_speed(micro, tokens, checkpointing), -rank)

@@ -250,7 +250,6 @@ class _Session:
     def _load(self) -> None:
         from transformers import set_seed
 
-        from qlora_studio.core.data import prepare_data, stop_token_ids
         from qlora_studio.core.modeling import load_for_training
 
         set_seed(self.config.train.seed)
@@ -271,9 +270,7 @@ class _Session:
                 raise OutOfMemoryStop(
                     "the model does not fit in GPU memory: use quantization.mode 4bit, a smaller model, or free the GPU"
                 ) from None
-            stops = stop_token_ids(self.loaded.tokenizer, self.loaded.source.path)
-            self.data = prepare_data(self.config.data, self.loaded.tokenizer, stops, self.config.train.seed,
-                                     warn=self.warn)
+            self._prepare_data()
         self.loaded.tokenizer.chat_template = self.data.template
         if self.loaded.device.type == "cuda":
             self.predicted_peak_gb = self._predict_peak_gb()
@@ -538,7 +535,7 @@ class _Session:
                 if new_length < MIN_MAX_LENGTH:
                     raise OutOfMemoryStop(self._oom_stop_message(failed, None))
                 self._change(data={"max_length": new_length})
-                self._reprepare_data()
+                self._prepare_data()
                 why = f"cut data.max_length to {new_length} tokens (longer examples are cut)"
         new_train = self.config.train
         before = {"micro_batch_size": old_train.micro_batch_size, "grad_accum": old_train.grad_accum,
@@ -607,7 +604,8 @@ class _Session:
         if self.is_main:
             self.config.save(self.folder.config_path)
 
-    def _reprepare_data(self) -> None:
+    def _prepare_data(self) -> None:
+        """Tokenize for the current config (again after an out-of-memory cut of max_length)."""
         from qlora_studio.core.data import prepare_data, stop_token_ids
 
         stops = stop_token_ids(self.loaded.tokenizer, self.loaded.source.path)

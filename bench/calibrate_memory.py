@@ -61,12 +61,15 @@ def main() -> None:
     from datasets import Dataset
     from transformers import PrinterCallback, Trainer
 
-    from qlora_studio.core.data import make_collator
-    from qlora_studio.core.gpu import device_used_bytes
-    from qlora_studio.core.memory import GIB, estimate, model_shape
-    from qlora_studio.core.modeling import apply_lora, load_base_model, load_tokenizer, resolve_model_source
+    from qlora_studio.core.data.pipeline import make_collator
+    from qlora_studio.core.model.devices import device_used_bytes
+    from qlora_studio.core.model.shape import model_shape
+    from qlora_studio.core.planner.estimate import GIB, estimate
+    from qlora_studio.core.model.loading import load_base_model, load_tokenizer
+    from qlora_studio.core.model.lora import apply_lora
+    from qlora_studio.core.model.sources import resolve_model_source
     from qlora_studio.core.quiet import quiet_libraries
-    from qlora_studio.core.runner import training_arguments
+    from qlora_studio.core.training.runner import training_arguments
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny grid on any device (checks the script)")

@@ -37,8 +37,8 @@ def base_config(folder: Path, data: Path, work: Path, **train):
 
 
 def part_train(folder, data, work):
-    from qlora_studio.core.runner import run_training
-    from qlora_studio.core.runs import RunFolder
+    from qlora_studio.core.training.runner import run_training
+    from qlora_studio.core.training.store import RunFolder
 
     events = []
     result = run_training(base_config(folder, data, work), events.append)
@@ -60,8 +60,8 @@ def part_train(folder, data, work):
 
 def part_liger(folder, data, work):
     """`train` again with Liger kernels (fused cross-entropy, RMSNorm, SwiGLU, RoPE)."""
-    from qlora_studio.core.runner import run_training
-    from qlora_studio.core.runs import RunFolder
+    from qlora_studio.core.training.runner import run_training
+    from qlora_studio.core.training.store import RunFolder
 
     events = []
     result = run_training(base_config(folder, data, work, liger_kernels="on"), events.append)
@@ -75,8 +75,8 @@ def part_liger(folder, data, work):
 def part_oom(folder, data, work):
     import torch
 
-    from qlora_studio.core.runner import run_training
-    from qlora_studio.core.runs import RunFolder
+    from qlora_studio.core.training.runner import run_training
+    from qlora_studio.core.training.store import RunFolder
 
     total = torch.cuda.get_device_properties(0).total_memory
     budget = 24 * 1024**3
@@ -109,7 +109,7 @@ def part_reference(folder, data, work):
     from transformers import (AutoConfig, AutoTokenizer, BitsAndBytesConfig, DataCollatorForLanguageModeling,
                               MODEL_FOR_CAUSAL_LM_MAPPING, PrinterCallback, Trainer, TrainingArguments)
 
-    from qlora_studio.core.modeling import random_state_dict
+    from qlora_studio.core.model.loading import random_state_dict
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.pad_token = tokenizer.eos_token

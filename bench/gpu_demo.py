@@ -20,10 +20,10 @@ def main() -> None:
     import torch
 
     from qlora_studio.core.config import load_config
-    from qlora_studio.core.inference import evaluate, load_for_inference
+    from qlora_studio.core.after.inference import evaluate, load_for_inference
     from qlora_studio.core.quiet import quiet_libraries
-    from qlora_studio.core.runner import run_training
-    from qlora_studio.core.runs import RunFolder
+    from qlora_studio.core.training.runner import run_training
+    from qlora_studio.core.training.store import RunFolder
     from qlora_studio.resources import PRESETS, sample_path
 
     parser = argparse.ArgumentParser()

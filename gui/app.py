@@ -32,7 +32,7 @@ def apply_style(app) -> None:
 def create_app(argv: list[str] | None = None):
     from PySide6.QtWidgets import QApplication
 
-    from qlora_studio.gui.charts import configure_pyqtgraph
+    from qlora_studio.gui.widgets.charts import configure_pyqtgraph
     from qlora_studio.gui.settings import APPLICATION, ORGANIZATION
 
     app = QApplication.instance()

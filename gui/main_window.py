@@ -5,40 +5,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, Signal, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QCloseEvent, QIcon
 from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMessageBox,
-    QPushButton,
-    QSpinBox,
-    QStyle,
     QTabWidget,
-    QToolBar,
     QVBoxLayout,
     QWidget,
 )
 
+from qlora_studio.core.training import events as ev
 from qlora_studio.gui.monitor_page import MonitorPage
 from qlora_studio.gui.runs_page import RunsPage
 from qlora_studio.gui.settings import Settings
 from qlora_studio.gui.setup_page import SetupPage
+from qlora_studio.gui.widgets.training_toolbar import TrainingToolbar
 from qlora_studio.gui.workers import TaskRunner, TrainController
 
 SETUP, MONITOR, RUNS = range(3)
 
 
 def _probe_gpus():
-    from qlora_studio.core.gpu import list_gpus
+    from qlora_studio.core.model.devices import list_gpus
 
     return list_gpus()
 
 
 def _run_history(run_dir: str):
-    from qlora_studio.core.gui_support import run_history
+    from qlora_studio.core.training.store import RunFolder
 
-    return run_history(run_dir)
+    return RunFolder(run_dir).history()
 
 
 def show_error(parent: QWidget, title: str, reason: str, details: str = "") -> QMessageBox:
@@ -54,7 +52,7 @@ def show_error(parent: QWidget, title: str, reason: str, details: str = "") -> Q
 
 class MainWindow(QMainWindow):
     gpus_detected = Signal(object)  # list of core GpuInfo
-    run_ended = Signal(object)  # the result dict, after the window has handled it
+    run_ended = Signal(object)  # the RunResult, after the window has handled it
 
     def __init__(self, settings: Settings | None = None, config_path: str | None = None):
         super().__init__()
@@ -114,8 +112,7 @@ class MainWindow(QMainWindow):
         self.gpu_probe.error.connect(lambda _tag, info: self._on_gpus(None, []))
         self.history_loader = TaskRunner(_run_history, self)
         self.history_loader.result.connect(self._on_history)
-        self.history_loader.error.connect(
-            lambda _tag, info: self.report_error("Replay", info["reason"], info["details"]))
+        self.history_loader.error.connect(lambda _tag, error: self.report_error("Replay", error.reason, error.details))
 
         self._restore_state()
         if config_path:
@@ -126,42 +123,12 @@ class MainWindow(QMainWindow):
 
     # ---- building ----
     def _build_toolbar(self) -> None:
-        bar = QToolBar("Training")
-        bar.setObjectName("trainingToolbar")
-        bar.setMovable(False)
-        bar.setIconSize(QSize(18, 18))
-        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        style = self.style()
-        self.start_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_MediaPlay), "Start", self)
-        self.start_action.setObjectName("startAction")
-        self.start_action.setShortcut(QKeySequence("Ctrl+Return"))
-        self.start_action.setToolTip("Train with the settings on the Setup page (Ctrl+Enter)")
-        self.pause_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_MediaPause), "Pause", self)
-        self.pause_action.setObjectName("pauseAction")
-        self.pause_action.setCheckable(True)
-        self.pause_action.setToolTip("Hold training after the current step (the model stays loaded)")
-        self.stop_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_MediaStop), "Stop", self)
-        self.stop_action.setObjectName("stopAction")
-        self.stop_action.setToolTip("Stop after the current step and save a checkpoint (resumable)")
-        self.save_action = QAction(style.standardIcon(QStyle.StandardPixmap.SP_DialogSaveButton), "Save now", self)
-        self.save_action.setObjectName("saveAction")
-        self.save_action.setToolTip("Write a resumable checkpoint after the current step")
-        for action in (self.start_action, self.pause_action, self.stop_action, self.save_action):
-            bar.addAction(action)
-        bar.addSeparator()
-        self.extend_spin = QSpinBox()
-        self.extend_spin.setObjectName("extendSpin")
-        self.extend_spin.setRange(1, 1_000_000)
-        self.extend_spin.setValue(self.settings.get("monitor/extend_steps"))
-        self.extend_spin.setToolTip("Steps to add to the running plan")
-        self.extend_button = QPushButton("+ steps")
-        self.extend_button.setObjectName("extendButton")
-        self.extend_button.setToolTip("Train this many more steps than planned (the schedule stretches)")
-        bar.addWidget(self.extend_spin)
-        bar.addWidget(self.extend_button)
-        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
-        self.toolbar = bar
-
+        self.toolbar = TrainingToolbar(self.settings.get("monitor/extend_steps"), self)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.toolbar)
+        bar = self.toolbar
+        self.start_action, self.pause_action = bar.start_action, bar.pause_action
+        self.stop_action, self.save_action = bar.stop_action, bar.save_action
+        self.extend_spin, self.extend_button = bar.extend_spin, bar.extend_button
         self.start_action.triggered.connect(self.start_training)
         self.pause_action.toggled.connect(self._on_pause_toggled)
         self.stop_action.triggered.connect(self.stop_training)
@@ -191,19 +158,8 @@ class MainWindow(QMainWindow):
         self.settings.sync()
 
     def _update_actions(self) -> None:
-        running = self.controller.running
-        stopping = running and bool(self.controller.control and self.controller.control.stop_requested)
-        self.start_action.setEnabled(not running)
-        self.pause_action.setEnabled(running and not stopping)
-        self.stop_action.setEnabled(running and not stopping)
-        self.save_action.setEnabled(running and not stopping)
-        self.extend_button.setEnabled(running and not stopping)
-        self.runs.set_busy(running)
-        if not running:
-            self.pause_action.blockSignals(True)
-            self.pause_action.setChecked(False)
-            self.pause_action.setText("Pause")
-            self.pause_action.blockSignals(False)
+        self.toolbar.set_state(self.controller.running, self.controller.stopping)
+        self.runs.set_busy(self.controller.running)
 
     # ---- GPU ----
     @Slot(object, object)
@@ -253,66 +209,63 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _on_pause_toggled(self, paused: bool) -> None:
+        if not self.controller.running:
+            return
         if paused:
-            self.controller.pause()
-            self.pause_action.setText("Resume")
-            self.pause_action.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPlay))
+            self.controller.control.pause()
             self.state_label.setText("Pausing after this step…")
         else:
-            self.controller.resume()
-            self.pause_action.setText("Pause")
-            self.pause_action.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPause))
+            self.controller.control.resume()
             self.state_label.setText("Training")
 
     def stop_training(self) -> None:
         if not self.controller.running:
             return
-        self.controller.stop()
+        self.controller.control.request_stop()
         self.monitor.mark_stopping()
         self.state_label.setText("Stopping: saving a checkpoint…")
         self._update_actions()
 
     def _save_now(self) -> None:
-        self.controller.save_now()
+        self.controller.control.request_save()
         self.statusBar().showMessage("A checkpoint will be saved after the current step", 4000)
 
     def _extend(self) -> None:
         steps = self.extend_spin.value()
-        self.controller.extend(steps)
+        self.controller.control.extend(steps)
         self.statusBar().showMessage(f"Adding {steps} steps after the current one", 4000)
 
     @Slot(object)
-    def _on_event(self, event: dict[str, Any]) -> None:
+    def _on_event(self, event: ev.Event) -> None:
         self.monitor.handle_event(event)
-        kind = event["type"]
-        if kind == "run_started" and event.get("start_step"):
-            # a resumed run: its folder already holds the curves up to the checkpoint (a small file,
-            # read here so the earlier steps are drawn before the next step event arrives)
-            from qlora_studio.core.gui_support import run_history
+        match event:
+            case ev.RunStarted(start_step=start) if start:
+                # a resumed run: its folder already holds the curves up to the checkpoint (a small file,
+                # read here so the earlier steps are drawn before the next step event arrives)
+                from qlora_studio.core.training.store import RunFolder
 
-            self.monitor.prefill(run_history(event["run_dir"]), int(event["start_step"]))
-        if kind == "step":
-            m = event["metrics"]
-            self.state_label.setText(f"Training: step {m['step']} / {event['total_steps']}")
-        elif kind == "paused":
-            self.state_label.setText(f"Paused at step {event['step']}")
-        elif kind == "run_started":
-            self.runs.refresh()
+                self.monitor.prefill(RunFolder(event.run_dir).history(), start)
+                self.runs.refresh()
+            case ev.RunStarted():
+                self.runs.refresh()
+            case ev.StepLogged():
+                self.state_label.setText(f"Training: step {event.metrics.step} / {event.total_steps}")
+            case ev.Paused():
+                self.state_label.setText(f"Paused at step {event.step}")
 
     @Slot(object)
-    def _on_run_finished(self, result: dict[str, Any]) -> None:
-        status = result.get("status", "failed")
-        self.monitor.end_live(status)
+    def _on_run_finished(self, result: ev.RunResult) -> None:
+        self.monitor.end_live(result.status)
         self._update_actions()
         self.runs.refresh()
-        if status == "failed":
-            self.state_label.setText("Failed")
-            where = f"\n\nRun folder: {result['run_dir']}" if result.get("run_dir") else ""
-            self.report_error("Training failed", result.get("error") or "training failed",
-                              (result.get("details") or "") + where)
+        if result.status == "finished" or result.cause is None:
+            self.state_label.setText(f"{result.status.capitalize()} at step {result.step}")
+            self.statusBar().showMessage(f"Run {result.status}: {result.run_dir}", 8000)
         else:
-            self.state_label.setText(f"{status.capitalize()} at step {result.get('step')}")
-            self.statusBar().showMessage(f"Run {status}: {result.get('run_dir')}", 8000)
+            self.state_label.setText("Stopped" if result.status == "stopped" else "Failed")
+            where = f"\n\nRun folder: {result.run_dir}" if result.run_dir else ""
+            title = "Out of GPU memory" if result.status == "stopped" else "Training failed"
+            self.report_error(title, result.error or "training failed", (result.details or "") + where)
         self.run_ended.emit(result)
         if self._close_after_run:
             self.close()
@@ -334,11 +287,10 @@ class MainWindow(QMainWindow):
         self.history_loader.request(run_dir, tag=run_dir)
 
     @Slot(object, object)
-    def _on_history(self, run_dir: str, history: dict[str, Any]) -> None:
+    def _on_history(self, run_dir: str, history) -> None:
         if self.controller.running:
             return
-        history["path"] = run_dir
-        self.monitor.load_history(Path(run_dir).name, history)
+        self.monitor.load_history(history)
         self.tabs.setCurrentIndex(MONITOR)
 
     # ---- errors ----

@@ -8,92 +8,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QColor, QPainter, QPen
-from PySide6.QtWidgets import (
-    QComboBox,
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QSizePolicy,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import Signal, Slot
+from PySide6.QtWidgets import QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from qlora_studio.gui import fmt
-from qlora_studio.gui.workers import TaskRunner
+from qlora_studio.gui.widgets.form import guard_wheel
+from qlora_studio.gui.widgets.stacked_bar import GIB, PART_COLORS, StackedBar
+from qlora_studio.gui.workers import DebouncedTask, TaskRunner
 
 DEBOUNCE_MS = 300
-PART_COLORS = ["#2563eb", "#16a34a", "#f59e0b", "#db2777", "#94a3b8"]
-GIB = 1024**3
 
 
 def _estimate(config, seq_len: int | None):
-    from qlora_studio.core.memory import estimate_config
+    from qlora_studio.core.planner.estimate import estimate_config
 
     return estimate_config(config, seq_len=seq_len)
 
 
 def _fit(config, budget_gb: float, seq_len: int | None):
-    from qlora_studio.core.memory import make_it_fit
+    from qlora_studio.core.planner.fit import make_it_fit
 
     return make_it_fit(config, budget_gb, seq_len=seq_len)
-
-
-class StackedBar(QWidget):
-    """Horizontal bar of (label, bytes) parts with a budget marker."""
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.parts: list[tuple[str, int]] = []
-        self.budget_bytes: float | None = None
-        self.setMinimumHeight(46)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-
-    def sizeHint(self) -> QSize:
-        return QSize(400, 46)
-
-    def set_parts(self, parts: list[tuple[str, int]], budget_bytes: float | None) -> None:
-        self.parts = list(parts)
-        self.budget_bytes = budget_bytes
-        self.update()
-
-    @property
-    def total(self) -> int:
-        return sum(b for _, b in self.parts)
-
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        rect = QRectF(self.rect()).adjusted(1, 14, -1, -6)
-        painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(QColor("#e2e8f0"))
-        painter.drawRoundedRect(rect, 4, 4)
-        scale_max = max(self.total, self.budget_bytes or 0) * 1.04 or 1
-        x = rect.left()
-        painter.save()
-        clip = QRectF(rect)
-        painter.setClipRect(clip)
-        for (_, nbytes), color in zip(self.parts, PART_COLORS):
-            width = rect.width() * nbytes / scale_max
-            painter.setBrush(QColor(color))
-            painter.drawRect(QRectF(x, rect.top(), width, rect.height()))
-            x += width
-        painter.restore()
-        if self.budget_bytes:
-            bx = rect.left() + rect.width() * self.budget_bytes / scale_max
-            over = self.total > self.budget_bytes
-            pen = QPen(QColor("#dc2626" if over else "#0f172a"), 2)
-            painter.setPen(pen)
-            painter.drawLine(int(bx), int(rect.top() - 4), int(bx), int(rect.bottom() + 3))
-            text = f"budget {self.budget_bytes / GIB:g} GB"
-            metrics = painter.fontMetrics()
-            tw = metrics.horizontalAdvance(text)
-            tx = min(max(bx - tw / 2, 0), self.width() - tw)
-            painter.drawText(int(tx), int(rect.top() - 4), text)
-        painter.end()
 
 
 class MemoryPanel(QGroupBox):
@@ -114,7 +49,7 @@ class MemoryPanel(QGroupBox):
         self._gpu_name = ""
         self._wanted: Any = "auto"  # the user's choice, kept while no GPU has been detected yet
 
-        self.budget_combo = QComboBox()
+        self.budget_combo = guard_wheel(QComboBox())
         self.budget_combo.setObjectName("budgetCombo")
         self.budget_combo.setToolTip("The card to plan for: the detected GPU, or a common size")
         self.fit_button = QPushButton("Make it fit")
@@ -154,11 +89,7 @@ class MemoryPanel(QGroupBox):
         self.budget_combo.currentIndexChanged.connect(self._on_budget)
         self.fit_button.clicked.connect(self.make_it_fit)
 
-        self._debounce = QTimer(self)
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(DEBOUNCE_MS)
-        self._debounce.timeout.connect(self._request)
-        self.estimator = TaskRunner(_estimate, self)
+        self.estimator = DebouncedTask(_estimate, DEBOUNCE_MS, self)
         self.estimator.result.connect(self._on_estimate)
         self.estimator.error.connect(self._on_estimate_error)
         self.fitter = TaskRunner(_fit, self)
@@ -167,7 +98,7 @@ class MemoryPanel(QGroupBox):
 
     # ---- budget ----
     def _fill_budgets(self, selected: Any = None) -> None:
-        from qlora_studio.core.memory import BUDGETS_GB
+        from qlora_studio.core.planner.estimate import BUDGETS_GB
 
         if selected is None:
             selected = self.budget_combo.currentData()
@@ -214,13 +145,13 @@ class MemoryPanel(QGroupBox):
     # ---- estimate ----
     def set_config(self, config) -> None:
         self.config = config
-        self._debounce.start()
+        self._request()
 
     def set_longest_tokens(self, tokens: int | None) -> None:
         """The dataset's longest row (from the X-ray): batches are padded to it, not to max_length."""
         if tokens != self.longest_tokens:
             self.longest_tokens = tokens
-            self._debounce.start()
+            self._request()
 
     def _seq_len(self) -> int | None:
         if self.config is None or not self.longest_tokens:
@@ -230,7 +161,7 @@ class MemoryPanel(QGroupBox):
     def _request(self) -> None:
         if self.config is not None:
             self.total_label.setText(self.total_label.text() if self.estimate else "Estimating…")
-            self.estimator.request(self.config, self._seq_len(), tag=self.config)
+            self.estimator.schedule(self.config, self._seq_len(), tag=self.config)
 
     @Slot(object, object)
     def _on_estimate(self, config, estimate) -> None:
@@ -240,13 +171,13 @@ class MemoryPanel(QGroupBox):
         self.estimate_ready.emit(estimate)
 
     @Slot(object, object)
-    def _on_estimate_error(self, config, info: dict) -> None:
+    def _on_estimate_error(self, config, error) -> None:
         self.estimate = None
         self.bar.set_parts([], None)
         self._set_legend([])
-        self.total_label.setText(f"<span style='color:#b91c1c'>No estimate: {fmt.escape(info['reason'])}</span>")
+        self.total_label.setText(f"<span style='color:#b91c1c'>No estimate: {fmt.escape(error.reason)}</span>")
         self.dq_label.setText("")
-        self.estimate_failed.emit(info["reason"])
+        self.estimate_failed.emit(error.reason)
 
     def predicted_peak_gb(self, config) -> float | None:
         """The estimate's peak allocated memory (what the VRAM chart measures), when it was made
@@ -321,14 +252,13 @@ class MemoryPanel(QGroupBox):
         self.fitted.emit(result.config, result.message)
 
     @Slot(object, object)
-    def _on_fit_error(self, config, info: dict) -> None:
+    def _on_fit_error(self, config, error) -> None:
         self.fit_button.setEnabled(True)
-        self.message.setText(f"Make it fit failed: {info['reason']}")
+        self.message.setText(f"Make it fit failed: {error.reason}")
         self.message.setStyleSheet("color:#b91c1c")
         self.message.show()
-        self.fit_failed.emit(info["reason"])
+        self.fit_failed.emit(error.reason)
 
     def shutdown(self) -> None:
-        self._debounce.stop()
         self.estimator.shutdown()
         self.fitter.shutdown()

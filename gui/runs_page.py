@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
-from qlora_studio.gui.charts import OVERLAY_COLORS, LiveChart, SmoothedSeries
+from qlora_studio.gui.widgets.charts import OVERLAY_COLORS, LiveChart, SmoothedSeries
 
 MAX_OVERLAY = len(OVERLAY_COLORS)
 STATUS_COLORS = {"finished": "#15803d", "running": "#2563eb", "stopped": "#b45309", "interrupted": "#b45309",
@@ -184,7 +184,7 @@ class RunsPage(QWidget):
             self.refresh()
 
     def refresh(self) -> None:
-        from qlora_studio.core.runs import list_runs
+        from qlora_studio.core.training.store import list_runs
 
         selected = {str(r.path) for r in self.selected_runs()}
         self.folder_label.setText(self.output_dir or "")
@@ -224,26 +224,25 @@ class RunsPage(QWidget):
 
     def show_overlay(self, runs: list[Any]) -> None:
         """Each selected run's smoothed training loss; with one run, its eval loss too."""
-        from qlora_studio.core.runs import RunFolder, read_jsonl
+        from qlora_studio.core.training.store import RunFolder
 
         for key in list(self.overlay.curves):
             self.overlay.remove_curve(key)
         self.overlay_runs = []
         for i, run in enumerate(runs):
             color = OVERLAY_COLORS[i % len(OVERLAY_COLORS)]
-            metrics = [m for m in RunFolder(run.path).read_metrics() if "loss" in m]
+            history = RunFolder(run.path).history()
             key = str(run.path)
             label = f"{run.name} · {run.quantization} · {run.lora}"
             self.overlay.add_curve(key, label, color, 2.0, series=SmoothedSeries(0.6))
             series = self.overlay.series[key]
-            for m in metrics:
-                series.push(m["step"], m["loss"])
+            for m in history.metrics:
+                series.push(m.step, m.loss)
             self.overlay_runs.append(key)
             if len(runs) == 1:
-                evals = read_jsonl(Path(run.path) / "evals.jsonl")
                 self.overlay.add_curve(key + "#eval", f"{run.name} · eval", "#ea580c", 1.6, symbol="o")
-                eval_series = self.overlay.series[key + "#eval"]
-                eval_series.extend([e["step"] for e in evals], [e["eval_loss"] for e in evals])
+                self.overlay.series[key + "#eval"].extend([e.step for e in history.evals],
+                                                           [e.eval_loss for e in history.evals])
         self.overlay.redraw()
         self.overlay.getPlotItem().enableAutoRange()
         self.overlay.set_message("" if runs else "Select one or more runs")

@@ -1,34 +1,45 @@
 """Long work off the GUI thread: a worker QObject moved to a QThread (superqt's new_worker_qthread).
 
-Signals carry plain data (dicts, core dataclasses); an exception travels as an error dict, never
-as a dead thread. Each thread quits when its worker finishes and is waited for and dropped on
-the GUI thread, so nothing is destroyed while it still runs.
+Signals carry core's own dataclasses (events, results, reports); an exception travels as a
+`TaskError`, never as a dead thread. Each thread quits when its worker finishes and is waited for
+and dropped on the GUI thread, so nothing is destroyed while it still runs.
 
 - `TaskRunner`: one kind of short task (model info, memory estimate, dataset X-ray), one at a
   time; a request made while one runs replaces any waiting one (typing costs one extra run).
+  `DebouncedTask` also waits a moment for the next request, so a burst of edits costs one run.
 - `TrainController`: one training run through `run_training(config, emit, control)`; steering
-  goes through core's thread-safe `TrainControl`, questions from the run (`control.asker`) are
-  answered on the GUI thread while the training thread waits.
+  goes through core's thread-safe `TrainControl` (`controller.control`), questions from the run
+  (`control.asker`) are answered on the GUI thread while the training thread waits.
 """
 
 from __future__ import annotations
 
 import threading
 import traceback
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
+
+from qlora_studio.core.errors import FailureCause, cause_of
 
 Answerer = Callable[[str, list[str]], str]
 
-def error_info(exc: BaseException) -> dict[str, Any]:
-    """An exception as data: a one-line reason, the traceback, and whether it is the user's to fix."""
-    from qlora_studio.core.errors import UserError
 
-    user = isinstance(exc, UserError)
-    reason = str(exc).strip() if user else f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-    details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"reason": reason.splitlines()[0] if reason else type(exc).__name__, "details": details, "user_error": user}
+@dataclass
+class TaskError:
+    """An exception as data: a one-line reason, the traceback, and its cause."""
+
+    reason: str
+    details: str
+    cause: FailureCause
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "TaskError":
+        cause = cause_of(exc)
+        reason = str(exc).strip() if cause.is_users_to_fix else f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(reason.splitlines()[0] if reason else type(exc).__name__, details, cause)
 
 
 class _Worker(QObject):
@@ -56,7 +67,7 @@ class FunctionWorker(_Worker):
         try:
             value = self.fn(*self.args)
         except Exception as exc:  # noqa: BLE001 - travels to the GUI as data
-            self.errored.emit(error_info(exc))
+            self.errored.emit(TaskError.of(exc))
         else:
             self.returned.emit(value)
         finally:
@@ -74,7 +85,7 @@ class TaskRunner(QObject):
     """Runs `fn(*args)` off the GUI thread, at most one at a time, newest request wins."""
 
     result = Signal(object, object)  # (tag, value)
-    error = Signal(object, object)  # (tag, error_info dict)
+    error = Signal(object, object)  # (tag, TaskError)
     busy_changed = Signal(bool)
 
     def __init__(self, fn: Callable[..., Any], parent: QObject | None = None):
@@ -116,9 +127,9 @@ class TaskRunner(QObject):
             self.result.emit(self._tag, value)
 
     @Slot(object)
-    def _on_errored(self, info: dict[str, Any]) -> None:
+    def _on_errored(self, error: TaskError) -> None:
         if self._pending is None and not self._closed:
-            self.error.emit(self._tag, info)
+            self.error.emit(self._tag, error)
 
     @Slot()
     def _on_thread_finished(self) -> None:
@@ -152,44 +163,66 @@ class TaskRunner(QObject):
             self._on_thread_finished()
 
 
+class DebouncedTask(TaskRunner):
+    """A TaskRunner whose requests wait `delay_ms` for a newer one: a burst of edits costs one run."""
+
+    def __init__(self, fn: Callable[..., Any], delay_ms: int, parent: QObject | None = None):
+        super().__init__(fn, parent)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(delay_ms)
+        self._timer.timeout.connect(self._fire)
+        self._scheduled: tuple[Any, tuple[Any, ...]] | None = None
+
+    def schedule(self, *args: Any, tag: Any = None) -> None:
+        self._scheduled = (tag, args)
+        self._timer.start()
+
+    @property
+    def scheduled(self) -> bool:
+        return self._timer.isActive()
+
+    def _fire(self) -> None:
+        if self._scheduled is not None:
+            tag, args = self._scheduled
+            self._scheduled = None
+            self.request(*args, tag=tag)
+
+    def shutdown(self) -> None:
+        self._timer.stop()
+        self._scheduled = None
+        super().shutdown()
+
+
 # ---- training ---------------------------------------------------------------------------------
 
 class TrainWorker(_Worker):
-    event = Signal(object)  # each core event as a plain dict
-    returned = Signal(object)  # the RunResult as a dict, plus `details`
+    event = Signal(object)  # each core event, as the dataclass itself
+    returned = Signal(object)  # the RunResult
 
     def __init__(self, config: Any, control: Any, resume_from: str | None):
         super().__init__()
         self.config = config
         self.control = control
         self.resume_from = resume_from
-        self._failure_details = ""
-
-    def _emit(self, event: Any) -> None:
-        data = event.to_dict()
-        if data["type"] == "failed":
-            self._failure_details = data.get("details") or ""
-        self.event.emit(data)
 
     @Slot()
     def run(self) -> None:
-        from dataclasses import asdict
+        from qlora_studio.core.training import events as ev
 
         try:
-            from qlora_studio.core import runner
             from qlora_studio.core.quiet import quiet_libraries
+            from qlora_studio.core.training.runner import run_training
 
             quiet_libraries()
-            result = runner.run_training(self.config, self._emit, self.control, resume_from=self.resume_from)
-            out = asdict(result)
-            out["details"] = self._failure_details
+            result = run_training(self.config, self.event.emit, self.control, resume_from=self.resume_from)
         except Exception as exc:  # noqa: BLE001 - run_training never raises by contract; a bug still reaches the user
-            info = error_info(exc)
-            out = {"status": "failed", "run_dir": None, "step": 0, "final_loss": None, "adapter_dir": None,
-                   "error": info["reason"], "user_error": info["user_error"], "details": info["details"]}
+            error = TaskError.of(exc)
+            result = ev.RunResult("failed", None, 0, None, None, error=error.reason, cause=error.cause,
+                                  details=error.details)
         finally:
             self.config = None  # hold nothing of the run after it ends
-        self.returned.emit(out)
+        self.returned.emit(result)
         self._done()
 
 
@@ -203,19 +236,21 @@ class TrainController(QObject):
     """Starts, steers and ends one run at a time; every core event is re-emitted as `event`."""
 
     started = Signal()
-    event = Signal(object)
-    finished = Signal(object)  # result dict: status finished|stopped|failed, run_dir, step, error, details ...
+    event = Signal(object)  # core events, as they arrive
+    finished = Signal(object)  # the RunResult
     busy_changed = Signal(bool)
     _asked = Signal(str, list, object)  # training thread -> GUI thread
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
-        self.control = None
+        from qlora_studio.core.training.control import TrainControl
+
+        self.control = TrainControl()  # the running run's (steer it directly: pause, stop, save, extend)
         self.answer_question: Answerer | None = None
         """Shows a question to the user and returns the chosen option (set by the window)."""
         self._thread: QThread | None = None
         self._worker: TrainWorker | None = None
-        self._result: dict[str, Any] | None = None
+        self._result: Any = None
         self._asked.connect(self._on_asked)
 
     # ---- state ----
@@ -225,13 +260,17 @@ class TrainController(QObject):
 
     @property
     def paused(self) -> bool:
-        return bool(self.control and self.control.paused)
+        return self.control.paused
+
+    @property
+    def stopping(self) -> bool:
+        return self.running and self.control.stop_requested
 
     # ---- start ----
     def start(self, config: Any = None, resume_from: str | None = None) -> None:
         if self.running:
             raise RuntimeError("a run is already in progress")
-        from qlora_studio.core.control import TrainControl
+        from qlora_studio.core.training.control import TrainControl
 
         self.control = TrainControl()
         self.control.asker = self._ask
@@ -240,34 +279,12 @@ class TrainController(QObject):
         self._thread = QThread(self)
         self._thread.setObjectName("training")
         _wire(self._worker, self._thread)
-        self._worker.event.connect(self._on_event)
+        self._worker.event.connect(self.event)
         self._worker.returned.connect(self._on_returned)
         self._thread.finished.connect(self._on_thread_finished)
         self._thread.start()
         self.busy_changed.emit(True)
         self.started.emit()
-
-    # ---- steering (thread-safe through TrainControl) ----
-    def pause(self) -> None:
-        if self.control:
-            self.control.pause()
-
-    def resume(self) -> None:
-        if self.control:
-            self.control.resume()
-
-    def stop(self) -> None:
-        """Stop after the current step; the run saves a checkpoint first."""
-        if self.control:
-            self.control.request_stop()
-
-    def save_now(self) -> None:
-        if self.control:
-            self.control.request_save()
-
-    def extend(self, steps: int) -> None:
-        if self.control:
-            self.control.extend(steps)
 
     def wait(self, msecs: int = -1) -> bool:
         thread = self._thread
@@ -282,14 +299,14 @@ class TrainController(QObject):
         self._asked.emit(question, list(options), reply)
         control = self.control
         while not reply.done.wait(0.2):
-            if control is not None and control.stop_requested:  # closing or Stop: never hang on an open question
+            if control.stop_requested:  # closing or Stop: never hang on an open question
                 return "stop" if "stop" in options else options[-1]
         return reply.answer if reply.answer in options else options[-1]
 
     @Slot(str, list, object)
     def _on_asked(self, question: str, options: list[str], reply: _Reply) -> None:
         try:
-            if self.control is not None and self.control.stop_requested:
+            if self.control.stop_requested:
                 reply.answer = "stop" if "stop" in options else options[-1]
             elif self.answer_question is not None:
                 reply.answer = self.answer_question(question, options)
@@ -298,11 +315,7 @@ class TrainController(QObject):
 
     # ---- from the worker ----
     @Slot(object)
-    def _on_event(self, data: dict[str, Any]) -> None:
-        self.event.emit(data)
-
-    @Slot(object)
-    def _on_returned(self, result: dict[str, Any]) -> None:
+    def _on_returned(self, result: Any) -> None:
         self._result = result
 
     @Slot()
@@ -315,10 +328,13 @@ class TrainController(QObject):
         if self._worker is not None:
             self._worker.deleteLater()
         self._thread = self._worker = None
-        if self.control is not None:
-            self.control.asker = None
-        result = self._result or {"status": "failed", "error": "the training thread ended without a result",
-                                  "details": "", "user_error": False, "run_dir": None, "step": 0}
+        self.control.asker = None
+        result = self._result
+        if result is None:
+            from qlora_studio.core.training.events import RunResult
+
+            result = RunResult("failed", None, 0, None, None, error="the training thread ended without a result",
+                               cause=FailureCause.CRASH)
         self._result = None
         self.busy_changed.emit(False)
         self.finished.emit(result)

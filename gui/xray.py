@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGroupBox,
@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
-from qlora_studio.gui.workers import TaskRunner
+from qlora_studio.gui.workers import DebouncedTask
 
 DEBOUNCE_MS = 500
 TRAINED_STYLE = "background:#bbf7d0;color:#14532d;"
@@ -29,9 +29,11 @@ CONTEXT_STYLE = "color:#64748b;"
 
 
 def _preview(config):
-    from qlora_studio.core.gui_support import preview_data
+    """Bad rows are skipped and counted instead of raising, so the preview can show them; the
+    window says that training stops on them unless data.skip_bad_rows is on."""
+    from qlora_studio.core.data.pipeline import inspect_config
 
-    return preview_data(config, examples=3, preview=50)
+    return inspect_config(config, examples=3, preview=50, skip_bad_rows=True)
 
 
 def _relevant(config) -> Any:
@@ -102,11 +104,7 @@ class DataXRay(QGroupBox):
         layout.addWidget(self.alert)
         layout.addWidget(self.tabs, 1)
 
-        self._debounce = QTimer(self)
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(DEBOUNCE_MS)
-        self._debounce.timeout.connect(self._request)
-        self.runner = TaskRunner(_preview, self)
+        self.runner = DebouncedTask(_preview, DEBOUNCE_MS, self)
         self.runner.result.connect(self._on_report)
         self.runner.error.connect(self._on_error)
 
@@ -118,7 +116,7 @@ class DataXRay(QGroupBox):
             self._show_alert()
             return
         self._key = key
-        self._debounce.start()
+        self._request()
 
     def refresh(self) -> None:
         self._key = None
@@ -129,7 +127,7 @@ class DataXRay(QGroupBox):
         if self.config is None:
             return
         self.summary.setText(f"Reading <b>{fmt.escape(self.config.data.path)}</b>…")
-        self.runner.request(self.config, tag=self._key)
+        self.runner.schedule(self.config, tag=self._key)
 
     @Slot(object, object)
     def _on_report(self, key, report) -> None:
@@ -138,17 +136,17 @@ class DataXRay(QGroupBox):
         self.report_ready.emit(report)
 
     @Slot(object, object)
-    def _on_error(self, key, info: dict) -> None:
+    def _on_error(self, key, error) -> None:
         self.report = None
         self.summary.setText("<span style='color:#b91c1c'><b>Cannot read the dataset:</b> "
-                             f"{fmt.escape(info['reason'])}</span>")
+                             f"{fmt.escape(error.reason)}</span>")
         self.alert.hide()
         self.example.clear()
         self.rows.setRowCount(0)
         self.bars.setOpts(x0=[], x1=[], height=[])
-        self.problems.setPlainText(info["reason"] if info["user_error"] else info["details"])
+        self.problems.setPlainText(error.reason if error.cause.is_users_to_fix else error.details)
         self.tabs.setTabText(3, "Problems (1)")
-        self.report_failed.emit(info["reason"])
+        self.report_failed.emit(error.reason)
 
     # ---- showing a report ----
     def _show(self, r) -> None:
@@ -247,5 +245,4 @@ class DataXRay(QGroupBox):
         self.tabs.setTabText(3, f"Problems ({count})" if count else "Problems")
 
     def shutdown(self) -> None:
-        self._debounce.stop()
         self.runner.shutdown()

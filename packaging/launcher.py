@@ -2,7 +2,7 @@
 
 import sys
 
-from qlora_studio.core.cli import main
+from qlora_studio.gui.launcher import main
 
 if __name__ == "__main__":
     sys.exit(main())

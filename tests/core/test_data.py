@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from qlora_studio.core.config import DataSettings
-from qlora_studio.core.data import IGNORE_INDEX, ConversationEncoder, inspect_data, stop_token_ids
+from qlora_studio.core.data.encoder import IGNORE_INDEX, ConversationEncoder
+from qlora_studio.core.data.pipeline import inspect_data
+from qlora_studio.core.model.loading import stop_token_ids
 from qlora_studio.core.errors import DataError
 
 
@@ -222,7 +224,7 @@ def trained_and_untrained(tokenizer, encoded):
 
 
 def encoder_for(tokenizer, template=None, train_on="assistant"):
-    from qlora_studio.core.templates import choose_template
+    from qlora_studio.core.data.templates import choose_template
 
     text, _, _ = choose_template(tokenizer, template or "auto")
     return ConversationEncoder(tokenizer, text, train_on, 4096, "truncate", stop_token_ids(tokenizer, None))
@@ -230,7 +232,7 @@ def encoder_for(tokenizer, template=None, train_on="assistant"):
 
 @pytest.mark.parametrize("fmt_rows", ["alpaca", "sharegpt", "messages", "prompt_completion"])
 def test_mask_per_format_on_tiny_model(tmp_path, tokenizer, fmt_rows):
-    from qlora_studio.core.data_formats import normalize_row
+    from qlora_studio.core.data.formats import normalize_row
 
     rows = {"alpaca": (ALPACA[0], {"instruction": "instruction", "input": "input", "output": "output"}),
             "sharegpt": (SHAREGPT[0], {"conversation": "conversations"}),

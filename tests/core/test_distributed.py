@@ -5,13 +5,13 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 import yaml
 
-from qlora_studio.core.control import ControlFile
-from qlora_studio.core.runner import training_arguments
-from qlora_studio.core.runs import RunFolder
+from qlora_studio.core.training import events as ev
+from qlora_studio.core.training.control import ControlFile
+from qlora_studio.core.training.arguments import training_arguments
+from qlora_studio.core.training.store import RunFolder
 
 
 def launch(tmp_path, tiny_config, **train):
@@ -46,27 +46,33 @@ def test_two_processes_train_the_same_adapter(tmp_path, tiny_config):
     assert started["train_rows"] == 380
 
 
-def test_pause_and_stop_reach_every_rank(tmp_path, tiny_config):
+def wait_for(predicate, timeout=300.0):
+    """Poll a state (a file the run writes) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.1)
+
+
+def test_pause_save_and_stop_reach_every_rank(tmp_path, tiny_config):
     proc = launch(tmp_path, tiny_config, max_steps=400, micro_batch_size=2, grad_accum=1, save_every_steps=1000)
     run = RunFolder(tmp_path / "runs" / "ddp")
     control = ControlFile(run.path)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(run.read_metrics()) < 3:
-        time.sleep(0.2)
+    wait_for(lambda: len(run.read_metrics()) >= 3)
     control.pause()
-    time.sleep(2.0)  # the file is polled twice a second; the current step finishes
-    held = len(run.read_metrics())
-    time.sleep(2.0)
-    assert len(run.read_metrics()) == held, "training went on while paused"
-    assert run.read_status().get("paused") is True
-    control.stop()
+    wait_for(lambda: run.read_status().get("paused") is True)  # rank 0 holds between steps
+    held = run.read_status()["step"]
+    control.save()  # served while paused, by every rank, at the held step
+    wait_for(lambda: run.latest_checkpoint() is not None)
+    assert run.latest_checkpoint().name == f"step-{held:06d}"
+    control.stop()  # a stop while paused runs no further step
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     rank0, rank1 = ranks(run)
     assert rank0["status"] == rank1["status"] == "stopped"
     assert rank0["step"] == rank1["step"] == held < 400
     assert rank0["adapter_digest"] == rank1["adapter_digest"]
-    assert run.latest_checkpoint().name == f"step-{held:06d}"
+    assert [m["step"] for m in run.read_metrics()] == list(range(1, held + 1))
 
 
 def test_fsdp_arguments(tiny_config):
@@ -77,10 +83,10 @@ def test_fsdp_arguments(tiny_config):
     assert not args.activation_checkpointing  # FSDP checkpoints itself; the Trainer flag would all-gather twice
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPUs")
-def test_fsdp_needs_gpus(tiny_config, tmp_path, capsys):
+def test_fsdp_needs_gpus(tiny_config, tmp_path, capsys, monkeypatch):
     from qlora_studio.core.cli import main
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the message of a machine without GPUs
     data = tiny_config.model_dump(mode="json")
     data["distributed"] = {"strategy": "fsdp"}
     path = tmp_path / "cfg.yaml"
@@ -91,8 +97,8 @@ def test_fsdp_needs_gpus(tiny_config, tmp_path, capsys):
 
 def test_run_training_hands_several_processes_to_workers(tiny_config):
     """The in-process API (what the window calls): events stream back, TrainControl reaches rank 0."""
-    from qlora_studio.core.control import TrainControl
-    from qlora_studio.core.runner import run_training
+    from qlora_studio.core.training.control import TrainControl
+    from qlora_studio.core.training.runner import run_training
 
     config = tiny_config.with_overrides({"distributed.num_processes": 2, "train.max_steps": 400,
                                          "train.micro_batch_size": 2, "train.grad_accum": 1,
@@ -102,14 +108,14 @@ def test_run_training_hands_several_processes_to_workers(tiny_config):
 
     def emit(event):
         events.append(event)
-        if event.type == "step" and event.metrics["step"] == 3:
+        if isinstance(event, ev.StepLogged) and event.metrics.step == 3:
             control.request_stop()
 
     result = run_training(config, emit, control)
     assert result.status == "stopped" and 3 <= result.step < 400
-    steps = [e.metrics["step"] for e in events if e.type == "step"]
+    steps = [e.metrics.step for e in events if isinstance(e, ev.StepLogged)]
     assert steps == list(range(1, result.step + 1))
-    assert events[0].type == "run_started" and events[-1].type == "finished"
+    assert isinstance(events[0], ev.RunStarted) and isinstance(events[-1], ev.Finished)
     run = RunFolder(result.run_dir)
     rank0, rank1 = ranks(run)
     assert rank0["adapter_digest"] == rank1["adapter_digest"] == result.adapter_digest

@@ -10,7 +10,9 @@ import pytest
 from transformers import AutoConfig
 
 from qlora_studio.core.config import RunConfig
-from qlora_studio.core.memory import GIB, estimate, estimate_config, make_it_fit, model_shape
+from qlora_studio.core.model.shape import model_shape
+from qlora_studio.core.planner.estimate import GIB, estimate, estimate_config
+from qlora_studio.core.planner.fit import make_it_fit
 from shapes import SHAPES, shape_folder
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"

@@ -3,15 +3,12 @@ import torch
 
 from qlora_studio.core.config import LoraSettings, ModelSettings, QuantizationSettings, RunConfig
 from qlora_studio.core.errors import ModelLoadError
-from qlora_studio.core.modeling import (
-    build_bnb_config,
-    build_lora_config,
-    load_for_training,
-    resolve_compute_dtype,
-    resolve_model_source,
-    resolve_target_modules,
-)
-from qlora_studio.core.quant_layout import quant_constants_4bit_bytes
+from qlora_studio.core.model.devices import resolve_compute_dtype
+from qlora_studio.core.model.loading import load_for_training
+from qlora_studio.core.model.lora import build_lora_config, linear_module_names, select_targets
+from qlora_studio.core.model.quantization import build_bnb_config
+from qlora_studio.core.model.sources import resolve_model_source
+from qlora_studio.core.model.quant_layout import quant_constants_4bit_bytes
 
 
 def test_bnb_config_for_every_mode():
@@ -32,13 +29,13 @@ def test_compute_dtype_auto_is_fp32_on_cpu():
 def test_target_module_groups(tiny_model):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    assert resolve_target_modules(model, "all-linear") == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
-    assert resolve_target_modules(model, "attention") == ["k_proj", "o_proj", "q_proj", "v_proj"]
-    assert resolve_target_modules(model, "mlp") == ["down_proj", "gate_proj", "up_proj"]
-    assert resolve_target_modules(model, ["q_proj"]) == ["q_proj"]
+    names = linear_module_names(AutoModelForCausalLM.from_pretrained(tiny_model))
+    assert select_targets(names, "all-linear") == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert select_targets(names, "attention") == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert select_targets(names, "mlp") == ["down_proj", "gate_proj", "up_proj"]
+    assert select_targets(names, ["q_proj"]) == ["q_proj"]
     with pytest.raises(ModelLoadError, match="qkv not in this model"):
-        resolve_target_modules(model, ["qkv"])
+        select_targets(names, ["qkv"])
     lora = build_lora_config(LoraSettings(r=4, alpha=8, use_dora=True, use_rslora=True), ["q_proj"])
     assert lora.r == 4 and lora.lora_alpha == 8 and lora.use_dora and lora.use_rslora
 
@@ -52,16 +49,17 @@ def test_4bit_load_reports_what_was_applied(tiny_model, double_quant):
     })
     loaded = load_for_training(config)
     report = loaded.quantization
-    assert report["mode"] == "4bit" and report["double_quant"] is double_quant
-    assert report["quantized_layers"] == 2 * 7  # every linear of 2 layers, lm_head left out
+    assert report.mode == "4bit" and report.double_quant is double_quant
+    assert report.label == ("4-bit nf4 + double quant" if double_quant else "4-bit nf4")
+    assert report.quantized_layers == 2 * 7  # every linear of 2 layers, lm_head left out
     import bitsandbytes as bnb
 
     numels = [m.in_features * m.out_features for m in loaded.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(numels) == 14
     # the measured bytes equal bitsandbytes' layout written down in quant_layout
-    assert report["quant_constants_bytes"] == sum(quant_constants_4bit_bytes(n, double_quant) for n in numels)
+    assert report.quant_constants_bytes == sum(quant_constants_4bit_bytes(n, double_quant) for n in numels)
     key = "with" if double_quant else "without"
-    assert report[f"quant_constants_bytes_{key}_double_quant"] == report["quant_constants_bytes"]
+    assert getattr(report, f"quant_constants_bytes_{key}_double_quant") == report.quant_constants_bytes
     assert loaded.target_modules == ["k_proj", "o_proj", "q_proj", "v_proj"]
     trainable = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -73,7 +71,7 @@ def test_8bit_and_none_load_on_cpu(tiny_model):
         loaded = load_for_training(config)
         q_proj = loaded.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
         assert type(q_proj).__name__ == layer_type
-        assert loaded.quantization["mode"] == mode
+        assert loaded.quantization.mode == mode
 
 
 def test_model_source_errors(tmp_path):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import Trainer
 
-from qlora_studio.core.control import TrainControl
-from qlora_studio.core.runner import run_training
-from qlora_studio.core.runs import RunFolder
+from qlora_studio.core.training.control import TrainControl
+from qlora_studio.core.training.runner import run_training
+from qlora_studio.core.training.store import RunFolder
 
 
 def inject_oom(monkeypatch, when):

@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-from qlora_studio.core.control import TrainControl
-from qlora_studio.core.runner import run_training
-from qlora_studio.core.runs import RunFolder, list_runs, read_jsonl
+from qlora_studio.core.training.control import TrainControl
+from qlora_studio.core.training.runner import run_training
+from qlora_studio.core.training.store import RunFolder, list_runs, read_jsonl
 
 
 def collect(events):

@@ -3,8 +3,9 @@
 import pytest
 
 from qlora_studio.core.config import load_config
-from qlora_studio.core.runner import run_training
-from qlora_studio.core.runs import RunFolder
+from qlora_studio.core.training import events as ev
+from qlora_studio.core.training.runner import run_training
+from qlora_studio.core.training.store import RunFolder
 from qlora_studio.resources import PRESETS
 
 pytestmark = pytest.mark.slow
@@ -16,15 +17,14 @@ def test_demo_preset_trains_smollm2_on_cpu(smollm2_dir, tmp_path):
         "data.validation_split=0", f"output_dir={tmp_path}",
     ])
     events = []
-    result = run_training(config, lambda e: events.append(e.to_dict()))
+    result = run_training(config, events.append)
     assert result.status == "finished", result.error
-    started = next(e for e in events if e["type"] == "run_started")
-    q = started["quantization"]
-    assert q["mode"] == "4bit" and q["quant_type"] == "nf4" and q["double_quant"] is True
-    assert q["quantized_layers"] == 30 * 7  # every linear in 30 decoder layers
-    assert q["double_quant_saving_bytes"] > 4_000_000
-    assert any("offline copy" in e.get("message", "") for e in events if e["type"] == "warning")
+    q = next(e for e in events if isinstance(e, ev.RunStarted)).quantization
+    assert q.label == "4-bit nf4 + double quant"
+    assert q.quantized_layers == 30 * 7  # every linear in 30 decoder layers
+    assert q.double_quant_saving_bytes > 4_000_000
+    assert any("offline copy" in e.message for e in events if isinstance(e, ev.Warning))
     losses = [m["loss"] for m in RunFolder(result.run_dir).read_metrics()]
     assert len(losses) == 4 and losses[-1] < losses[0]
     saved = RunFolder(result.run_dir).read_status()
-    assert saved["quantization"]["quant_constants_bytes"] == q["quant_constants_bytes"]
+    assert saved["quantization"]["quant_constants_bytes"] == q.quant_constants_bytes

@@ -25,8 +25,10 @@ def test_7b_weight_estimate_matches_allocation(tmp_path):
     from transformers import AutoConfig
 
     from qlora_studio.core.config import RunConfig
-    from qlora_studio.core.memory import estimate, model_shape
-    from qlora_studio.core.modeling import load_base_model, resolve_model_source
+    from qlora_studio.core.model.shape import model_shape
+    from qlora_studio.core.planner.estimate import estimate
+    from qlora_studio.core.model.loading import load_base_model
+    from qlora_studio.core.model.sources import resolve_model_source
     from shapes import shape_folder
 
     folder = shape_folder("llama-2-7b", tmp_path)
@@ -51,8 +53,8 @@ def test_7b_weight_estimate_matches_allocation(tmp_path):
 
 
 def test_training_reports_vram(tiny_config):
-    from qlora_studio.core.runner import run_training
-    from qlora_studio.core.runs import RunFolder
+    from qlora_studio.core.training.runner import run_training
+    from qlora_studio.core.training.store import RunFolder
 
     result = run_training(tiny_config.with_overrides({"train.device": "cuda"}))
     assert result.status == "finished", result.error
@@ -64,8 +66,8 @@ def test_training_reports_vram(tiny_config):
 def test_real_out_of_memory_is_survived(tmp_path):
     """A real CUDA OOM under a tight memory fraction: micro-batch halves until it fits, same effective batch."""
     from qlora_studio.core.config import RunConfig
-    from qlora_studio.core.runner import run_training
-    from qlora_studio.core.runs import RunFolder
+    from qlora_studio.core.training.runner import run_training
+    from qlora_studio.core.training.store import RunFolder
     from qlora_studio.resources import sample_path
     from shapes import shape_folder
 

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 def _studio_app(qapp):
     """The app as `main()` sets it up: style, chart defaults, garbage collection on the GUI thread."""
     from qlora_studio.gui.app import apply_style
-    from qlora_studio.gui.charts import configure_pyqtgraph
+    from qlora_studio.gui.widgets.charts import configure_pyqtgraph
     from qlora_studio.gui.gc_guard import GuiThreadGarbageCollector
 
     apply_style(qapp)
@@ -82,7 +82,7 @@ def window(qtbot, settings):
 def two_runs(tiny_model, tmp_path_factory):
     """Two finished tiny runs, double quant on and off, in one output folder."""
     from qlora_studio.core.config import RunConfig
-    from qlora_studio.core.runner import run_training
+    from qlora_studio.core.training.runner import run_training
 
     out = tmp_path_factory.mktemp("finished-runs")
     base = RunConfig.model_validate({

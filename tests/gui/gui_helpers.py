@@ -11,7 +11,7 @@ def close_window(qtbot, window) -> None:
     """Stop a run still going (teardown after a failed assertion), then close for real."""
     if window.controller.running:
         with qtbot.waitSignal(window.controller.finished, timeout=120_000):
-            window.controller.stop()
+            window.controller.control.request_stop()
     window.close()
     window.deleteLater()
     # delete it now, on this thread: not later from whichever thread the collector runs on
@@ -21,15 +21,15 @@ def close_window(qtbot, window) -> None:
     gc.collect()
 
 
-def run_to_end(qtbot, window, start, timeout: int = 120_000) -> dict:
-    """Call `start()` (which starts a run) and return the window's result dict when it ends."""
+def run_to_end(qtbot, window, start, timeout: int = 120_000):
+    """Call `start()` (which starts a run) and return the window's RunResult when it ends."""
     with qtbot.waitSignal(window.run_ended, timeout=timeout) as blocker:
         assert start() is not False
     return blocker.args[0]
 
 
-def collect_events(window) -> list[dict]:
-    events: list[dict] = []
+def collect_events(window) -> list:
+    events: list = []
     window.controller.event.connect(events.append)
     return events
 

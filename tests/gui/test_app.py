@@ -11,7 +11,7 @@ import pytest
 from gui_helpers import close_window
 from PySide6.QtCore import QByteArray, QSettings
 
-from qlora_studio.core.gpu import GpuInfo
+from qlora_studio.core.model.devices import GpuInfo
 from qlora_studio.gui.settings import DEFAULTS, SETTINGS_ENV, Settings, default_output_dir
 from qlora_studio.gui.workers import TaskRunner
 
@@ -24,7 +24,7 @@ def test_startup_smoke_in_a_subprocess(tmp_path, tiny_model):
     s.sync()
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QLORA_STUDIO_SMOKE_QUIT_MS": "300", SETTINGS_ENV: str(ini),
            "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "qlora_studio.core.cli", "gui"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "qlora_studio.gui.launcher"], env=env, capture_output=True,
                           text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "window shown" in done.stdout
@@ -63,8 +63,8 @@ def test_the_window_remembers_model_data_folder_and_geometry(qtbot, settings, tm
     first = MainWindow(settings)
     first.show()
     first.resize(1000, 700)
-    first.setup.data_edit.setText(str(data))
-    first.setup.output_edit.setText(str(tmp_path / "elsewhere"))
+    first.setup.widget("data.path").setText(str(data))
+    first.setup.widget("output_dir").setText(str(tmp_path / "elsewhere"))
     first.monitor.log_scale.setChecked(True)
     first.tabs.setCurrentIndex(2)
     close_window(qtbot, first)
@@ -97,7 +97,7 @@ def test_a_detected_gpu_sets_the_budget_and_the_card_line(qtbot, settings, monke
     from qlora_studio.gui.main_window import MainWindow
 
     fake = GpuInfo(0, "NVIDIA H100 80GB HBM3", int(79.6 * 2**30), 2**30)
-    monkeypatch.setattr("qlora_studio.core.gpu.list_gpus", lambda: [fake])
+    monkeypatch.setattr("qlora_studio.core.model.devices.list_gpus", lambda: [fake])
     w = MainWindow(settings)
     w.show()
     try:
@@ -107,7 +107,7 @@ def test_a_detected_gpu_sets_the_budget_and_the_card_line(qtbot, settings, monke
         memory = w.setup.memory
         assert memory.budget_combo.currentData() == "auto" and memory.budget_gb == pytest.approx(79.6)
         assert "H100" in memory.budget_combo.currentText()
-        assert w.monitor.capacity_gb == pytest.approx(79.6)
+        assert w.monitor.vram_chart.capacity_gb == pytest.approx(79.6)
     finally:
         close_window(qtbot, w)
 
@@ -138,8 +138,8 @@ def test_task_runner_keeps_the_newest_request_and_reports_errors_as_data(qtbot):
     with qtbot.waitSignal(runner.error, timeout=10_000):
         runner.request("bad", tag=4)
     tag, info = errors[0]
-    assert tag == 4 and info["reason"] == "ValueError: bad input" and "Traceback" in info["details"]
-    assert not info["user_error"]
+    assert tag == 4 and info.reason == "ValueError: bad input" and "Traceback" in info.details
+    assert not info.cause.is_users_to_fix
     qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
     runner.shutdown()
     assert runner.wait(0)

@@ -9,7 +9,7 @@ from PySide6.QtCore import Qt
 
 
 def open_runs(window, qtbot, out):
-    window.setup.output_edit.setText(str(out))
+    window.setup.widget("output_dir").setText(str(out))
     assert window.runs.output_dir == str(out)
     window.tabs.setCurrentWidget(window.runs)
     return window.runs
@@ -49,8 +49,8 @@ def test_replay_loads_a_run_folder_into_the_monitor(window, qtbot, two_runs):
     assert len(monitor.loss_chart.series["eval"]) == len(evals) >= 1
     x, _ = monitor.loss_chart.curves["raw"].getData()
     assert len(x) == 12
-    assert monitor.title.text() == "dq-on" and monitor.status == "finished"
-    assert monitor.progress.value() == 12 and "4-bit nf4 + double quant" in monitor.device.text()
+    assert monitor.header.title.text() == "dq-on" and monitor.status == "finished"
+    assert monitor.header.progress.value() == 12 and "4-bit nf4 + double quant" in monitor.header.device.text()
 
 
 def test_overlay_compares_two_runs_loss_curves(window, qtbot, two_runs):

@@ -20,8 +20,8 @@ def test_opens_prefilled_with_the_demo_so_start_works(window, tiny_model):
     assert setup.config.train == demo.train and setup.config.lora == demo.lora
     assert window.start_action.isEnabled() and not window.stop_action.isEnabled()
     # every toggle explains itself with the config's own docs
-    assert setup.double_quant.toolTip() == field_help("quantization.double_quant")
-    assert setup.mode_buttons.buttons["4bit"].toolTip() == field_help("quantization.mode")
+    assert setup.widget("quantization.double_quant").toolTip() == field_help("quantization.double_quant")
+    assert setup.widget("quantization.mode").buttons["4bit"].toolTip() == field_help("quantization.mode")
     assert setup.widget("train.grad_accum").toolTip() == field_help("train.grad_accum")
 
 
@@ -31,17 +31,17 @@ def test_pickers_and_toggles_build_the_config(window, qtbot, tmp_path, tiny_mode
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
                                              {"role": "assistant", "content": "hello"}]}) + "\n")
 
-    setup.model_combo.lineEdit().clear()
-    qtbot.keyClicks(setup.model_combo.lineEdit(), str(tiny_model))
-    setup.data_edit.clear()
-    qtbot.keyClicks(setup.data_edit, str(data))
-    qtbot.mouseClick(setup.mode_buttons.buttons["8bit"], Qt.MouseButton.LeftButton)
+    setup.widget("model.name_or_path").lineEdit().clear()
+    qtbot.keyClicks(setup.widget("model.name_or_path").lineEdit(), str(tiny_model))
+    setup.widget("data.path").clear()
+    qtbot.keyClicks(setup.widget("data.path"), str(data))
+    qtbot.mouseClick(setup.widget("quantization.mode").buttons["8bit"], Qt.MouseButton.LeftButton)
     assert setup.config.quantization.mode == "8bit"
-    assert not setup.double_quant.isEnabled() and not setup.type_buttons.isEnabled()
-    qtbot.mouseClick(setup.mode_buttons.buttons["4bit"], Qt.MouseButton.LeftButton)
-    qtbot.mouseClick(setup.type_buttons.buttons["fp4"], Qt.MouseButton.LeftButton)
-    qtbot.mouseClick(setup.double_quant, Qt.MouseButton.LeftButton)
-    setup.compute_combo.setCurrentText("float32")
+    assert not setup.widget("quantization.double_quant").isEnabled() and not setup.widget("quantization.quant_type").isEnabled()
+    qtbot.mouseClick(setup.widget("quantization.mode").buttons["4bit"], Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(setup.widget("quantization.quant_type").buttons["fp4"], Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(setup.widget("quantization.double_quant"), Qt.MouseButton.LeftButton)
+    setup.widget("quantization.compute_dtype").setCurrentText("float32")
     setup.widget("lora.r").setValue(32)
     setup.widget("lora.target_modules").setCurrentText("q_proj, v_proj")
     setup.widget("train.max_steps").setValue(50)
@@ -78,21 +78,21 @@ def test_a_value_core_rejects_is_flagged_and_blocks_start(window):
 
 def test_model_info_reads_config_json_without_weights(window, qtbot, tiny_model):
     setup = window.setup
-    runner = setup.model_info_runner
+    runner = setup.model.info_task
     with qtbot.waitSignal(runner.result, timeout=60_000,
                           check_params_cb=lambda name, info: name == str(tiny_model)):
-        setup.model_combo.setCurrentText(str(tiny_model) + "/")  # a new value, the same folder
-        setup.model_combo.setCurrentText(str(tiny_model))
-    text = setup.model_info_label.text()
+        setup.widget("model.name_or_path").setCurrentText(str(tiny_model) + "/")  # a new value, the same folder
+        setup.widget("model.name_or_path").setCurrentText(str(tiny_model))
+    text = setup.model.info_label.text()
     assert "LlamaForCausalLM" in text and "2 layers" in text and "2,048" in text
 
 
 def test_model_info_shows_a_one_line_reason_for_a_bad_model(window, qtbot, tmp_path):
     bad = tmp_path / "not-a-model"
     bad.mkdir()
-    with qtbot.waitSignal(window.setup.model_info_runner.error, timeout=30_000):
-        window.setup.model_combo.setCurrentText(str(bad))
-    assert "config" in window.setup.model_info_label.text()
+    with qtbot.waitSignal(window.setup.model.info_task.error, timeout=30_000):
+        window.setup.widget("model.name_or_path").setCurrentText(str(bad))
+    assert "config" in window.setup.model.info_label.text()
 
 
 def test_dataset_xray_shows_format_rows_example_histogram_and_bad_rows(window, qtbot, tmp_path):
@@ -104,7 +104,7 @@ def test_dataset_xray_shows_format_rows_example_histogram_and_bad_rows(window, q
     xray = window.setup.xray
     with qtbot.waitSignal(xray.report_ready, timeout=60_000,
                           check_params_cb=lambda r: r.source == str(data)):
-        window.setup.data_edit.setText(str(data))
+        window.setup.widget("data.path").setText(str(data))
     report = xray.report
     assert report.format == "messages" and report.rows == 40 and report.bad_rows == 1
     assert "messages" in xray.summary.text() and "1 bad" in xray.summary.text()
@@ -117,14 +117,14 @@ def test_dataset_xray_shows_format_rows_example_histogram_and_bad_rows(window, q
     assert sum(heights) == report.rows
     assert "math.jsonl:8" in xray.problems.toPlainText() and "no assistant turn" in xray.problems.toPlainText()
     assert xray.alert.isVisibleTo(window)  # training would stop on the bad row...
-    window.setup.skip_bad.setChecked(True)
+    window.setup.widget("data.skip_bad_rows").setChecked(True)
     assert not xray.alert.isVisibleTo(window)  # ...unless it is skipped
 
 
 def test_dataset_xray_reports_a_missing_file(window, qtbot, tmp_path):
     xray = window.setup.xray
     with qtbot.waitSignal(xray.report_failed, timeout=60_000) as blocker:
-        window.setup.data_edit.setText(str(tmp_path / "nope.jsonl"))
+        window.setup.widget("data.path").setText(str(tmp_path / "nope.jsonl"))
     assert "nope.jsonl" in blocker.args[0]
     assert "Cannot read the dataset" in xray.summary.text()
 
@@ -146,7 +146,7 @@ def test_memory_bar_follows_the_settings(window, qtbot, tiny_config):
     assert "GiB" in memory.total_label.text() or "MiB" in memory.total_label.text()
 
     with qtbot.waitSignal(memory.estimate_ready, timeout=60_000, check_params_cb=lambda e: not e.double_quant):
-        qtbot.mouseClick(window.setup.double_quant, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.setup.widget("quantization.double_quant"), Qt.MouseButton.LeftButton)
     assert memory.dq_label.text().startswith("Double quant is off")
     assert memory.estimate.quant_constants_bytes != memory.estimate.quant_constants_other_setting_bytes
 
@@ -182,7 +182,7 @@ def test_make_it_fit_changes_micro_batch_and_grad_accum(window, qtbot, tiny_conf
 def test_presets_load_and_keep_the_output_folder(window, settings):
     setup = window.setup
     setup.widget("lora.r").setValue(64)
-    setup.model_combo.setCurrentText("someone/else")
+    setup.widget("model.name_or_path").setCurrentText("someone/else")
     combo = setup.preset_combo
     index = combo.findText("demo")
     combo.setCurrentIndex(index)
@@ -191,7 +191,7 @@ def test_presets_load_and_keep_the_output_folder(window, settings):
     assert setup.config.model == demo.model and setup.config.lora.r == 16
     assert setup.config.quantization == demo.quantization and setup.config.train == demo.train
     assert setup.config.output_dir == settings.output_dir()
-    assert setup.widget("lora.r").value() == 16 and setup.mode_buttons.value() == "4bit"
+    assert setup.widget("lora.r").value() == 16 and setup.widget("quantization.mode").value() == "4bit"
 
 
 def test_config_saves_and_loads_as_yaml(window, tmp_path, tiny_config):

@@ -11,18 +11,19 @@ import shiboken6
 from gui_helpers import collect_events, read_metrics, run_to_end
 from PySide6.QtCore import QCoreApplication, QEvent, QThread
 
-from qlora_studio.core.runs import RunFolder
+from qlora_studio.core.training import events as ev
+from qlora_studio.core.training.store import RunFolder
 
 
 def test_a_tiny_run_completes_and_the_charts_hold_its_points(window, qtbot, tiny_config):
     window.setup.set_config(tiny_config)
     events = collect_events(window)
     result = run_to_end(qtbot, window, window.start_action.trigger)
-    assert result["status"] == "finished", result.get("error")
+    assert result.status == "finished", result.error
     assert window.tabs.currentWidget() is window.monitor
 
     monitor = window.monitor
-    steps = [e for e in events if e["type"] == "step"]
+    steps = [e for e in events if isinstance(e, ev.StepLogged)]
     assert len(steps) == 12
     assert list(monitor.loss_chart.series["raw"].x) == list(range(1, 13))
     assert len(monitor.smoothed) == 12 and len(monitor.lr_chart.series["lr"]) == 12
@@ -30,15 +31,15 @@ def test_a_tiny_run_completes_and_the_charts_hold_its_points(window, qtbot, tiny
     assert len(monitor.loss_chart.series["eval"]) >= 1
     x, y = monitor.loss_chart.curves["raw"].getData()
     assert len(x) == 12  # drawn, not just buffered
-    assert monitor.progress.value() == 12 and monitor.progress.maximum() == 12
-    assert monitor.status == "finished" and monitor.badge.text() == "finished"
-    assert monitor.stat_loss.value.text() == f"{steps[-1]['metrics']['loss']:.4f}"
+    assert monitor.header.progress.value() == 12 and monitor.header.progress.maximum() == 12
+    assert monitor.status == "finished" and monitor.header.badge.text() == "finished"
+    assert monitor.header.stat_loss.value.text() == f"{steps[-1].metrics.loss:.4f}"
     log = monitor.log_text()
     assert "checkpoint saved" in log and "Finished at step 12" in log
     assert "CPU run" in monitor.vram_chart._message.toPlainText()  # no GPU here: said, not drawn
 
     # the runs page refreshed itself when the run ended
-    assert [r.name for r in window.runs.model.runs] == [Path(result["run_dir"]).name]
+    assert [r.name for r in window.runs.model.runs] == [Path(result.run_dir).name]
     assert window.runs.model.runs[0].status == "finished"
     assert window.start_action.isEnabled() and not window.pause_action.isEnabled()
 
@@ -60,7 +61,7 @@ def test_the_training_thread_finishes_and_is_cleaned_up(window, qtbot, tiny_conf
     window.controller.finished.connect(lambda result: finished.append(thread.isFinished()))
     with qtbot.waitSignal(window.controller.finished, timeout=120_000) as blocker:
         pass
-    assert blocker.args[0]["status"] == "finished"
+    assert blocker.args[0].status == "finished"
     assert finished == [True] and not window.controller.running  # the thread had ended, not just the work
     assert set(seen_threads) == {threading.main_thread().name}  # events reach widgets on the GUI thread
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
@@ -72,25 +73,25 @@ def test_pause_holds_the_step_count_and_stop_saves_a_checkpoint(window, qtbot, t
     events = collect_events(window)
 
     def pause_on_first_step(e):
-        if e["type"] == "step" and not window.pause_action.isChecked():
+        if isinstance(e, ev.StepLogged) and not window.pause_action.isChecked():
             window.pause_action.trigger()
 
     window.controller.event.connect(pause_on_first_step)
-    with qtbot.waitSignal(window.controller.event, timeout=120_000, check_params_cb=lambda e: e["type"] == "paused"):
+    with qtbot.waitSignal(window.controller.event, timeout=120_000, check_params_cb=lambda e: isinstance(e, ev.Paused)):
         window.start_training()
     held = window.monitor.step
     assert window.monitor.status == "paused" and window.pause_action.text() == "Resume"
-    count = len([e for e in events if e["type"] == "step"])
+    count = len([e for e in events if isinstance(e, ev.StepLogged)])
     qtbot.wait(1500)  # a training step takes well under this on the tiny model
-    assert len([e for e in events if e["type"] == "step"]) == count and window.monitor.step == held
+    assert len([e for e in events if isinstance(e, ev.StepLogged)]) == count and window.monitor.step == held
 
     with qtbot.waitSignal(window.run_ended, timeout=120_000) as blocker:
         window.stop_action.trigger()
     result = blocker.args[0]
-    assert result["status"] == "stopped" and result["step"] == held
-    checkpoints = [e for e in events if e["type"] == "checkpoint"]
-    assert [(c["step"], c["reason"]) for c in checkpoints] == [(held, "stop")]
-    assert [step for step, _ in RunFolder(result["run_dir"]).checkpoints()] == [held]
+    assert result.status == "stopped" and result.step == held
+    checkpoints = [e for e in events if isinstance(e, ev.CheckpointSaved)]
+    assert [(c.step, c.reason) for c in checkpoints] == [(held, "stop")]
+    assert [step for step, _ in RunFolder(result.run_dir).checkpoints()] == [held]
     assert window.monitor.status == "stopped" and "checkpoint saved (stop)" in window.monitor.log_text()
     assert not window.pause_action.isChecked() and window.start_action.isEnabled()
 
@@ -101,54 +102,54 @@ def test_save_now_and_more_steps_while_training(window, qtbot, tiny_config):
     events = collect_events(window)
 
     def steer(e):
-        if e["type"] == "step" and e["metrics"]["step"] == 1:
+        if isinstance(e, ev.StepLogged) and e.metrics.step == 1:
             window.save_action.trigger()
-        if e["type"] == "step" and e["metrics"]["step"] == 3:
+        if isinstance(e, ev.StepLogged) and e.metrics.step == 3:
             window.extend_button.click()
 
     window.controller.event.connect(steer)
     result = run_to_end(qtbot, window, window.start_training)
-    assert result["status"] == "finished" and result["step"] == 10
-    checkpoints = [(c["step"], c["reason"]) for c in events if c["type"] == "checkpoint"]
+    assert result.status == "finished" and result.step == 10
+    checkpoints = [(c.step, c.reason) for c in events if isinstance(c, ev.CheckpointSaved)]
     # each request is served right after the step that was training when it arrived
     assert [reason for _, reason in checkpoints] == ["requested", "extend", "scheduled"]
     assert checkpoints[0][0] < checkpoints[1][0] < checkpoints[2][0] == 10
-    changed = [e for e in events if e["type"] == "settings_changed"]
-    assert changed and changed[0]["changes"]["max_steps"] == [6, 10]
-    assert window.monitor.progress.maximum() == 10 and window.monitor.progress.value() == 10
+    changed = [e for e in events if isinstance(e, ev.SettingsChanged)]
+    assert changed and changed[0].changes["max_steps"] == [6, 10]
+    assert window.monitor.header.progress.maximum() == 10 and window.monitor.header.progress.value() == 10
     assert "extended from 6 to 10 steps" in window.monitor.log_text()
-    assert [m["step"] for m in read_metrics(result["run_dir"])] == list(range(1, 11))
+    assert [m["step"] for m in read_metrics(result.run_dir)] == list(range(1, 11))
 
 
 def test_a_failed_run_shows_the_reason_and_the_window_goes_on(window, qtbot, tiny_config, tmp_path):
     missing = tmp_path / "missing.jsonl"
     window.setup.set_config(tiny_config.with_overrides({"data.path": str(missing)}))
     result = run_to_end(qtbot, window, window.start_training)
-    assert result["status"] == "failed" and result["user_error"]
+    assert result.status == "failed" and result.cause.is_users_to_fix
     box = window.last_error_box
     assert box is not None and box.isVisible()
     assert "missing.jsonl" in box.text() and "\n" not in box.text()  # one line
-    assert "Traceback" in box.detailedText() and result["run_dir"] in box.detailedText()
+    assert "Traceback" in box.detailedText() and result.run_dir in box.detailedText()
     assert window.monitor.status == "failed"
     assert window.runs.model.runs[0].status == "failed"
     box.close()
 
     # still usable: fix the data and train
     assert window.start_action.isEnabled()
-    window.setup.data_edit.setText("sample:dates")
+    window.setup.widget("data.path").setText("sample:dates")
     window.setup.widget("train.max_steps").setValue(2)
     result = run_to_end(qtbot, window, window.start_action.trigger)
-    assert result["status"] == "finished" and result["step"] == 2
+    assert result.status == "finished" and result.step == 2
 
 
 def test_a_crash_inside_run_training_travels_as_data(window, qtbot, tiny_config, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom in the runner")
 
-    monkeypatch.setattr("qlora_studio.core.runner.run_training", explode)
+    monkeypatch.setattr("qlora_studio.core.training.runner.run_training", explode)
     window.setup.set_config(tiny_config)
     result = run_to_end(qtbot, window, window.start_training)
-    assert result["status"] == "failed" and not result["user_error"]
+    assert result.status == "failed" and not result.cause.is_users_to_fix
     box = window.last_error_box
     assert box.text() == "RuntimeError: boom in the runner"
     assert "Traceback" in box.detailedText() and "explode" in box.detailedText()
@@ -157,7 +158,7 @@ def test_a_crash_inside_run_training_travels_as_data(window, qtbot, tiny_config,
 
 
 def test_a_question_from_the_training_thread_is_answered_on_the_gui_thread(window, qtbot):
-    from qlora_studio.core.control import TrainControl
+    from qlora_studio.core.training.control import TrainControl
 
     controller = window.controller
     controller.control = TrainControl()
@@ -180,22 +181,22 @@ def test_a_question_from_the_training_thread_is_answered_on_the_gui_thread(windo
     controller.answer_question = lambda q, o: pytest.fail("asked after a stop")
     controller.control.request_stop()
     assert controller._ask("Out of memory. Shrink?", ["shrink", "stop"]) == "stop"
-    controller.control = None
+    controller.control = TrainControl()
 
 
 def test_quitting_during_a_run_stops_saves_and_then_closes(window, qtbot, tiny_config, monkeypatch):
     window.setup.set_config(tiny_config.with_overrides({"train.max_steps": 500, "train.save_every_steps": 1000}))
     asked = []
     monkeypatch.setattr(window, "confirm_quit_during_run", lambda: asked.append(True) or True)
-    with qtbot.waitSignal(window.controller.event, timeout=120_000, check_params_cb=lambda e: e["type"] == "step"):
+    with qtbot.waitSignal(window.controller.event, timeout=120_000, check_params_cb=lambda e: isinstance(e, ev.StepLogged)):
         window.start_training()
     assert window.close() is False  # not yet: the run saves first
     assert window.isVisible() and asked == [True]
     with qtbot.waitSignal(window.run_ended, timeout=120_000) as blocker:
         pass
     result = blocker.args[0]
-    assert result["status"] == "stopped"
-    assert RunFolder(result["run_dir"]).latest_checkpoint() is not None
+    assert result.status == "stopped"
+    assert RunFolder(result.run_dir).latest_checkpoint() is not None
     assert not window.isVisible()  # closed itself once the worker was done
 
 
@@ -203,24 +204,24 @@ def test_resume_a_stopped_run_from_the_runs_page(window, qtbot, tiny_config):
     window.setup.set_config(tiny_config.with_overrides({"train.max_steps": 8, "train.save_every_steps": 1000}))
 
     def stop_at_three(e):
-        if e["type"] == "step" and e["metrics"]["step"] >= 3:
+        if isinstance(e, ev.StepLogged) and e.metrics.step >= 3:
             window.stop_training()
 
     window.controller.event.connect(stop_at_three)
     first = run_to_end(qtbot, window, window.start_training)
     window.controller.event.disconnect(stop_at_three)
-    assert first["status"] == "stopped"
-    stopped_at = first["step"]
+    assert first.status == "stopped"
+    stopped_at = first.step
 
     runs = window.runs
-    runs.select_paths([first["run_dir"]])
+    runs.select_paths([first.run_dir])
     assert runs.resume_button.isEnabled()
     events = collect_events(window)
     second = run_to_end(qtbot, window, runs.resume_button.click)
-    assert second["status"] == "finished" and second["step"] == 8 and second["run_dir"] == first["run_dir"]
-    started = next(e for e in events if e["type"] == "run_started")
-    assert started["start_step"] == stopped_at
-    assert [m["step"] for m in read_metrics(first["run_dir"])] == list(range(1, 9))
+    assert second.status == "finished" and second.step == 8 and second.run_dir == first.run_dir
+    started = next(e for e in events if isinstance(e, ev.RunStarted))
+    assert started.start_step == stopped_at
+    assert [m["step"] for m in read_metrics(first.run_dir)] == list(range(1, 9))
     assert runs.model.runs[0].status == "finished"
     # the monitor drew the steps before the checkpoint too: one continuous curve
     assert list(window.monitor.loss_chart.series["raw"].x) == list(range(1, 9))
@@ -238,8 +239,8 @@ def test_gpu_selector_starts_several_processes(window, qtbot, tiny_config):
     assert setup.config.distributed.num_processes == 2 and setup.config.distributed.gpus is None
     setup.widget("distributed.strategy").setCurrentText("ddp")
     result = run_to_end(qtbot, window, window.start_action.trigger, timeout=240_000)
-    assert result["status"] == "finished", result.get("error")
+    assert result.status == "finished", result.error
     assert list(window.monitor.loss_chart.series["raw"].x) == [1, 2, 3, 4]
-    run = RunFolder(result["run_dir"])
+    run = RunFolder(result.run_dir)
     assert run.load_config().distributed.num_processes == 2
     assert sorted(p.name for p in (run.path / "ranks").iterdir()) == ["rank-0.json", "rank-1.json"]

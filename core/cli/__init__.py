@@ -1,0 +1,112 @@
+"""The headless command line: `qlora-studio <command>` (the launcher opens the window when no
+command is given). User mistakes end with one line on stderr and a non-zero exit code, never a
+traceback (`--debug` shows one)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qlora_studio.core.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.cause.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qlora_studio.core.cli import commands as c
+
+    parser = argparse.ArgumentParser(
+        prog="qlora-studio",
+        description="Fine-tune an LLM with 4-bit QLoRA on one GPU. Without a command, the window opens.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {c.version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # Flags several commands share, declared once.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show tracebacks")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print one JSON object")
+    config_file = argparse.ArgumentParser(add_help=False)
+    config_file.add_argument("config", nargs="?", help="config YAML (default: the demo)")
+    config_file.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a config key, e.g. --set train.max_steps=50 (repeatable)")
+    gpu_budget = argparse.ArgumentParser(add_help=False)
+    gpu_budget.add_argument("--gpu-gb", type=float, help="card size in GiB (default: the detected GPU)")
+
+    def command(name: str, handler, help_text: str, parents=()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, parents=list(parents))
+        p.set_defaults(handler=handler)
+        return p
+
+    command("gui", _window_hint, "open the window (the same as no command)").add_argument("config", nargs="?")
+
+    p = command("train", c.cmd_train, "train a LoRA adapter from a config file", (config_file, debug))
+    p.add_argument("--demo", action="store_true", help="fine-tune SmolLM2-135M-Instruct on the bundled date task")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its latest checkpoint")
+    p.add_argument("--extend", type=int, metavar="N", help="with --resume: train N steps beyond the planned total")
+    p.add_argument("--oom-shrink", action="store_true",
+                   help="at micro-batch 1, let an out-of-memory error turn on checkpointing or shorten max_length")
+    p.add_argument("--processes", type=int, metavar="N", help="data-parallel processes (one per GPU; gloo on CPU)")
+    p.add_argument("--json-events", action="store_true", help="print every event as one JSON line instead of a progress bar")
+
+    p = command("inspect-data", c.cmd_inspect_data,
+                "X-ray a dataset: format, rows, bad rows, token lengths, trained tokens", (as_json, debug))
+    p.add_argument("--data", required=True, help="file, folder, Hub dataset id, or sample:<name>")
+    p.add_argument("--model", default=None, help="model whose tokenizer and chat template to use (default: the demo model)")
+    p.add_argument("--format", default="auto", help="auto | alpaca | sharegpt | messages | prompt_completion | text")
+    p.add_argument("--config", help="take the data settings from this config (the flags above override it)")
+    p.add_argument("--max-length", type=int, help="data.max_length")
+    p.add_argument("--column", action="append", default=[], metavar="OURS=THEIRS", help="map a column, e.g. prompt=question")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip rows that do not fit instead of stopping")
+    p.add_argument("--examples", type=int, default=2, help="rendered examples to show")
+
+    command("estimate", c.cmd_estimate, "predict peak GPU memory for a config, part by part",
+            (config_file, gpu_budget, as_json, debug))
+    p = command("fit", c.cmd_fit, "find the fastest settings that fit a GPU budget, keeping the effective batch",
+                (config_file, gpu_budget, as_json, debug))
+    p.add_argument("--write", metavar="OUT.yaml", help="save the fitted config here")
+
+    p = command("runs", c.cmd_runs, "list the runs in an output folder", (as_json,))
+    p.add_argument("output_dir", nargs="?", default="runs")
+
+    p = command("generate", c.cmd_generate, "answer a prompt with a trained adapter (checks that it stops)", (debug,))
+    p.add_argument("run_dir", help="a run folder (its adapter/) or an adapter folder")
+    p.add_argument("prompt", nargs="+", help="the user message")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+
+    p = command("evaluate", c.cmd_evaluate, "score a trained adapter: exact match against the last reply of each row",
+                (as_json, debug))
+    p.add_argument("run_dir", help="a run folder (its adapter/) or an adapter folder")
+    p.add_argument("--data", default="sample:dates-eval", help="rows to score (default: the demo's held-out dates)")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--base", action="store_true", help="score the base model without the adapter, for comparison")
+
+    p = command("init", c.cmd_init, "write a documented config file to start from")
+    p.add_argument("path", nargs="?", default="qlora-studio.yaml")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    command("env", c.cmd_env, "show the GPU, driver and library versions this install sees")
+    return parser
+
+
+def _window_hint(args: argparse.Namespace) -> int:  # noqa: ARG001
+    raise UserError("the window opens from the `qlora-studio` command (this module is its headless part)")
+

@@ -1,0 +1,156 @@
+"""The shape of an architecture, read from config.json alone: the model is built on the meta device
+(no weights, any architecture transformers knows) and its layers are listed. The memory planner
+and the model picker both read it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from qlora_studio.core.errors import ModelLoadError
+
+
+@dataclass
+class Linear:
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+
+    @property
+    def leaf(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+
+@dataclass
+class ModelShape:
+    """What the estimator needs to know about an architecture."""
+
+    model_type: str
+    num_layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    norms_per_layer: int
+    linears: list[Linear]  # every linear layer but the output head
+    lm_head: Linear | None  # None when tied to the embeddings
+    embedding_params: int
+    other_params: int  # norms and anything else that is not a linear or embedding weight
+    max_position: int | None = None
+
+    @property
+    def layer_linears(self) -> list[Linear]:
+        """The linears of one decoder layer (layer 0)."""
+        marker = ".0."
+        return [lin for lin in self.linears if marker in f".{lin.name}." and _layer_index(lin.name) == 0]
+
+    @property
+    def total_params(self) -> int:
+        params = sum(lin.in_features * lin.out_features + (lin.out_features if lin.bias else 0) for lin in self.linears)
+        if self.lm_head is not None:
+            params += self.lm_head.in_features * self.lm_head.out_features
+        return params + self.embedding_params + self.other_params
+
+
+def _layer_index(name: str) -> int | None:
+    parts = name.split(".")
+    for a, b in zip(parts, parts[1:]):
+        if a in ("layers", "h", "blocks", "layer") and b.isdigit():
+            return int(b)
+    return None
+
+
+def load_model_config(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
+    """config.json of a local folder (weights not needed), a .gguf file, or a Hub id."""
+    from transformers import AutoConfig
+
+    path = Path(name_or_path).expanduser()
+    try:
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        if path.is_dir():
+            return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        from qlora_studio.core.config.schema import ModelSettings
+        from qlora_studio.core.model.sources import resolve_model_source
+
+        source = resolve_model_source(ModelSettings(name_or_path=name_or_path, revision=revision,
+                                                    trust_remote_code=trust_remote_code))
+        return AutoConfig.from_pretrained(source.path, revision=revision if source.kind == "hub" else None,
+                                          trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.name_or_path: cannot read the config of {name_or_path}: {str(exc).splitlines()[0]}") from None
+
+
+@lru_cache(maxsize=16)
+def _shape_from_json(config_json: str, trust_remote_code: bool) -> ModelShape:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    data = json.loads(config_json)
+    model_type = data.pop("model_type")
+    config = AutoConfig.for_model(model_type, **data)
+    # torch's meta-device context is thread-local (accelerate's init_empty_weights patches
+    # nn.Module for the whole process, breaking a model load running on another thread).
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    output = model.get_output_embeddings()
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    # Meta-device models are not tied by from_config, so the config decides.
+    tied = output is not None and (output.weight is model.get_input_embeddings().weight
+                                   or bool(getattr(text_config, "tie_word_embeddings", False)))
+    linears, lm_head = [], None
+    embedding_params = other_params = 0
+    counted: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            if module is output:
+                if not tied:
+                    lm_head = Linear(name, module.in_features, module.out_features, module.bias is not None)
+                counted.add(id(module.weight))
+                continue
+            linears.append(Linear(name, module.in_features, module.out_features, module.bias is not None))
+            counted.add(id(module.weight))
+            if module.bias is not None:
+                counted.add(id(module.bias))
+        elif isinstance(module, torch.nn.Embedding):
+            embedding_params += module.weight.numel()
+            counted.add(id(module.weight))
+    for param in model.parameters():
+        if id(param) not in counted:
+            other_params += param.numel()
+            counted.add(id(param))
+    text = text_config
+    hidden = text.hidden_size
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    layers = text.num_hidden_layers
+    norms = sum(1 for n, m in model.named_modules() if _layer_index(n) == 0 and "norm" in type(m).__name__.lower())
+    return ModelShape(
+        model_type=model_type,
+        num_layers=layers,
+        hidden=hidden,
+        intermediate=getattr(text, "intermediate_size", 4 * hidden) or 4 * hidden,
+        vocab=text.vocab_size,
+        heads=heads,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        norms_per_layer=max(norms, 2),
+        linears=linears,
+        lm_head=lm_head,
+        embedding_params=embedding_params,
+        other_params=other_params,
+        max_position=getattr(text, "max_position_embeddings", None),
+    )
+
+
+def model_shape(config) -> ModelShape:
+    """Shape of a transformers config (instantiated on the meta device, cached)."""
+    data = config.to_dict()
+    data.pop("quantization_config", None)
+    data.pop("transformers_version", None)
+    return _shape_from_json(json.dumps(data, sort_keys=True, default=str), False)

@@ -1,0 +1,72 @@
+"""The one place a `TrainingArguments` is made from a run config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qlora_studio.core.config.choices import OPTIMIZERS
+from qlora_studio.core.config.schema import RunConfig
+from qlora_studio.core.model.devices import liger_applies
+
+
+def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str, has_eval: bool):
+    import torch
+    from transformers import TrainingArguments
+
+    t = config.train
+    cuda = device.type == "cuda"
+    choice = OPTIMIZERS[t.optimizer]
+    eval_steps = t.eval_every_steps or t.save_every_steps
+    sharded = is_fsdp(config)
+    extra: dict[str, Any] = {}
+    if sharded:
+        # FSDP-QLoRA: FSDP shards the 4-bit weights (stored in the compute dtype, see the runner's loading) and
+        # checkpoints activations itself; the Trainer-level flag would all-gather again in backward.
+        # FSDP1 with flat parameters: FSDP2's DTensors reach bitsandbytes' 4-bit matmul, which
+        # cannot mix them with plain tensors (seen on 2 x H200).
+        extra = {"fsdp": True, "fsdp_config": {
+            "version": 1, "use_orig_params": False, "cpu_ram_efficient_loading": True,
+            "activation_checkpointing": t.gradient_checkpointing, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "FULL_STATE_DICT",
+        }}
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=choice.trainer_optim if cuda else choice.trainer_optim_cpu,
+        bf16=cuda and compute_dtype == torch.bfloat16,
+        fp16=cuda and compute_dtype == torch.float16,
+        use_cpu=not cuda,
+        activation_checkpointing=t.gradient_checkpointing and not sharded,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing and not sharded else None,
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=t.save_every_steps,
+        save_total_limit=None,  # pruning is ours: Trainer's rotation only knows its own folder names
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        prediction_loss_only=True,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False,
+        use_liger_kernel=liger_applies(t.liger_kernels, device.type),
+        **extra,
+    )
+
+
+def is_fsdp(config: RunConfig) -> bool:
+    return config.distributed.strategy == "fsdp" and config.distributed.num_processes > 1

@@ -1,0 +1,61 @@
+"""Resumable checkpoints in the run folder: checkpoints/step-000100/ with the adapter, optimizer,
+scheduler, RNG and trainer state the Trainer writes, plus our counters and the config.
+
+The Trainer writes `checkpoint-N` folders when its `should_save` flag is set (scheduled, stop,
+save-now, extend all go that way); `adopt` renames them to our zero-padded names, adds the
+counters and prunes old ones. Only a save outside the training loop (after an out-of-memory
+error unwound it, or after an unexpected error) writes through the Trainer directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from qlora_studio.core.config.schema import RunConfig
+from qlora_studio.core.training.store import META_NAME, RunFolder, checkpoint_name
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointStore:
+    def __init__(self, folder: RunFolder | None, writer: bool = True):
+        self.folder = folder
+        self.writer = writer  # rank 0; the other ranks only take part in the Trainer's own (collective) saves
+
+    def existing(self, step: int) -> Path | None:
+        if self.folder is None:
+            return None
+        path = self.folder.checkpoints_dir / checkpoint_name(step)
+        return path if path.is_dir() else None
+
+    def save_outside_loop(self, trainer) -> None:
+        """Write a full resumable checkpoint of the trainer's current state.
+
+        transformers has no public call that writes optimizer, scheduler, RNG and trainer state
+        together outside `train()`; `_save_checkpoint` is what its own loop calls, so a checkpoint
+        written here resumes exactly like a scheduled one.
+        """
+        trainer.model.zero_grad(set_to_none=True)
+        trainer._save_checkpoint(trainer.model_wrapped, trial=None)
+
+    def adopt(self, step: int, config: RunConfig, meta: dict[str, Any]) -> Path | None:
+        """Give the Trainer's `checkpoint-N` our name, add the counters and config, prune old ones."""
+        if self.folder is None or not self.writer:
+            return None
+        trainer_dir = self.folder.checkpoints_dir / f"checkpoint-{step}"
+        target = self.folder.checkpoints_dir / checkpoint_name(step)
+        if trainer_dir.is_dir():
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(trainer_dir, target)
+        if not target.is_dir():
+            return None
+        (target / META_NAME).write_text(json.dumps({"step": step, **meta}, default=str), encoding="utf-8")
+        config.save(target / "config.yaml")
+        self.folder.prune_checkpoints(config.train.keep_checkpoints)
+        return target

@@ -1,0 +1,1 @@
+"""Reusable widgets: schema-bound form editors, model and data pickers, live charts, the stacked bar."""

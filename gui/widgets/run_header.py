@@ -1,0 +1,141 @@
+"""The monitor's header: run title, status badge, device line, progress bar and the headline
+numbers (elapsed, ETA, loss, eval loss, tokens/s, peak VRAM)."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
+
+from qlora_studio.gui import fmt
+
+
+class Stat(QFrame):
+    """A small labelled number."""
+
+    def __init__(self, title: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("stat")
+        self.title = QLabel(title)
+        self.title.setObjectName("statTitle")
+        self.value = QLabel("–")
+        self.value.setObjectName("statValue")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 4, 10, 4)
+        layout.setSpacing(0)
+        layout.addWidget(self.title)
+        layout.addWidget(self.value)
+
+    def set(self, text: str, tooltip: str = "") -> None:
+        self.value.setText(text)
+        if tooltip:
+            self.setToolTip(tooltip)
+
+
+class RunHeader(QWidget):
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.status = "idle"
+        self.live = False
+        self.paused = False
+        self.step = 0
+        self.total_steps = 0
+        self._elapsed_at_step = 0.0
+        self._wall_at_step: float | None = None
+        self._rate_origin: tuple[int, float] | None = None  # (step, elapsed) at the first step of this session
+
+        self.title = QLabel("No run yet")
+        self.title.setObjectName("runTitle")
+        self.badge = QLabel("idle")
+        self.badge.setObjectName("statusBadge")
+        self.badge.setProperty("status", "idle")
+        self.device = QLabel("")
+        self.device.setObjectName("deviceLabel")
+        self.progress = QProgressBar()
+        self.progress.setObjectName("runProgress")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("no run yet")
+        self.progress.setTextVisible(True)
+        self.stat_elapsed = Stat("Elapsed")
+        self.stat_eta = Stat("ETA")
+        self.stat_loss = Stat("Loss")
+        self.stat_eval = Stat("Eval loss")
+        self.stat_tps = Stat("Tokens/s")
+        self.stat_vram = Stat("Peak VRAM")
+        self.stats = (self.stat_elapsed, self.stat_eta, self.stat_loss, self.stat_eval, self.stat_tps, self.stat_vram)
+
+        head = QHBoxLayout()
+        head.addWidget(self.title)
+        head.addWidget(self.badge)
+        head.addStretch(1)
+        head.addWidget(self.device)
+        numbers = QHBoxLayout()
+        numbers.setSpacing(6)
+        numbers.addWidget(self.progress, 3)
+        for stat in self.stats:
+            numbers.addWidget(stat)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(head)
+        layout.addLayout(numbers)
+
+        self.clock = QTimer(self)
+        self.clock.setInterval(1000)
+        self.clock.timeout.connect(self.update_clock)
+
+    def reset(self, title: str) -> None:
+        self.step = self.total_steps = 0
+        self._rate_origin = None
+        self._wall_at_step = None
+        self._elapsed_at_step = 0.0
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("loading…")
+        for stat in self.stats:
+            stat.set("–")
+        self.title.setText(title or "Starting…")
+        self.device.setText("")
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        self.badge.setText(status)
+        self.badge.setProperty("status", status)
+        self.badge.style().unpolish(self.badge)
+        self.badge.style().polish(self.badge)
+
+    def set_plan(self, step: int, total_steps: int) -> None:
+        self.step = step
+        self.total_steps = total_steps
+        self.progress.setRange(0, max(total_steps, 1))
+        self.progress.setValue(min(step, self.progress.maximum()))
+        self.progress.setFormat("step %v / %m")
+
+    def step_done(self, step: int, elapsed_s: float) -> None:
+        self.step = step
+        self._elapsed_at_step = elapsed_s
+        self._wall_at_step = time.monotonic()
+        if self._rate_origin is None:
+            self._rate_origin = (step, elapsed_s)
+        self.progress.setValue(min(step, self.progress.maximum()))
+        self.update_clock()
+
+    def resumed(self) -> None:
+        """Speed and ETA are measured on this session's steps; the clock restarts after a pause."""
+        self._wall_at_step = time.monotonic()
+
+    def forget_rate(self) -> None:
+        self._rate_origin = None
+
+    def update_clock(self) -> None:
+        elapsed = self._elapsed_at_step
+        if self.live and not self.paused and self._wall_at_step is not None:
+            elapsed += time.monotonic() - self._wall_at_step
+        if self.live or self.status in ("running", "paused"):
+            self.stat_elapsed.set(fmt.duration(elapsed))
+        origin = self._rate_origin
+        if origin is not None and self.step > origin[0] and self.total_steps:
+            per_step = (self._elapsed_at_step - origin[1]) / (self.step - origin[0])
+            remaining = max(self.total_steps - self.step, 0) * per_step
+            self.stat_eta.set(fmt.duration(remaining), f"{per_step:.2f} s per step")

@@ -141,6 +141,8 @@ class TrainSettings(_Section):
     """Recompute activations in the backward pass: far less memory, about 30% slower."""
     offload_checkpoints: Literal["auto", "on", "off"] = "auto"
     """Keep the layer checkpoints of gradient checkpointing in pinned CPU memory instead of on the GPU (long context on small cards; a few percent slower on 7B-class models, more on small ones). auto = on when the run does not fit the GPU otherwise. CUDA only."""
+    tiled_mlp: Literal["auto", "on", "off"] = "auto"
+    """Run each layer's MLP over the sequence in tiles of 8,192 tokens, recomputed in the backward pass, so a long sequence's MLP activations never exist at once (about 15% slower). auto = on when the run does not fit the GPU otherwise, after offloading checkpoints."""
     chunked_loss: Literal["auto", "on", "off"] = "auto"
     """Compute the loss in chunks, only where labels are trained, so the full tokens x vocabulary logits never exist. auto = on a CUDA GPU for vocabularies of 32k+ tokens, unless Liger's fused loss holds less."""
     liger_kernels: Literal["auto", "on", "off"] = "auto"

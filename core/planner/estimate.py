@@ -33,7 +33,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qlora_studio.core.config.choices import OPTIMIZERS
+from qlora_studio.core.config.choices import LORA_TARGET_GROUPS, OPTIMIZERS
 from qlora_studio.core.model.lora import select_targets
 from qlora_studio.core.model.quant_layout import CUDA_ALLOC_ROUND, int8_bytes, packed_4bit_bytes, quant_constants_4bit_bytes
 from qlora_studio.core.model.shape import ModelShape
@@ -50,7 +50,7 @@ LIGER_INPUT_GRAD_BYTES = 4.0  # fp32 gradient of the hidden states, filled chunk
 # states, their gradient and the gradient scattered back into the sequence.
 CHUNKED_BYTES_PER_ELEMENT = 18.0
 CHUNKED_HIDDEN_COPIES = 3
-CHUNK_TOKENS_MIN, CHUNK_TOKENS_MAX = 128, 1024
+CHUNK_TOKENS_MIN, CHUNK_TOKENS_MAX = 128, 512
 # sdpa with a mask: the bool mask (1 byte per pair) lives through forward and backward; the
 # kernel converts it to a bf16 bias per call (measured about 2.4 bytes per pair at 16k, H100).
 MASK_BYTES_PER_PAIR = 1.0
@@ -65,6 +65,7 @@ CUDA_CONTEXT_BYTES = 600 * MIB
 # step 2. Expandable segments (our default, devices.configure_cuda_allocator) map pages on demand
 # and give them back before failing; the margin below is what bench/validate_planner.py measured
 # at the edge of simulated cards (tests/core/test_planner.py checks it against the results).
+MLP_NAME_HINTS = LORA_TARGET_GROUPS["mlp"]
 ALLOCATOR_SLACK_EXPANDABLE = 0.03
 ALLOCATOR_SLACK_FIXED_SEGMENTS = 0.26
 
@@ -101,6 +102,7 @@ class Estimate:
     offload: bool = False
     loss: str = "full"  # full | liger | chunked
     expandable_segments: bool = True
+    mlp_tile: int | None = None
     attention_bytes: int = 0
     context_bytes: int = CUDA_CONTEXT_BYTES
     slack_bytes: int = 0
@@ -140,6 +142,8 @@ class Estimate:
         ckpt = "checkpointing " + ("on" if self.gradient_checkpointing else "off")
         if self.gradient_checkpointing:
             ckpt += ", checkpoints " + ("offloaded to CPU" if self.offload else "on the GPU")
+            if self.mlp_tile:
+                ckpt += f", MLP in {self.mlp_tile:,}-token tiles"
         loss = {"full": "full logits", "liger": "Liger's fused loss", "chunked": "chunked loss"}[self.loss]
         return f"{batch}; {ckpt}; {loss}; optimizer {self.optimizer}"
 
@@ -171,13 +175,14 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
              target_modules: str | list[str] = "all-linear", lora_dropout: float = 0.05, use_dora: bool = False,
              optimizer: str = "adamw", model_name: str = "", liger: bool = False, packed: bool = False,
              attention: str = "sdpa", masked: bool = False, offload: bool = False, loss: str | None = None,
-             expandable_segments: bool = True, checkpoint_every: int = 1) -> Estimate:
+             expandable_segments: bool = True, checkpoint_every: int = 1, mlp_tile: int | None = None) -> Estimate:
     """Peak memory of one QLoRA training step on one GPU, part by part.
 
     `packed`: one sequence of seq_len tokens holding several rows (micro_batch is 1); `masked`:
     padded rows of different lengths, so sdpa gets a padding mask (fixed-length rows get none);
     `loss`: full | liger | chunked (default: liger when `liger`, else full); `checkpoint_every`:
-    checkpoint only every n-th layer (the others keep their activations).
+    checkpoint only every n-th layer (the others keep their activations); `mlp_tile`: the MLP runs
+    over tiles of this many tokens, recomputed in the backward, so only one tile's MLP activations exist.
     """
     notes: list[str] = []
     loss = loss or ("liger" if liger else "full")
@@ -193,11 +198,14 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
         notes.append("paged optimizer states live in unified memory and move to CPU RAM under pressure: not counted")
 
     tokens = seq_len * micro_batch
-    layer_per_token = _layer_bytes_per_token(shape, targets, lora_r, lora_dropout, compute_bytes, liger)
+    attn_per_token, mlp_per_token = _layer_bytes_per_token(shape, targets, lora_r, lora_dropout, compute_bytes, liger)
     if (packed or masked) and attention == "sdpa" and shape.kv_heads != shape.heads:
         # with a mask transformers expands grouped key/value heads before sdpa, and they are saved
-        layer_per_token += compute_bytes * 2 * (shape.heads - shape.kv_heads) * shape.head_dim
-    layer = int(tokens * layer_per_token)
+        attn_per_token += compute_bytes * 2 * (shape.heads - shape.kv_heads) * shape.head_dim
+    layer = int(tokens * (attn_per_token + mlp_per_token))
+    mlp_tokens = min(tokens, mlp_tile) if mlp_tile and gradient_checkpointing else tokens
+    # the layer being recomputed in the backward: with a tiled MLP, one tile of MLP activations
+    recomputed = int(tokens * attn_per_token + mlp_tokens * mlp_per_token)
     logits = int(_loss_bytes(shape, tokens, loss, compute_bytes))
     hidden_state = tokens * shape.hidden * compute_bytes
     layers_holding_attention = 1 if gradient_checkpointing else shape.num_layers
@@ -213,7 +221,7 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
             notes.append(f"offloaded checkpoints take {host / GIB:.1f} GiB of pinned CPU memory")
         # At the loss all checkpoints are alive; while layer k is recomputed, one layer's
         # activations plus the gradient flowing through it.
-        working = max(logits, layer + 3 * hidden_state)
+        working = max(logits, recomputed + 3 * hidden_state)
         activations = checkpoints + kept_layers * layer + working + attention_bytes
     else:
         checkpoints = 0
@@ -231,6 +239,7 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
         checkpoint_bytes=checkpoints, layer_activation_bytes=layer, logits_bytes=logits, activations_bytes=activations,
         peak_allocated_bytes=peak, overhead_bytes=overhead, total_bytes=peak + overhead, notes=notes, packed=packed,
         attention=attention, offload=offload and gradient_checkpointing, loss=loss,
+        mlp_tile=mlp_tile if gradient_checkpointing and mlp_tile and tokens > mlp_tile else None,
         expandable_segments=expandable_segments, attention_bytes=attention_bytes, slack_bytes=slack, host_bytes=host,
     )
 
@@ -279,7 +288,7 @@ def _loss_bytes(shape: ModelShape, tokens: int, loss: str, compute_bytes: int) -
 
 def chunked_loss_chunk_tokens(trained: int, hidden: int, vocab: int) -> int:
     """Chunk length of our chunked loss: a chunk's logits about the size of the hidden states (as
-    Liger sizes its chunks), between 128 and 1,024 tokens, so long batches do not grow the chunk
+    Liger sizes its chunks), between 128 and 512 tokens, so long batches do not grow the chunk
     (at 80k tokens and a 128k vocabulary Liger's chunks reach 4,096 tokens, 4 GiB)."""
     wanted = liger_chunk_tokens_for(trained, hidden, vocab)
     return max(CHUNK_TOKENS_MIN, min(CHUNK_TOKENS_MAX, wanted))
@@ -303,28 +312,35 @@ def _attention_bytes(shape: ModelShape, attention: str, packed: bool, masked: bo
 
 
 def _layer_bytes_per_token(shape: ModelShape, targets: set[str], r: int, dropout: float, c: int,
-                           liger: bool = False) -> float:
-    """Bytes one decoder layer saves for backward, per token (see the module docstring)."""
+                           liger: bool = False) -> tuple[float, float]:
+    """Bytes one decoder layer saves for backward, per token (see the module docstring): (the
+    norms and attention part, the MLP part)."""
     # RMSNorm keeps an fp32 copy of its input; Liger's keeps the input as it is (and a scalar per row).
-    total = (c if liger else 4.0) * shape.hidden * shape.norms_per_layer
-    seen_inputs: set[int] = set()
+    attn = (c if liger else 4.0) * shape.hidden * shape.norms_per_layer
+    mlp = 0.0
+    seen_inputs: set[tuple[bool, int]] = set()
     for lin in shape.layer_linears:
         if lin.leaf not in targets:
             continue
+        in_mlp = any(h in f".{lin.name}." for h in MLP_NAME_HINTS)
+        added = c * r  # lora_B's input
         if dropout > 0:
-            total += (c + 1) * lin.in_features  # dropout output (compute dtype) + its mask
-        elif lin.in_features not in seen_inputs:
-            total += c * lin.in_features  # shared input, kept once
-            seen_inputs.add(lin.in_features)
-        total += c * r  # lora_B's input
+            added += (c + 1) * lin.in_features  # dropout output (compute dtype) + its mask
+        elif (in_mlp, lin.in_features) not in seen_inputs:
+            added += c * lin.in_features  # shared input, kept once
+            seen_inputs.add((in_mlp, lin.in_features))
+        if in_mlp:
+            mlp += added
+        else:
+            attn += added
     q = shape.heads * shape.head_dim
     kv = shape.kv_heads * shape.head_dim
     # SDPA keeps q, k, v (not expanded for grouped-query attention) and its output. Rotary
     # embeddings keep nothing large: their cos/sin factors need no gradient.
-    total += c * (2 * q + 2 * kv)
+    attn += c * (2 * q + 2 * kv)
     # SiLU input, its output and the up projection; Liger's fused SwiGLU recomputes the SiLU output.
-    total += c * (2 if liger else 3) * shape.intermediate
-    return total
+    mlp += c * (2 if liger else 3) * shape.intermediate
+    return attn, mlp
 
 
 def _round(nbytes: int) -> int:

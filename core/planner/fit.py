@@ -9,7 +9,7 @@ from qlora_studio.core.config.choices import OPTIMIZERS
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.model.shape import model_shape
 from qlora_studio.core.planner.estimate import GIB, Estimate, format_estimate
-from qlora_studio.core.planner.plan import assume, estimate_for, model_config_of, with_reasons
+from qlora_studio.core.planner.plan import MLP_TILE_TOKENS, assume, estimate_for, model_config_of, with_reasons
 
 
 @dataclass
@@ -45,10 +45,16 @@ CHECKPOINTING_SPEED = 0.75
 OFFLOAD_COST_HIDDEN = 333
 
 
+# A tiled MLP runs its forward once more (the MLP is about 2/3 of a layer's FLOPs, a forward a quarter of
+# forward + recompute + backward): about 15% slower (prediction; see bench/NOTES-speed.md).
+TILED_MLP_SPEED = 0.87
+
+
 def relative_speed(micro_batch: int, seq_len: int, gradient_checkpointing: bool, offload: bool = False,
-                   hidden: int = 4096) -> float:
+                   hidden: int = 4096, tiled: bool = False) -> float:
     tokens = micro_batch * seq_len
     speed = tokens / (tokens + SATURATION_TOKENS) * (CHECKPOINTING_SPEED if gradient_checkpointing else 1.0)
+    speed *= TILED_MLP_SPEED if tiled else 1.0
     return speed / (1 + OFFLOAD_COST_HIDDEN / hidden) if offload else speed
 
 
@@ -74,8 +80,8 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
     """The fastest settings that fit `budget_gb`, keeping what an optimizer step trains on.
 
     data.max_length is kept whenever anything fits at it (cutting data changes what is learned):
-    offloading checkpoints, smaller micro-batches, checkpointing and leaner optimizer states all
-    come first. Among the settings that fit, the one `relative_speed` rates fastest wins (ties:
+    offloading checkpoints, a tiled MLP, smaller micro-batches, checkpointing and leaner optimizer
+    states all come first. Among the settings that fit, the one `relative_speed` rates fastest wins (ties:
     the plain fused AdamW before 8-bit states before paged ones).
     """
     model_config = model_config_of(config)
@@ -83,20 +89,26 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
     lengths = [config.data.max_length]
     while lengths[-1] // 2 >= 256:
         lengths.append(lengths[-1] // 2)
-    offload_choices = {"off": (False,), "on": (True,), "auto": (False, True)}[config.train.offload_checkpoints]
+    choices = {"off": (False,), "on": (True,), "auto": (False, True)}
+    levers = [(offload, tiled) for offload in choices[config.train.offload_checkpoints]
+              for tiled in choices[config.train.tiled_mlp]]
     for length in lengths:
         best = None
         for overrides, kept in _batch_options(config, length):
             candidate = config.with_overrides({**overrides, "data.max_length": length})
             a = assume(candidate, model_config, shape)
             for checkpointing in (False, True):
-                for offload in offload_choices if checkpointing else (False,):
+                for offload, tiled in levers if checkpointing else [(False, False)]:
+                    tile = MLP_TILE_TOKENS if tiled and a.tokens > MLP_TILE_TOKENS else None
+                    if tiled and tile is None:
+                        continue
                     for rank, optimizer in enumerate(OPTIMIZERS):
                         e = estimate_for(shape, candidate, a, gradient_checkpointing=checkpointing, optimizer=optimizer,
-                                         offload=offload)
+                                         offload=offload, mlp_tile=tile)
                         if not e.fits(budget_gb):
                             continue
-                        score = (relative_speed(a.micro_batch, a.seq_len, checkpointing, offload, shape.hidden), -rank)
+                        speed = relative_speed(a.micro_batch, a.seq_len, checkpointing, offload, shape.hidden, tiled)
+                        score = (speed, -rank)
                         if best is None or score > best[0]:
                             best = (score, candidate, checkpointing, optimizer, kept, with_reasons(e, a))
                         break  # a later optimizer only saves memory this one did not need
@@ -108,6 +120,8 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
             what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()) or "no change needed"
             if e.offload and config.train.offload_checkpoints == "auto":
                 what += "; layer checkpoints offloaded to CPU (train.offload_checkpoints auto)"
+            if e.mlp_tile and config.train.tiled_mlp == "auto":
+                what += f"; MLP in {e.mlp_tile:,}-token tiles (train.tiled_mlp auto)"
             message = f"fits in {budget_gb:g} GiB at {e.total_bytes / GIB:.1f} GiB: {what}; {kept}"
             return FitResult(budget_gb, fitted, e, changes, message)
     message = (f"even micro-batch 1 at {lengths[-1]} tokens with checkpointing does not fit in {budget_gb:g} GiB: "

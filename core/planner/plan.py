@@ -11,6 +11,7 @@ prediction are one number, made under the same stated assumptions:
   loss        Liger's fused loss where Liger runs, our chunked loss where its chunks are smaller
               or Liger is missing (large vocabularies, CUDA), else the full logits
   offload     train.offload_checkpoints auto: on when the run does not fit the budget otherwise
+  tiled MLP   train.tiled_mlp auto: on when it still does not fit (long sequences)
   allocator   expandable segments unless the user's PYTORCH_CUDA_ALLOC_CONF says otherwise
 """
 
@@ -27,6 +28,7 @@ from qlora_studio.core.model.shape import ModelShape, load_model_config, model_s
 from qlora_studio.core.planner.estimate import CHUNK_TOKENS_MAX, GIB, Estimate, estimate, liger_chunk_tokens
 
 CHUNKED_LOSS_MIN_VOCAB = 32_000
+MLP_TILE_TOKENS = 8192
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -42,6 +44,7 @@ class Assumptions:
     loss: str  # full | liger | chunked
     liger: bool
     reasons: dict[str, str] = field(default_factory=dict)
+    mlp_tile: int | None = None  # tokens per MLP tile when the MLP is tiled
 
     @property
     def tokens(self) -> int:
@@ -75,6 +78,8 @@ def assume(config: RunConfig, model_config, shape: ModelShape, *, budget_bytes: 
     loss, reasons["loss"] = _choose_loss(config, model_config, shape, seq_len * micro, liger, device_type, fsdp)
     a = Assumptions(packed, attention, seq_len, micro, False, loss, liger, reasons)
     a.offload, reasons["offload"] = _choose_offload(config, shape, a, budget_bytes, device_type, fsdp)
+    tiled, reasons["tiled_mlp"] = _choose_tiling(config, shape, a, budget_bytes)
+    a.mlp_tile = MLP_TILE_TOKENS if tiled else None
     return a
 
 
@@ -127,12 +132,30 @@ def _choose_offload(config: RunConfig, shape: ModelShape, a: Assumptions, budget
                   f"{budget_bytes / GIB:g} GiB: they go to pinned CPU memory")
 
 
+def _choose_tiling(config: RunConfig, shape: ModelShape, a: Assumptions, budget_bytes: int | None) -> tuple[bool, str]:
+    setting, t = config.train.tiled_mlp, config.train
+    if setting == "off":
+        return False, "train.tiled_mlp is off"
+    if not t.gradient_checkpointing or a.tokens <= MLP_TILE_TOKENS:
+        return False, f"micro-batches of {a.tokens:,} tokens fit in one tile" if t.gradient_checkpointing \
+            else "the MLP is tiled inside checkpointed layers only (gradient checkpointing is off)"
+    if setting == "on":
+        return True, "train.tiled_mlp is on"
+    if budget_bytes is None:
+        return False, "no budget to plan against"
+    whole = estimate_for(shape, config, a)
+    if whole.total_bytes <= budget_bytes:
+        return False, "the MLP's activations fit"
+    return True, (f"a {a.tokens:,}-token MLP does not fit {budget_bytes / GIB:g} GiB at once: it runs in "
+                  f"{MLP_TILE_TOKENS:,}-token tiles")
+
+
 def estimate_for(shape: ModelShape, config: RunConfig, a: Assumptions, **settings: Any) -> Estimate:
     """`estimate` under these assumptions; `settings` replaces seq_len, micro_batch,
     gradient_checkpointing, optimizer or offload (what make_it_fit tries)."""
     t, q, lora = config.train, config.quantization, config.lora
     values = {"seq_len": a.seq_len, "micro_batch": a.micro_batch, "gradient_checkpointing": t.gradient_checkpointing,
-              "optimizer": t.optimizer, "offload": a.offload, **settings}
+              "optimizer": t.optimizer, "offload": a.offload, "mlp_tile": a.mlp_tile, **settings}
     return estimate(
         shape, mode=q.mode, double_quant=q.double_quant, compute_bytes=4 if q.compute_dtype == "float32" else 2,
         lora_r=lora.r, target_modules=lora.target_modules, lora_dropout=lora.dropout, use_dora=lora.use_dora,

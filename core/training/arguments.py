@@ -66,7 +66,7 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
         disable_tqdm=True,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
-        use_liger_kernel=liger_applies(t.liger_kernels, device.type),
+        use_liger_kernel=plan is None and liger_applies(t.liger_kernels, device.type),  # a plan applied it already
         **extra,
     )
 
@@ -87,8 +87,6 @@ def _speed_arguments(config: RunConfig, device, plan) -> dict[str, Any]:
         checkpointing["offload"] = True
     if plan.levers.every_n_layers > 1:
         checkpointing["every_n_layers"] = plan.levers.every_n_layers
-    if plan.assumptions.liger and plan.assumptions.loss == "chunked":  # our loss instead of Liger's
-        out["liger_kernel_config"] = {"fused_linear_cross_entropy": False, "cross_entropy": False}
     if plan.levers.sequential:
         out["train_sampling_strategy"] = "sequential"
     elif plan.levers.group_by_length and not plan.packed:

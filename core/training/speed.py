@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.planner.estimate import Estimate
@@ -117,10 +119,44 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: boo
         note(f"packing off: {reason}")
     if a.offload:
         note(f"layer checkpoints offloaded to pinned CPU memory (a little slower): {a.reasons['offload']}")
+    if a.mlp_tile:
+        note(f"MLP run in {a.mlp_tile:,}-token tiles (about 15% slower): {a.reasons['tiled_mlp']}")
+    if a.liger:  # here rather than in the Trainer, so the MLP tiling below wraps Liger's MLP
+        from transformers.integrations.liger import apply_liger_kernel
+
+        apply_liger_kernel(loaded.model, {"fused_linear_cross_entropy": False, "cross_entropy": False}
+                           if a.loss == "chunked" else {})
+    if a.mlp_tile:
+        tile_mlps(loaded.model, a.mlp_tile)
     levers = Levers.from_env()
     if levers.compile_layers:
         compile_decoder_layers(loaded.model)
     return SpeedPlan(a, a.seq_len if packed else None, budget, levers)
+
+
+def tile_mlps(model, tokens: int) -> int:
+    """Run every decoder layer's MLP over the sequence in tiles of `tokens`, each under non-reentrant
+    checkpoint: in the backward only one tile's MLP activations exist. The MLP is per-token, so the
+    result is the untiled one; the cost is one more MLP forward. Returns how many MLPs."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    mlps = [layer.mlp for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)
+            and isinstance(getattr(layer, "mlp", None), torch.nn.Module)]
+    for mlp in mlps:
+        mlp.__dict__["forward"] = _tiled(mlp.forward, tokens)  # wraps Liger's bound forward too
+    return len(mlps)
+
+
+def _tiled(forward, tokens: int):
+    from torch.utils.checkpoint import checkpoint
+
+    def tiled_forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.shape[-2] <= tokens or not torch.is_grad_enabled():
+            return forward(hidden_states)
+        tiles = hidden_states.split(tokens, dim=-2)
+        return torch.cat([checkpoint(forward, tile, use_reentrant=False) for tile in tiles], dim=-2)
+
+    return tiled_forward
 
 
 def _verify_packing(model, static, setting: str, fsdp: bool) -> tuple[bool, str]:

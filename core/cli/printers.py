@@ -116,6 +116,8 @@ def format_report(report, color: bool = False) -> str:
             + (f", {report.split_rows} split into pieces" if report.split_rows else ""))
     share = report.trained_tokens / report.total_tokens * 100 if report.total_tokens else 0
     lines.append(f"trained     {report.trained_tokens:,} of {report.total_tokens:,} tokens ({share:.1f}%)")
+    if report.batching:
+        lines.append(f"batches     {report.batching}")
     lines.append(f"EOS         {'ok' if report.eos.get('ok') else 'PROBLEM'}: {report.eos.get('message', '')}")
     for warning in report.warnings:
         lines.append(f"warning     {warning}")

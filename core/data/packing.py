@@ -231,6 +231,24 @@ def summarize_batching(lengths: Sequence[int], packed: bool, train, data, seed: 
     return BatchingSummary(packed, budget, count, steps_per_epoch(count, train.grad_accum, world_size), round(fill, 4))
 
 
+def describe_batching(config, lengths: Sequence[int]) -> str:
+    """The X-ray's line about batching: what `packing_plan` expects from config.json, applied to the
+    training rows (the run confirms packing on the loaded model)."""
+    from qlora_studio.core.errors import UserError
+    from qlora_studio.core.model.shape import load_model_config
+
+    if not lengths:
+        return ""
+    t, d = config.train, config.data
+    try:
+        model_config = load_model_config(config.model.name_or_path, config.model.trust_remote_code, config.model.revision)
+        packed = packing_plan(d.packing, config.model.attn_implementation, model_config, tokens_per_batch(t, d)).packed
+    except UserError:
+        packed = d.packing == "on"
+    summary = summarize_batching(lengths, packed, t, d, seed=t.seed, world_size=config.distributed.num_processes)
+    return summary.describe()
+
+
 # ---- which runs pack --------------------------------------------------------------------------
 
 @dataclass

@@ -83,6 +83,8 @@ class SpeedPlan:
         parts.append({"liger": "Liger's fused loss", "chunked": "chunked loss", "full": "full logits"}[a.loss])
         if a.offload:
             parts.append("checkpoints offloaded to CPU")
+        if a.mlp_tile:
+            parts.append(f"MLP in {a.mlp_tile:,}-token tiles")
         return "; ".join(parts)
 
     def micro_batch_tokens(self, config: RunConfig) -> int | None:

@@ -40,7 +40,8 @@ TRAIN_KEYS = [
     ("train.save_every_steps", "Save every"), ("train.eval_every_steps", "Eval every", "at saves"),
     ("train.device", "Device"), ("train.seed", "Seed"),
     ("train.keep_checkpoints", "Keep", "all checkpoints"), ("train.liger_kernels", "Liger kernels"),
-    ("train.offload_checkpoints", "Offload ckpts"), ("train.chunked_loss", "Chunked loss"),
+    ("train.offload_checkpoints", "Offload ckpts"), ("train.tiled_mlp", "Tiled MLP"),
+    ("train.chunked_loss", "Chunked loss"),
 ]
 GPU_KEYS = [("distributed.num_processes", "Processes"), ("distributed.strategy", "Strategy"),
             ("distributed.gpus", "GPU indices", QLineEdit)]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qlora_studio.core.config.choices import CHAT_TEMPLATES, LORA_TARGET_GROUPS, OPTIMIZERS
 from qlora_studio.core.errors import ConfigError
@@ -27,6 +27,11 @@ ChatTemplateName = Literal[("auto", *CHAT_TEMPLATES)]  # type: ignore[valid-type
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+def _switch(value: Any) -> Any:
+    """YAML reads a bare `on` / `off` as true / false: for auto|on|off keys they mean "on" / "off"."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class ModelSettings(_Section):
@@ -110,7 +115,7 @@ class DataSettings(_Section):
     """For .txt files: one example per paragraph, per line, or per file."""
     num_proc: int | None = Field(None, ge=1)
     """Processes for tokenizing; null picks by dataset size."""
-    packing: Literal["auto", "on", "off"] = "auto"
+    packing: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
     """Lay rows end to end in micro-batches of train.tokens_per_batch tokens instead of padding each batch to its longest row; every row still attends to itself only, so losses are those of unpacked training. auto = on where the model's attention keeps packed rows apart cheaply (checked on the loaded model); an epoch then has fewer, fuller optimizer steps."""
 
 
@@ -139,13 +144,13 @@ class TrainSettings(_Section):
     """adamw (fused on CUDA) or bitsandbytes' 8-bit / paged variants."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: far less memory, about 30% slower."""
-    offload_checkpoints: Literal["auto", "on", "off"] = "auto"
+    offload_checkpoints: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
     """Keep the layer checkpoints of gradient checkpointing in pinned CPU memory instead of on the GPU (long context on small cards; a few percent slower on 7B-class models, more on small ones). auto = on when the run does not fit the GPU otherwise. CUDA only."""
-    tiled_mlp: Literal["auto", "on", "off"] = "auto"
+    tiled_mlp: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
     """Run each layer's MLP over the sequence in tiles of 8,192 tokens, recomputed in the backward pass, so a long sequence's MLP activations never exist at once (about 15% slower). auto = on when the run does not fit the GPU otherwise, after offloading checkpoints."""
-    chunked_loss: Literal["auto", "on", "off"] = "auto"
+    chunked_loss: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
     """Compute the loss in chunks, only where labels are trained, so the full tokens x vocabulary logits never exist. auto = on a CUDA GPU for vocabularies of 32k+ tokens, unless Liger's fused loss holds less."""
-    liger_kernels: Literal["auto", "on", "off"] = "auto"
+    liger_kernels: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
     """Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE, and a cross-entropy that never holds the full logits): auto = on with a CUDA GPU and the liger-kernel package."""
     save_every_steps: int = Field(100, ge=1)
     """Write a resumable checkpoint every N optimizer steps."""

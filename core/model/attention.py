@@ -48,7 +48,7 @@ def _torch_varlen():
         return None
     params = inspect.signature(varlen_attn).parameters
     causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    return varlen_attn, causal, "enable_gqa" in params
+    return varlen_attn, causal, "enable_gqa" in params, "scale" in params
 
 
 def varlen_kernel_available(device: torch.device | str = "cuda") -> bool:
@@ -80,16 +80,21 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     if attention_mask is not None or sliding_window is not None or softcap is not None or kwargs.get("s_aux") is not None:
         raise ValueError("varlen attention supports plain causal attention only (no mask, sliding window or softcap)")
     length = query.shape[2]
-    bounds = row_boundaries(kwargs.get("position_ids"), length, kwargs.get("cu_seq_lens_q"))
+    cu, longest = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
     kernel = _torch_varlen()
+    default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-6
     if (kernel is not None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0
-            and query.shape[-1] <= 256 and not os.environ.get(ROWS_ONLY_ENV)):
-        return _one_launch(kernel, query, key, value, bounds, scaling), None
-    return _per_row(query, key, value, bounds, scaling, dropout), None
+            and query.shape[-1] <= 256 and (kernel[3] or default_scale) and not os.environ.get(ROWS_ONLY_ENV)):
+        if cu is None or longest is None:  # no collator kwargs (the probe): read the boundaries once here
+            bounds = row_boundaries(kwargs.get("position_ids"), length)
+            cu, longest = bounds, max(b - a for a, b in zip(bounds, bounds[1:]))
+        return _one_launch(kernel, query, key, value, cu, int(longest), scaling), None
+    return _per_row(query, key, value, row_boundaries(kwargs.get("position_ids"), length, cu), scaling, dropout), None
 
 
-def _one_launch(kernel, query, key, value, bounds: list[int], scaling: float | None) -> torch.Tensor:
-    varlen_attn, causal, takes_gqa = kernel
+def _one_launch(kernel, query, key, value, cu, longest: int, scaling: float | None) -> torch.Tensor:
+    """cu: cumulative row starts (a tensor from the collator, already on the GPU: no host sync)."""
+    varlen_attn, causal, takes_gqa, takes_scale = kernel
     q = query[0].transpose(0, 1).contiguous()  # (T, Hq, D)
     k = key[0].transpose(0, 1)
     v = value[0].transpose(0, 1)
@@ -100,9 +105,10 @@ def _one_launch(kernel, query, key, value, bounds: list[int], scaling: float | N
         else:  # torch 2.10's kernel wants as many key/value heads as query heads
             group = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    cu = torch.tensor(bounds, dtype=torch.int32, device=q.device)
-    longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-    out = varlen_attn(q, k.contiguous(), v.contiguous(), cu, cu, longest, longest, scale=scaling, **causal, **extra)
+    cu = torch.as_tensor(cu, dtype=torch.int32, device=q.device)
+    if takes_scale:
+        extra["scale"] = scaling
+    out = varlen_attn(q, k.contiguous(), v.contiguous(), cu, cu, longest, longest, **causal, **extra)
     return out.unsqueeze(0)  # (1, T, Hq, D)
 
 

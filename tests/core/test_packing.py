@@ -313,3 +313,14 @@ def test_tiled_mlp_under_checkpointing_gives_the_same_gradients(tiny_model):
         grads.append(lora_grads(model))
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_run_from_before_packing_resumes_padded(tmp_path, tiny_config):
+    """A run folder whose config predates data.packing trained padded batches; it resumes padded."""
+    from qlora_studio.core.training.store import RunFolder
+
+    folder = RunFolder.create(tiny_config.with_overrides({"output_dir": str(tmp_path)}))
+    text = folder.config_path.read_text().replace("  packing: auto\n", "")
+    folder.config_path.write_text(text)
+    assert folder.load_config().data.packing == "off"
+    assert folder.load_config(["data.packing=on"]).data.packing == "on"

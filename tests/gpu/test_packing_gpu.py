@@ -28,7 +28,8 @@ def test_torch_varlen_kernel_equals_per_row_attention():
     q = torch.randn(1, 32, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
     k = torch.randn(1, 8, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
     v = torch.randn(1, 8, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-    fast = _one_launch(_torch_varlen(), q, k, v, bounds, 128**-0.5)
+    cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
+    fast = _one_launch(_torch_varlen(), q, k, v, cu, 1099, 128**-0.5)
     (fast.float() ** 2).sum().backward()
     fast_grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):

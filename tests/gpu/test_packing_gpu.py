@@ -77,3 +77,33 @@ def test_offloaded_checkpoints_and_tiled_mlp_train_on_cuda(tiny_config, monkeypa
     assert "checkpoints offloaded to CPU" in batching and "MLP in 128-token tiles" in batching
     losses = [[m["loss"] for m in RunFolder(r.run_dir).read_metrics()] for r in (plain, levers)]
     assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+
+
+def test_real_out_of_memory_halves_the_packed_token_budget(tmp_path):
+    """A real CUDA OOM in a packed run under a tight memory fraction: the token budget halves and
+    grad_accum doubles until it fits, each step still training on the same number of tokens."""
+    from qlora_studio.core.config import RunConfig
+    from qlora_studio.core.training.runner import run_training
+    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.resources import sample_path
+    from shapes import shape_folder
+
+    folder = shape_folder("qwen2.5-0.5b", tmp_path)
+    config = RunConfig.model_validate({
+        "model": {"name_or_path": str(folder), "random_init": True},
+        "data": {"path": str(sample_path("dates")), "max_length": 256, "validation_split": 0},
+        "train": {"micro_batch_size": 64, "grad_accum": 1, "max_steps": 3, "save_every_steps": 100,
+                  "gradient_checkpointing": False},
+        "output_dir": str(tmp_path / "runs"),
+    })
+    torch.cuda.set_per_process_memory_fraction(4 * 1024**3 / torch.cuda.get_device_properties(0).total_memory, 0)
+    try:
+        events = []
+        result = run_training(config, events.append)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    assert result.status == "finished", result.error
+    changes = [e for e in events if e.type == "settings_changed" and e.reason == "out_of_memory"]
+    assert changes and all("tokens_per_batch" in c.changes for c in changes)
+    metrics = RunFolder(result.run_dir).read_metrics()
+    assert {m["tokens_per_batch"] * m["grad_accum"] for m in metrics} == {64 * 256}

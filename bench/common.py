@@ -75,8 +75,8 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})"
 
 
-def gpu_slug() -> str:
-    return gpu_name().lower().replace("nvidia ", "").replace(" ", "-").split("-hbm")[0]
+def gpu_slug(name: str | None = None) -> str:
+    return (name or gpu_name()).lower().replace("nvidia ", "").replace(" ", "-").split("-hbm")[0]
 
 
 def environment() -> dict:
@@ -94,9 +94,11 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def save(name: str, payload: dict, out: Path | None = None) -> Path:
-    target = (out or RESULTS) / f"{name}-{gpu_slug()}.json"
+def save(name: str, payload: dict, out: Path | None = None, measured_on: dict | None = None) -> Path:
+    """`measured_on`: the environment of the runs a summary merges (a report made on another machine)."""
+    env = measured_on or environment()
+    target = (out or RESULTS) / f"{name}-{gpu_slug(env['gpu'])}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps({"environment": environment(), **payload}, indent=2, default=str) + "\n")
+    target.write_text(json.dumps({"environment": env, **payload}, indent=2, default=str) + "\n")
     print(f"wrote {target}")
     return target

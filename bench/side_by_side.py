@@ -27,7 +27,7 @@ allocated and peak reserved GiB (torch.cuda counters from after loading), and fo
   python bench/side_by_side.py --workload a --arm plain          # one arm, this process
   python bench/side_by_side.py --run a,b --arms plain,studio      # each in its own subprocess, then the table
   python bench/side_by_side.py --run c24,c16 --quick              # longest context (planner's T, one try)
-  python bench/side_by_side.py --report                           # the table from the part files saved so far
+  python bench/side_by_side.py --report                           # the table from the part files in --out (any machine)
 
 Part files go to --out (default bench/results/side-by-side/), one JSON per (workload, arm); the
 report merges them into side-by-side-<gpu>.json beside that folder (bench/results/).
@@ -52,7 +52,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, chat_lengths, gpu_slug, rows_of_lengths, save, shape_folder, simulate_card
+from common import RESULTS, chat_lengths, rows_of_lengths, save, shape_folder, simulate_card
 
 SHAPE = "llama-3.1-8b"
 PARTS = RESULTS / "side-by-side"
@@ -314,7 +314,9 @@ def run_many(args) -> None:
 
 
 def report(args) -> None:
-    parts = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"side-by-side-*-{gpu_slug()}.json"))]
+    parts = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("side-by-side-*.json"))]
+    gpus = sorted({p["environment"]["gpu"] for p in parts}, key=lambda g: -sum(p["environment"]["gpu"] == g for p in parts))
+    parts = [p for p in parts if gpus and p["environment"]["gpu"] == gpus[0]]  # one GPU's runs per table
     if not parts:
         print(f"no part files in {args.out}")
         return
@@ -339,7 +341,7 @@ def report(args) -> None:
             longest[key] = max(longest.get(key, 0), p["context"])
     save("side-by-side", {"workloads": {k: v["title"] for k, v in WORKLOADS.items()}, "rows": rows,
                           "longest_context": {f"{w}/{a}": t for (w, a), t in longest.items()}, "parts": parts},
-         Path(args.out).parent)
+         Path(args.out).parent, measured_on=parts[0]["environment"])
     print(f"\n{'workload':8} {'arm':24} {'tokens':>7} {'status':8} {'tok/s':>9} {'peak':>7} {'reserved':>8} "
           f"{'pred':>6} {'x plain':>7} {'mem x':>6}")
     for r in rows:

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, gpu_slug, rows_of_lengths, save, shape_folder, simulate_card
+from common import RESULTS, rows_of_lengths, save, shape_folder, simulate_card
 
 SHAPE = "llama-3.1-8b"
 GRID = [(24, 16384), (24, 32768), (24, 65536), (16, 16384), (16, 32768), (16, 49152), (12, 16384), (12, 32768)]
@@ -159,7 +159,11 @@ def spawn(card: int, tokens: int, args, fixed: bool = False) -> None:
 def report(args) -> None:
     from qlora_studio.core.planner import estimate as est
 
-    points = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob(f"planner-validation-*-{gpu_slug()}.json"))]
+    points = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("planner-validation-*.json"))]
+    gpus = sorted({p["environment"]["gpu"] for p in points})
+    points = [p for p in points if gpus and p["environment"]["gpu"] == gpus[0]]
+    if len(gpus) > 1:
+        print(f"points from several GPUs ({', '.join(gpus)}): the table shows {gpus[0]}")
     if not points:
         print(f"no points in {args.out}")
         return
@@ -185,7 +189,7 @@ def report(args) -> None:
                "median_peak_error": round(statistics.median(errors), 4) if errors else None,
                "measured_slack_expandable": round(max(slacks), 4) if slacks else None,
                "planner_slack_expandable": est.ALLOCATOR_SLACK_EXPANDABLE}
-    save("planner-validation", summary, Path(args.out).parent)
+    save("planner-validation", summary, Path(args.out).parent, measured_on=points[0]["environment"])
     print(f"\nwrong verdicts: {wrong}; median |error| of the peak: "
           f"{summary['median_peak_error'] if errors else '-'}; reserved beyond allocated (expandable): "
           f"{summary['measured_slack_expandable']} (planner assumes {est.ALLOCATOR_SLACK_EXPANDABLE})")

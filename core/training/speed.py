@@ -42,8 +42,8 @@ class Levers:
             name, _, value = item.partition("=")
             if name == "compile":
                 levers.compile_layers = True
-            elif name == "every_n_layers":
-                levers.every_n_layers = max(1, int(value or 1))
+            elif name == "every_n_layers" and value.isdigit():
+                levers.every_n_layers = max(1, int(value))
             elif name in ("group_by_length", "sequential"):
                 setattr(levers, name, True)
             else:

@@ -121,5 +121,6 @@ def test_verdicts_against_gpu_validation(path):
         assert not (p["predicted_fits"] and p["status"] == "oom"), p
     errors = [abs(p["predicted_peak_allocated"] / p["peak_allocated"] - 1) for p in ran if p.get("peak_allocated")]
     assert statistics.median(errors) <= 0.03, errors
-    slack = max((p["peak_reserved"] / p["peak_allocated"] - 1) for p in ran if p.get("peak_reserved"))
+    slack = max((p["peak_reserved"] / p["peak_allocated"] - 1) for p in ran
+                if p["status"] == "trained" and not p.get("fixed_segments"))
     assert est.ALLOCATOR_SLACK_EXPANDABLE >= min(slack, 0.25), slack

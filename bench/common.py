@@ -17,6 +17,11 @@ from shapes import SHAPES, shape_folder  # noqa: E402,F401 - re-exported for the
 
 def fixed_length_rows(path: Path, rows: int, tokens: int, tokenizer, seed: int = 0) -> Path:
     """Text rows of exactly `tokens` tokens with the EOS the pipeline appends (so batches carry no padding)."""
+    return rows_of_lengths(path, [tokens] * rows, tokenizer, seed)
+
+
+def rows_of_lengths(path: Path, lengths: list[int], tokenizer, seed: int = 0) -> Path:
+    """Text rows of exactly these token counts, EOS included (the pipeline appends it)."""
     import random
 
     rng = random.Random(seed)
@@ -25,9 +30,10 @@ def fixed_length_rows(path: Path, rows: int, tokens: int, tokenizer, seed: int =
     # ByteLevel pre-tokenization splits at spaces, so a text's length is the sum of its words' lengths.
     cost = {w: len(tokenizer(" " + w, add_special_tokens=False).input_ids) for w in words}
     singles = [w for w, c in cost.items() if c == 1]
+    start = len(tokenizer("the", add_special_tokens=False).input_ids)
     with open(path, "w", encoding="utf-8") as fh:
-        for _ in range(rows):
-            left = tokens - 1 - len(tokenizer("the", add_special_tokens=False).input_ids)
+        for tokens in lengths:
+            left = tokens - 1 - start
             parts = ["the"]
             while left > 0:
                 word = rng.choice(words if left > 4 else singles)
@@ -38,14 +44,39 @@ def fixed_length_rows(path: Path, rows: int, tokens: int, tokenizer, seed: int =
     return path
 
 
+def chat_lengths(rows: int, median: int = 880, sigma: float = 0.6, longest: int = 2048, shortest: int = 32,
+                 seed: int = 0) -> list[int]:
+    """Row lengths of a chat dataset with a long tail, drawn deterministically: log-normal (sigma 0.6:
+    p90 about 2.2 x the median, about 7% of rows over 2,048 and cut there, as data.max_length
+    truncates them); the sample median of a few hundred rows lands near 860 tokens."""
+    import numpy as np
+
+    draws = np.random.default_rng(seed).lognormal(np.log(median), sigma, rows)
+    return [int(min(longest, max(shortest, round(x)))) for x in draws]
+
+
+def simulate_card(gb: float | None) -> None:
+    """Cap this process's CUDA memory at `gb` GiB (the allocator's reservations), as a smaller card
+    would, and tell the planner (QLORA_STUDIO_GPU_GB) for torch builds that cannot read the cap back."""
+    import os
+
+    import torch
+
+    if not gb:
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gb * 1024**3 / total), 0)
+    os.environ["QLORA_STUDIO_GPU_GB"] = str(gb)
+
+
 def gpu_name() -> str:
     import torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})"
 
 
-def gpu_slug() -> str:
-    return gpu_name().lower().replace("nvidia ", "").replace(" ", "-").split("-hbm")[0]
+def gpu_slug(name: str | None = None) -> str:
+    return (name or gpu_name()).lower().replace("nvidia ", "").replace(" ", "-").split("-hbm")[0]
 
 
 def environment() -> dict:
@@ -63,9 +94,11 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def save(name: str, payload: dict, out: Path | None = None) -> Path:
-    target = (out or RESULTS) / f"{name}-{gpu_slug()}.json"
+def save(name: str, payload: dict, out: Path | None = None, measured_on: dict | None = None) -> Path:
+    """`measured_on`: the environment of the runs a summary merges (a report made on another machine)."""
+    env = measured_on or environment()
+    target = (out or RESULTS) / f"{name}-{gpu_slug(env['gpu'])}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps({"environment": environment(), **payload}, indent=2, default=str) + "\n")
+    target.write_text(json.dumps({"environment": env, **payload}, indent=2, default=str) + "\n")
     print(f"wrote {target}")
     return target

@@ -83,7 +83,8 @@ def part_oom(folder, data, work):
     torch.cuda.set_per_process_memory_fraction(budget / total, 0)
     events = []
     try:
-        config = base_config(folder, data, work, micro_batch_size=32, grad_accum=1, max_steps=4)
+        config = base_config(folder, data, work, micro_batch_size=32, grad_accum=1, max_steps=4).with_overrides(
+            {"data.packing": "off"})  # this part measures the micro-batch halving of unpacked runs
         result = run_training(config, events.append)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)

@@ -52,6 +52,9 @@ def create_app(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    from qlora_studio.core.model.devices import configure_cuda_allocator
+
+    configure_cuda_allocator()  # before a worker thread touches CUDA: training runs in this process
     app = create_app()
     from PySide6.QtCore import QTimer
 

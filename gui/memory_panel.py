@@ -19,16 +19,16 @@ from qlora_studio.gui.workers import DebouncedTask, TaskRunner
 DEBOUNCE_MS = 300
 
 
-def _estimate(config, seq_len: int | None):
-    from qlora_studio.core.planner.estimate import estimate_config
+def _estimate(config, budget_gb: float | None):
+    from qlora_studio.core.planner.plan import estimate_config
 
-    return estimate_config(config, seq_len=seq_len)
+    return estimate_config(config, budget_gb)
 
 
-def _fit(config, budget_gb: float, seq_len: int | None):
+def _fit(config, budget_gb: float):
     from qlora_studio.core.planner.fit import make_it_fit
 
-    return make_it_fit(config, budget_gb, seq_len=seq_len)
+    return make_it_fit(config, budget_gb)
 
 
 class MemoryPanel(QGroupBox):
@@ -43,8 +43,7 @@ class MemoryPanel(QGroupBox):
         self.setObjectName("memoryPanel")
         self.config = None
         self.estimate = None
-        self._estimated_config = None
-        self.longest_tokens: int | None = None
+        self._estimated_for = None  # (config, budget) the estimate was made for
         self.detected_gb: float | None = None
         self._gpu_name = ""
         self._wanted: Any = "auto"  # the user's choice, kept while no GPU has been detected yet
@@ -60,6 +59,10 @@ class MemoryPanel(QGroupBox):
         self.bar = StackedBar()
         self.total_label = QLabel("Estimating…")
         self.total_label.setObjectName("memoryTotal")
+        self.total_label.setWordWrap(True)
+        self.assumes_label = QLabel("")
+        self.assumes_label.setObjectName("memoryAssumes")
+        self.assumes_label.setWordWrap(True)
         self.dq_label = QLabel("")
         self.dq_label.setObjectName("dqSaving")
         self.dq_label.setToolTip("Double quantization stores the 4-bit blocks' scales in 8 bits, "
@@ -82,6 +85,7 @@ class MemoryPanel(QGroupBox):
         layout.addWidget(self.bar)
         layout.addLayout(self.legend)
         layout.addWidget(self.total_label)
+        layout.addWidget(self.assumes_label)
         layout.addWidget(self.dq_label)
         layout.addWidget(self.message)
 
@@ -140,6 +144,7 @@ class MemoryPanel(QGroupBox):
     def _on_budget(self) -> None:
         self._wanted = self.budget_combo.currentData()
         self._show()
+        self._request()  # train.offload_checkpoints auto depends on the card
         self.budget_changed.emit(self.budget_combo.currentData())
 
     # ---- estimate ----
@@ -147,26 +152,15 @@ class MemoryPanel(QGroupBox):
         self.config = config
         self._request()
 
-    def set_longest_tokens(self, tokens: int | None) -> None:
-        """The dataset's longest row (from the X-ray): batches are padded to it, not to max_length."""
-        if tokens != self.longest_tokens:
-            self.longest_tokens = tokens
-            self._request()
-
-    def _seq_len(self) -> int | None:
-        if self.config is None or not self.longest_tokens:
-            return None
-        return min(self.config.data.max_length, int(self.longest_tokens))
-
     def _request(self) -> None:
         if self.config is not None:
             self.total_label.setText(self.total_label.text() if self.estimate else "Estimating…")
-            self.estimator.schedule(self.config, self._seq_len(), tag=self.config)
+            self.estimator.schedule(self.config, self.budget_gb, tag=(self.config, self.budget_gb))
 
     @Slot(object, object)
-    def _on_estimate(self, config, estimate) -> None:
+    def _on_estimate(self, tag, estimate) -> None:
         self.estimate = estimate
-        self._estimated_config = config
+        self._estimated_for = tag
         self._show()
         self.estimate_ready.emit(estimate)
 
@@ -180,11 +174,11 @@ class MemoryPanel(QGroupBox):
         self.estimate_failed.emit(error.reason)
 
     def predicted_peak_gb(self, config) -> float | None:
-        """The estimate's peak allocated memory (what the VRAM chart measures), when it was made
-        for exactly this config; the run's own prediction replaces it once training starts."""
-        if self.estimate is None or self._estimated_config is None:
+        """The estimate's PyTorch peak (what the VRAM chart measures), when it was made for exactly
+        this config; the run's own prediction, made by the same rules, replaces it once training starts."""
+        if self.estimate is None or self._estimated_for is None:
             return None
-        same = self._estimated_config.model_dump() == config.model_dump()
+        same = self._estimated_for[0].model_dump() == config.model_dump()
         return round(self.estimate.peak_allocated_bytes / GIB, 3) if same else None
 
     def _set_legend(self, parts: list[tuple[str, int]]) -> None:
@@ -205,9 +199,10 @@ class MemoryPanel(QGroupBox):
             return
         self.bar.set_parts(e.parts(), budget * GIB if budget else None)
         self._set_legend(e.parts())
-        total = f"Peak <b>{fmt.size(e.total_bytes)}</b> on a GPU"
-        if self.config is not None and e.seq_len < self.config.data.max_length:
-            total += f" (batches of {e.micro_batch} x {e.seq_len} tokens: the data's longest row)"
+        total = f"Predicted peak <b>{fmt.size(e.total_bytes)}</b> on the GPU"
+        self.total_label.setToolTip(e.headline() + "\n" + "\n".join(e.notes))
+        self.assumes_label.setText(f"<span style='color:#64748b'>{fmt.escape(e.includes())}; assumes "
+                                   f"{fmt.escape(e.assumptions())}</span>")
         if budget:
             spare = budget * GIB - e.total_bytes
             verdict = (f"<span style='color:#15803d'>fits {budget:g} GB with {fmt.size(spare)} to spare</span>"
@@ -238,7 +233,7 @@ class MemoryPanel(QGroupBox):
         self.message.setText("Searching for settings that fit…")
         self.message.setStyleSheet("")
         self.message.show()
-        self.fitter.request(self.config, budget, self._seq_len(), tag=self.config)
+        self.fitter.request(self.config, budget, tag=self.config)
 
     @Slot(object, object)
     def _on_fit(self, config, result) -> None:

@@ -179,6 +179,10 @@ class MonitorPage(QWidget):
         header.set_status("running")
         resumed = f" from step {e.start_step}" if e.start_step else ""
         self.append_log("info", f"Training{resumed} on {e.device_name}: {e.total_steps} steps, run folder {self.run_dir}")
+        if e.batching:
+            self.append_log("info", f"Batches: {e.batching}")
+        if e.prediction and vram.on_cuda:
+            self.append_log("info", f"Memory: {e.prediction}")
         vram.set_message("" if vram.on_cuda else "CPU run: no VRAM to measure")
         self._show_vram()
 

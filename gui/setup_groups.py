@@ -28,16 +28,20 @@ from qlora_studio.gui.widgets.pickers import DataPicker, ModelPicker
 DATA_KEYS = [
     ("data.format", "Format"), ("data.max_length", "Max length"), ("data.chat_template", "Template"),
     ("data.validation_split", "Validation"), ("data.train_on", "Loss on"), ("data.overlength", "Too long"),
+    ("data.packing", "Packing"),
 ]
 LORA_KEYS = [("lora.r", "Rank r"), ("lora.alpha", "Alpha"), ("lora.dropout", "Dropout")]
 TRAIN_KEYS = [
     ("train.epochs", "Epochs"), ("train.max_steps", "Max steps", "from epochs"),
     ("train.micro_batch_size", "Micro-batch"), ("train.grad_accum", "Grad accum"),
+    ("train.tokens_per_batch", "Tokens/batch", "micro-batch x max length"),
     ("train.learning_rate", "Learning rate", SciSpinBox), ("train.lr_scheduler", "Schedule"),
     ("train.warmup_ratio", "Warmup"), ("train.optimizer", "Optimizer"),
     ("train.save_every_steps", "Save every"), ("train.eval_every_steps", "Eval every", "at saves"),
     ("train.device", "Device"), ("train.seed", "Seed"),
     ("train.keep_checkpoints", "Keep", "all checkpoints"), ("train.liger_kernels", "Liger kernels"),
+    ("train.offload_checkpoints", "Offload ckpts"), ("train.tiled_mlp", "Tiled MLP"),
+    ("train.chunked_loss", "Chunked loss"),
 ]
 GPU_KEYS = [("distributed.num_processes", "Processes"), ("distributed.strategy", "Strategy"),
             ("distributed.gpus", "GPU indices", QLineEdit)]

@@ -48,8 +48,6 @@ class SetupPage(QWidget):
         self.memory = MemoryPanel()
         self.xray = DataXRay()
         self.memory.fitted.connect(lambda config, _message: self.set_config(config))
-        self.xray.report_ready.connect(lambda report: self.memory.set_longest_tokens(report.token_lengths.get("max")))
-        self.xray.report_failed.connect(lambda _reason: self.memory.set_longest_tokens(None))
 
         self.form = Form()
         self.groups = build_groups(self.form, self._start_folder)

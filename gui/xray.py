@@ -163,6 +163,8 @@ class DataXRay(QGroupBox):
                 f"tokens p50 <b>{t['p50']:.0f}</b> · p90 <b>{t['p90']:.0f}</b> · p99 <b>{t['p99']:.0f}</b> · "
                 f"max <b>{t['max']}</b> · {r.over_max_length:,} over max_length {r.max_length} · "
                 f"{share:.0f}% of tokens trained")
+        if r.batching:
+            lines.append(fmt.escape(r.batching))
         self.summary.setText("<br>".join(lines))
         self._show_example(r)
         self._show_rows(r)

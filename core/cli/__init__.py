@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(argv)
+    from qlora_studio.core.model.devices import configure_cuda_allocator
+
+    configure_cuda_allocator()  # before anything initializes CUDA
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:

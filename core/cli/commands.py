@@ -115,11 +115,12 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from qlora_studio.core.planner.estimate import detect_budget_gb, estimate_config, format_estimate
+    from qlora_studio.core.planner.estimate import format_estimate
+    from qlora_studio.core.planner.plan import detect_budget_gb, estimate_config
 
     config = load_run_config(args)
-    estimate = estimate_config(config)
     budget = args.gpu_gb or detect_budget_gb()
+    estimate = estimate_config(config, budget)
     if args.json:
         print(json.dumps(estimate.to_dict(budget), default=str))
     else:
@@ -128,8 +129,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from qlora_studio.core.planner.estimate import detect_budget_gb
     from qlora_studio.core.planner.fit import format_fit, make_it_fit
+    from qlora_studio.core.planner.plan import detect_budget_gb
 
     config = load_run_config(args)
     budget = args.gpu_gb or detect_budget_gb()

@@ -34,8 +34,10 @@ class ProgressPrinter:
                 self._say(f"device      {event.device_name} ({event.device}), {q.label}, compute {q.compute_dtype}")
                 self._say(f"data        {event.train_rows} training rows, {event.eval_rows} validation rows")
                 self._say(f"adapter     {event.trainable_params:,} trainable of {event.total_params:,} parameters")
-                if event.predicted_peak_gb is not None:
-                    self._say(f"memory      predicted peak {event.predicted_peak_gb:.2f} GiB allocated")
+                if event.batching:
+                    self._say(f"batches     {event.batching}")
+                if event.prediction:
+                    self._say(f"memory      {event.prediction}")
                 self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", file=self.stream,
                                 dynamic_ncols=True, smoothing=0.1)
             case ev.StepLogged(metrics=m):
@@ -114,6 +116,8 @@ def format_report(report, color: bool = False) -> str:
             + (f", {report.split_rows} split into pieces" if report.split_rows else ""))
     share = report.trained_tokens / report.total_tokens * 100 if report.total_tokens else 0
     lines.append(f"trained     {report.trained_tokens:,} of {report.total_tokens:,} tokens ({share:.1f}%)")
+    if report.batching:
+        lines.append(f"batches     {report.batching}")
     lines.append(f"EOS         {'ok' if report.eos.get('ok') else 'PROBLEM'}: {report.eos.get('message', '')}")
     for warning in report.warnings:
         lines.append(f"warning     {warning}")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qlora_studio.core.config.choices import CHAT_TEMPLATES, LORA_TARGET_GROUPS, OPTIMIZERS
 from qlora_studio.core.errors import ConfigError
@@ -29,6 +29,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
+def _switch(value: Any) -> Any:
+    """YAML reads a bare `on` / `off` as true / false: for auto|on|off keys they mean "on" / "off"."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class ModelSettings(_Section):
     name_or_path: str = DEMO_MODEL_ID
     """Hub id (org/name), a local model folder, or a .gguf file."""
@@ -36,8 +41,8 @@ class ModelSettings(_Section):
     """Hub branch, tag or commit to load; null for the default branch."""
     trust_remote_code: bool = False
     """Run modeling code shipped with the model. Only for models you trust."""
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    """Attention kernel: auto picks SDPA."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention", "varlen"] = "auto"
+    """Attention kernel: auto = varlen for packed batches of plain causal attention (torch's variable-length flash kernel on CUDA, one causal SDPA per row elsewhere; no mask), SDPA otherwise. flash_attention_2 needs the flash-attn package; flex_attention compiles its kernel (tens of seconds) on first use."""
     random_init: bool = False
     """Random weights of the model's shape (only config.json and the tokenizer are read): rehearse memory and speed before downloading weights. What it learns is meaningless."""
 
@@ -110,6 +115,8 @@ class DataSettings(_Section):
     """For .txt files: one example per paragraph, per line, or per file."""
     num_proc: int | None = Field(None, ge=1)
     """Processes for tokenizing; null picks by dataset size."""
+    packing: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
+    """Lay rows end to end in micro-batches of train.tokens_per_batch tokens instead of padding each batch to its longest row; every row still attends to itself only, so losses are those of unpacked training. auto = on where the model's attention keeps packed rows apart cheaply (checked on the loaded model); an epoch then has fewer, fuller optimizer steps."""
 
 
 class TrainSettings(_Section):
@@ -121,6 +128,8 @@ class TrainSettings(_Section):
     """Examples per forward pass."""
     grad_accum: int = Field(4, ge=1)
     """Micro-batches per optimizer step; effective batch = micro_batch_size x grad_accum."""
+    tokens_per_batch: int | None = Field(None, ge=8)
+    """With packing: tokens per micro-batch (at least data.max_length); null = micro_batch_size x max_length. Smaller keeps more optimizer steps per epoch (micro_batch_size x mean row length keeps today's)."""
     learning_rate: float = Field(2e-4, gt=0)
     """Peak learning rate."""
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
@@ -135,7 +144,13 @@ class TrainSettings(_Section):
     """adamw (fused on CUDA) or bitsandbytes' 8-bit / paged variants."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: far less memory, about 30% slower."""
-    liger_kernels: Literal["auto", "on", "off"] = "auto"
+    offload_checkpoints: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
+    """Keep the layer checkpoints of gradient checkpointing in pinned CPU memory instead of on the GPU (long context on small cards; a few percent slower on 7B-class models, more on small ones). auto = on when the run does not fit the GPU otherwise. CUDA only."""
+    tiled_mlp: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
+    """Run each layer's MLP over the sequence in tiles of 8,192 tokens, recomputed in the backward pass, so a long sequence's MLP activations never exist at once (about 15% slower). auto = on when the run does not fit the GPU otherwise, after offloading checkpoints."""
+    chunked_loss: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
+    """Compute the loss in chunks, only where labels are trained, so the full tokens x vocabulary logits never exist. auto = on a CUDA GPU for vocabularies of 32k+ tokens, unless Liger's fused loss holds less."""
+    liger_kernels: Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)] = "auto"
     """Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE, and a cross-entropy that never holds the full logits): auto = on with a CUDA GPU and the liger-kernel package."""
     save_every_steps: int = Field(100, ge=1)
     """Write a resumable checkpoint every N optimizer steps."""
@@ -178,6 +193,9 @@ class RunConfig(_Section):
     def _check_combinations(self) -> "RunConfig":
         if self.distributed.strategy == "fsdp" and self.quantization.mode == "8bit":
             raise ValueError("distributed.strategy fsdp works with quantization.mode 4bit or none, not 8bit")
+        if self.train.tokens_per_batch is not None and self.train.tokens_per_batch < self.data.max_length:
+            raise ValueError(f"train.tokens_per_batch ({self.train.tokens_per_batch}) must hold one row of "
+                             f"data.max_length ({self.data.max_length}) tokens; raise it or set it to null")
         return self
 
     @property
@@ -261,6 +279,7 @@ KEY_ALIASES = {
     "model_name": "name_or_path", "base_model": "name_or_path", "model_name_or_path": "name_or_path",
     "cutoff_len": "max_length", "sequence_len": "max_length", "max_seq_length": "max_length",
     "bnb_4bit_quant_type": "quant_type", "bnb_4bit_use_double_quant": "double_quant", "dataset": "path",
+    "sample_packing": "packing", "padding_free": "packing", "max_tokens_per_batch": "tokens_per_batch",
 }
 
 

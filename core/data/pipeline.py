@@ -224,9 +224,14 @@ def prepare_data(settings: DataSettings, tokenizer, stop_ids: list[int], seed: i
 
 
 def inspect_data(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int = 42,
-                 examples: int = 3, preview: int = 50) -> DataReport:
-    """The X-ray: everything `prepare_data` would do, reported instead of trained on."""
-    _, _, report, _ = _build(settings, tokenizer, stop_ids, seed, None, examples=examples, preview=preview)
+                 examples: int = 3, preview: int = 50, batching: Callable[[list[int]], str] | None = None) -> DataReport:
+    """The X-ray: everything `prepare_data` would do, reported instead of trained on; `batching`
+    describes the micro-batches the training rows' lengths make."""
+    train, _, report, _ = _build(settings, tokenizer, stop_ids, seed, None, examples=examples, preview=preview)
+    if batching is not None:
+        from qlora_studio.core.data.packing import row_lengths
+
+        report.batching = batching(row_lengths(train))
     return report
 
 
@@ -247,8 +252,10 @@ def inspect_config(config, examples: int = 2, preview: int = 0, skip_bad_rows: b
 
     tokenizer, source_path = _tokenizer_for(config.model)
     data = config.data if skip_bad_rows is None else config.data.model_copy(update={"skip_bad_rows": skip_bad_rows})
+    from qlora_studio.core.data.packing import describe_batching
+
     return inspect_data(data, tokenizer, stop_token_ids(tokenizer, source_path), seed=config.train.seed,
-                        examples=examples, preview=preview)
+                        examples=examples, preview=preview, batching=lambda lengths: describe_batching(config, lengths))
 
 
 def _tokenizer_for(model_settings):

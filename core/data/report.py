@@ -46,6 +46,7 @@ class DataReport:
     examples: list[dict[str, Any]] = field(default_factory=list)
     preview_rows: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    batching: str = ""  # how the run will cut the training rows into micro-batches (packed or padded), per epoch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from qlora_studio.core.errors import ModelLoadError, UserError
 
 GIB = 1024**3
+ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch reads either; the second is newer
+EXPANDABLE = "expandable_segments:True"
+SIMULATED_GB_ENV = "QLORA_STUDIO_GPU_GB"
 
 _nvml_lock = threading.Lock()
 _nvml_ready: bool | None = None
@@ -147,3 +150,60 @@ def liger_applies(setting: str, device_type: str = "cuda") -> bool:
     if setting == "on" and not available:
         raise UserError("train.liger_kernels is on, but liger-kernel is not installed: pip install liger-kernel")
     return available
+
+
+# ---- the CUDA caching allocator --------------------------------------------------------------
+
+def configure_cuda_allocator() -> str | None:
+    """Expandable segments for PyTorch's CUDA allocator, unless the user set PYTORCH_CUDA_ALLOC_CONF.
+
+    The default allocator carves fixed-size segments; at long context the large activation blocks
+    of one step fragment them and a later step fails with GiBs reserved but unallocated (8B at
+    32k tokens on a 24 GB card died in step 2; with expandable segments, which grow one mapped
+    range per stream instead, it finished). torch reads the variable when CUDA first allocates,
+    so every entry point calls this before anything touches the GPU: the CLI, the window, a
+    distributed worker (their children inherit it), and run_training as a last resort. Returns
+    the setting now in force for this process, or None when the user's own is.
+    """
+    if any(os.environ.get(name) for name in ALLOC_CONF_VARS):
+        return None
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = EXPANDABLE
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # too late for the variable: tell the live allocator
+        try:
+            torch._C._accelerator_setAllocatorSettings(EXPANDABLE)
+        except (AttributeError, RuntimeError):
+            try:
+                torch.cuda.memory._set_allocator_settings(EXPANDABLE)
+            except (AttributeError, RuntimeError):
+                return None
+    return EXPANDABLE
+
+
+def expandable_segments_expected() -> bool:
+    """Whether runs from this install use expandable segments: yes, unless the user's own allocator
+    setting says otherwise. The planner's allocator margin depends on it (configure_cuda_allocator)."""
+    for name in ALLOC_CONF_VARS:
+        value = os.environ.get(name)
+        if value:
+            return "expandable_segments:true" in value.replace(" ", "").lower()
+    return True
+
+
+def gpu_budget_bytes(device) -> int | None:
+    """The memory this process may use on `device`: the card's total, times the per-process fraction
+    when one is set (how the benchmarks simulate a smaller card; they also name the size in
+    QLORA_STUDIO_GPU_GB, for torch builds that cannot read the fraction back)."""
+    import torch
+
+    if getattr(device, "type", None) != "cuda":
+        return None
+    if os.environ.get(SIMULATED_GB_ENV):
+        return int(float(os.environ[SIMULATED_GB_ENV]) * GIB)
+    index = device.index or 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    fraction = getter(index) if getter is not None else 1.0
+    return int(total * min(1.0, fraction))

@@ -58,7 +58,7 @@ def load_base_model(config: RunConfig, source: ModelSource, device: torch.device
     )
     if bnb_config is not None:
         kwargs["quantization_config"] = bnb_config
-    if config.model.attn_implementation != "auto":
+    if config.model.attn_implementation not in ("auto", "varlen"):  # varlen is switched on by the run's speed plan
         kwargs["attn_implementation"] = config.model.attn_implementation
     try:
         if config.model.random_init:

@@ -1,4 +1,4 @@
-"""Memory planner: predict a run's peak GPU memory from config.json alone, and make a run fit.
+"""Memory planner: the peak GPU memory of one QLoRA training step, part by part, from a model's shape.
 
 No library answers "how much VRAM will this QLoRA run take" (accelerate's estimator counts
 weights only), so the model is ours:
@@ -7,31 +7,36 @@ weights only), so the model is ours:
                  bitsandbytes lays them out (`quant_layout`), the unquantized modules (embeddings,
                  lm_head, norms, biases) in the compute dtype; 8-bit and 16-bit modes likewise
   lora           adapter weights (fp32, as peft keeps them), their gradients, optimizer states
-  checkpoints    with gradient checkpointing, each layer's input (batch x seq x hidden, bf16)
+  checkpoints    with gradient checkpointing, each layer's input (tokens x hidden, bf16); none on
+                 the GPU when they are offloaded to pinned CPU memory (two in flight instead)
   layer          the tensors one decoder layer saves for backward (norm up-casts, LoRA inputs and
-                 dropout masks, rotary copies, attention in/out, MLP activations); held for every
-                 layer without checkpointing, for the layer being recomputed with it
-  logits         the lm_head output, its fp32 up-cast for the loss, log-softmax and their
-                 gradients: batch x seq x vocab x about 12 bytes at the loss
-  overhead       the CUDA context and the caching allocator's slack (reserved - allocated)
+                 dropout masks, attention in/out, MLP activations); held for every layer without
+                 checkpointing, for the layer being recomputed with it
+  attention      what the attention path adds: nothing for varlen/flash kernels; a T x T mask
+                 (and its bf16 bias inside the kernel) for sdpa with packed or padded rows
+  logits         the lm_head output, its fp32 up-cast, log-softmax and their gradients (about 12
+                 bytes per token and vocabulary entry), or only a chunk of them with Liger's fused
+                 loss or our chunked loss (training/lean_loss.py)
+  overhead       the CUDA context, and the caching allocator's slack (reserved - allocated): small
+                 with expandable segments, up to a quarter of the peak without (measured)
 
-Shapes come from instantiating the model on the meta device (no weights, any architecture
-transformers knows). The activation and logits coefficients were calibrated against measured
-peaks on an H100 (bench/results/estimator-*.json, checked by tests/core/test_memory.py).
+A micro-batch is `tokens` long: rows x padded length, or the token budget of a packed batch.
+Shapes come from instantiating the model on the meta device (any architecture transformers
+knows). The activation and logits coefficients were calibrated against measured peaks on an
+H100 (bench/results/estimator-*.json, checked by tests/core/test_memory.py); `plan` maps a run
+config onto these arguments.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qlora_studio.core.config.choices import OPTIMIZERS
-from qlora_studio.core.config.schema import RunConfig
-from qlora_studio.core.model.devices import liger_applies
+from qlora_studio.core.config.choices import LORA_TARGET_GROUPS, OPTIMIZERS
 from qlora_studio.core.model.lora import select_targets
 from qlora_studio.core.model.quant_layout import CUDA_ALLOC_ROUND, int8_bytes, packed_4bit_bytes, quant_constants_4bit_bytes
-from qlora_studio.core.model.shape import ModelShape, load_model_config, model_shape
+from qlora_studio.core.model.shape import ModelShape
 
 GIB = 1024**3
 MIB = 1024**2
@@ -40,11 +45,29 @@ BUDGETS_GB = (8, 12, 16, 24, 48, 80)
 LOGITS_BYTES_PER_ELEMENT = 12.0
 LIGER_CHUNK_BYTES_PER_ELEMENT = 8.0  # fp32 chunk logits and their gradient
 LIGER_INPUT_GRAD_BYTES = 4.0  # fp32 gradient of the hidden states, filled chunk by chunk
+# Our chunked loss (training/lean_loss.py) at its peak, the backward of one chunk: bf16 logits,
+# their fp32 copy, log-softmax and the fp32 and bf16 gradients; plus the trained tokens' hidden
+# states, their gradient and the gradient scattered back into the sequence.
+CHUNKED_BYTES_PER_ELEMENT = 18.0
+CHUNKED_HIDDEN_COPIES = 3
+CHUNK_TOKENS_MIN, CHUNK_TOKENS_MAX = 128, 512
+# sdpa with a mask: the bool mask (1 byte per pair) lives through forward and backward; the
+# kernel converts it to a bf16 bias per call (measured about 2.4 bytes per pair at 16k, H100).
+MASK_BYTES_PER_PAIR = 1.0
+MASK_BIAS_BYTES_PER_PAIR = 2.4
 # cuBLAS/cuBLASLt workspaces and small runtime buffers that come through the caching allocator:
 # the mean gap left over on the calibration grid, invisible on 7B runs, 10-15% of a 135M run.
 RUNTIME_WORKSPACE_BYTES = 64 * MIB
 CUDA_CONTEXT_BYTES = 600 * MIB
-ALLOCATOR_SLACK = 0.08  # reserved exceeds allocated by about this share at the peak
+# Reserved beyond allocated at the peak, as a share of the peak. The default allocator's fixed
+# segments fragment: up to 25% on the calibration grid (7B, 2048 x 4: 9.8 GiB allocated, 12.3
+# reserved), which is how an 8B run at 32k tokens that the planner said fitted 24 GB died in
+# step 2. Expandable segments (our default, devices.configure_cuda_allocator) map pages on demand
+# and give them back before failing; the margin below is what bench/validate_planner.py measured
+# at the edge of simulated cards (tests/core/test_planner.py checks it against the results).
+MLP_NAME_HINTS = LORA_TARGET_GROUPS["mlp"]
+ALLOCATOR_SLACK_EXPANDABLE = 0.03
+ALLOCATOR_SLACK_FIXED_SEGMENTS = 0.26
 
 
 # ---- the estimate -----------------------------------------------------------------------------
@@ -54,8 +77,8 @@ class Estimate:
     model: str
     mode: str
     double_quant: bool
-    seq_len: int
-    micro_batch: int
+    seq_len: int  # padded row length; for a packed batch its token budget
+    micro_batch: int  # rows per micro-batch; 1 for a packed batch
     gradient_checkpointing: bool
     optimizer: str
     params: int
@@ -71,9 +94,23 @@ class Estimate:
     logits_bytes: int
     activations_bytes: int
     peak_allocated_bytes: int
-    overhead_bytes: int
+    overhead_bytes: int  # context + slack
     total_bytes: int
     notes: list[str] = field(default_factory=list)
+    packed: bool = False
+    attention: str = "sdpa"
+    offload: bool = False
+    loss: str = "full"  # full | liger | chunked
+    expandable_segments: bool = True
+    mlp_tile: int | None = None
+    attention_bytes: int = 0
+    context_bytes: int = CUDA_CONTEXT_BYTES
+    slack_bytes: int = 0
+    host_bytes: int = 0  # pinned CPU memory the offloaded checkpoints take
+
+    @property
+    def tokens(self) -> int:
+        return self.seq_len * self.micro_batch
 
     @property
     def double_quant_saving_bytes(self) -> int:
@@ -87,21 +124,47 @@ class Estimate:
         return None if budget_gb is None else self.total_bytes <= budget_gb * GIB
 
     def parts(self) -> list[tuple[str, int]]:
-        """The stacked-bar segments, in bytes."""
+        """The stacked-bar segments, in bytes; they add up to total_bytes."""
         return [
             ("weights", self.weights_bytes),
             ("LoRA + grads + optimizer", self.lora_bytes + self.gradients_bytes + self.optimizer_bytes),
-            ("activations", self.checkpoint_bytes + (self.activations_bytes - self.checkpoint_bytes - self.logits_bytes)),
+            ("activations", self.activations_bytes - self.logits_bytes),
             ("logits + loss", self.logits_bytes),
             ("CUDA context, workspaces + slack", self.overhead_bytes + RUNTIME_WORKSPACE_BYTES),
         ]
 
-    def to_dict(self, budget_gb: float | None = None) -> dict[str, Any]:
-        from dataclasses import asdict
+    def assumptions(self) -> str:
+        """What the prediction assumes about the batches and the memory levers, in one line."""
+        if self.packed:
+            batch = f"micro-batches of {self.tokens:,} packed tokens ({self.attention} attention)"
+        else:
+            batch = f"micro-batches of {self.micro_batch} x {self.seq_len:,} tokens (rows padded to max_length)"
+        ckpt = "checkpointing " + ("on" if self.gradient_checkpointing else "off")
+        if self.gradient_checkpointing:
+            ckpt += ", checkpoints " + ("offloaded to CPU" if self.offload else "on the GPU")
+            if self.mlp_tile:
+                ckpt += f", MLP in {self.mlp_tile:,}-token tiles"
+        loss = {"full": "full logits", "liger": "Liger's fused loss", "chunked": "chunked loss"}[self.loss]
+        return f"{batch}; {ckpt}; {loss}; optimizer {self.optimizer}"
 
+    def includes(self) -> str:
+        """What the total is made of: the part PyTorch allocates (what the VRAM chart's peak measures) and the rest."""
+        allocator = "expandable segments" if self.expandable_segments else "fixed segments"
+        return (f"PyTorch peak {self.peak_allocated_bytes / GIB:.2f} GiB + CUDA context {self.context_bytes / GIB:.2f} "
+                f"+ allocator slack {self.slack_bytes / GIB:.2f} ({allocator})")
+
+    def headline(self) -> str:
+        """The one predicted number, as every view shows it."""
+        return f"predicted peak {self.total_bytes / GIB:.2f} GiB on the GPU ({self.includes()})"
+
+    def to_dict(self, budget_gb: float | None = None) -> dict[str, Any]:
         data = asdict(self)
+        data["tokens"] = self.tokens
         data["double_quant_saving_bytes"] = self.double_quant_saving_bytes
         data["total_gb"] = round(self.total_bytes / GIB, 3)
+        data["peak_allocated_gb"] = round(self.peak_allocated_bytes / GIB, 3)
+        data["assumptions"] = self.assumptions()
+        data["includes"] = self.includes()
         data["budget_gb"] = budget_gb
         data["fits"] = self.fits(budget_gb)
         return data
@@ -110,17 +173,86 @@ class Estimate:
 def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True, compute_bytes: int = 2,
              seq_len: int = 1024, micro_batch: int = 1, gradient_checkpointing: bool = True, lora_r: int = 16,
              target_modules: str | list[str] = "all-linear", lora_dropout: float = 0.05, use_dora: bool = False,
-             optimizer: str = "adamw", model_name: str = "", liger: bool = False) -> Estimate:
-    """Peak memory of one QLoRA training step on one GPU, part by part."""
+             optimizer: str = "adamw", model_name: str = "", liger: bool = False, packed: bool = False,
+             attention: str = "sdpa", masked: bool = False, offload: bool = False, loss: str | None = None,
+             expandable_segments: bool = True, checkpoint_every: int = 1, mlp_tile: int | None = None) -> Estimate:
+    """Peak memory of one QLoRA training step on one GPU, part by part.
+
+    `packed`: one sequence of seq_len tokens holding several rows (micro_batch is 1); `masked`:
+    padded rows of different lengths, so sdpa gets a padding mask (fixed-length rows get none);
+    `loss`: full | liger | chunked (default: liger when `liger`, else full); `checkpoint_every`:
+    checkpoint only every n-th layer (the others keep their activations); `mlp_tile`: the MLP runs
+    over tiles of this many tokens, recomputed in the backward, so only one tile's MLP activations exist.
+    """
     notes: list[str] = []
+    loss = loss or ("liger" if liger else "full")
+    weights, constants, constants_other = _weight_bytes(shape, mode, double_quant, compute_bytes)
+
+    targets = set(select_targets([lin.name for lin in shape.linears], target_modules))
+    lora_params = sum(lora_r * (lin.in_features + lin.out_features) + (lin.out_features if use_dora else 0)
+                      for lin in shape.linears if lin.leaf in targets)
+    lora_bytes = lora_params * 4  # peft keeps adapters in fp32
+    gradients = lora_params * 4
+    optimizer_bytes = lora_params * OPTIMIZERS[optimizer].state_bytes_per_param
+    if OPTIMIZERS[optimizer].paged:
+        notes.append("paged optimizer states live in unified memory and move to CPU RAM under pressure: not counted")
+
+    tokens = seq_len * micro_batch
+    attn_per_token, mlp_per_token = _layer_bytes_per_token(shape, targets, lora_r, lora_dropout, compute_bytes, liger)
+    if (packed or masked) and attention == "sdpa" and shape.kv_heads != shape.heads:
+        # with a mask transformers expands grouped key/value heads before sdpa, and they are saved
+        attn_per_token += compute_bytes * 2 * (shape.heads - shape.kv_heads) * shape.head_dim
+    layer = int(tokens * (attn_per_token + mlp_per_token))
+    mlp_tokens = min(tokens, mlp_tile) if mlp_tile and gradient_checkpointing else tokens
+    # the layer being recomputed in the backward: with a tiled MLP, one tile of MLP activations
+    recomputed = int(tokens * attn_per_token + mlp_tokens * mlp_per_token)
+    logits = int(_loss_bytes(shape, tokens, loss, compute_bytes))
+    hidden_state = tokens * shape.hidden * compute_bytes
+    layers_holding_attention = 1 if gradient_checkpointing else shape.num_layers
+    attention_bytes = _attention_bytes(shape, attention, packed, masked, seq_len, micro_batch, compute_bytes,
+                                       layers_holding_attention)
+    host = 0
+    if gradient_checkpointing:
+        checkpointed = math.ceil(shape.num_layers / max(1, checkpoint_every))
+        kept_layers = shape.num_layers - checkpointed
+        checkpoints = checkpointed * hidden_state
+        if offload:
+            host, checkpoints = checkpoints, 2 * hidden_state  # one leaving for the host, one coming back
+            notes.append(f"offloaded checkpoints take {host / GIB:.1f} GiB of pinned CPU memory")
+        # At the loss all checkpoints are alive; while layer k is recomputed, one layer's
+        # activations plus the gradient flowing through it.
+        working = max(logits, recomputed + 3 * hidden_state)
+        activations = checkpoints + kept_layers * layer + working + attention_bytes
+    else:
+        checkpoints = 0
+        activations = shape.num_layers * layer + logits + attention_bytes
+    peak = weights + lora_bytes + gradients + optimizer_bytes + activations + RUNTIME_WORKSPACE_BYTES
+    slack = int((ALLOCATOR_SLACK_EXPANDABLE if expandable_segments else ALLOCATOR_SLACK_FIXED_SEGMENTS) * peak)
+    overhead = CUDA_CONTEXT_BYTES + slack
+    if shape.max_position and seq_len > shape.max_position and not packed:  # packed rows are each <= max_length
+        notes.append(f"{seq_len:,} tokens exceed the model's {shape.max_position:,} positions")
+    return Estimate(
+        model=model_name, mode=mode, double_quant=double_quant, seq_len=seq_len, micro_batch=micro_batch,
+        gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, params=shape.total_params,
+        weights_bytes=weights, quant_constants_bytes=constants, quant_constants_other_setting_bytes=constants_other,
+        lora_params=lora_params, lora_bytes=lora_bytes, gradients_bytes=gradients, optimizer_bytes=optimizer_bytes,
+        checkpoint_bytes=checkpoints, layer_activation_bytes=layer, logits_bytes=logits, activations_bytes=activations,
+        peak_allocated_bytes=peak, overhead_bytes=overhead, total_bytes=peak + overhead, notes=notes, packed=packed,
+        attention=attention, offload=offload and gradient_checkpointing, loss=loss,
+        mlp_tile=mlp_tile if gradient_checkpointing and mlp_tile and tokens > mlp_tile else None,
+        expandable_segments=expandable_segments, attention_bytes=attention_bytes, slack_bytes=slack, host_bytes=host,
+    )
+
+
+def _weight_bytes(shape: ModelShape, mode: str, double_quant: bool, compute_bytes: int) -> tuple[int, int, int]:
+    """(all weights, the 4-bit constants among them, the constants with double quant flipped)."""
     granularity = CUDA_ALLOC_ROUND
     weights = constants = constants_other = 0
     for lin in shape.linears:
         numel = lin.in_features * lin.out_features
         if mode == "4bit":
             weights += packed_4bit_bytes(numel, granularity)
-            c = quant_constants_4bit_bytes(numel, double_quant, granularity)
-            constants += c
+            constants += quant_constants_4bit_bytes(numel, double_quant, granularity)
             constants_other += quant_constants_4bit_bytes(numel, not double_quant, granularity)
         elif mode == "8bit":
             weights += int8_bytes(lin.out_features, lin.in_features, granularity)
@@ -133,113 +265,86 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
     if shape.lm_head is not None:
         weights += _round(shape.lm_head.in_features * shape.lm_head.out_features * compute_bytes)
     weights += shape.other_params * compute_bytes + shape.num_layers * shape.norms_per_layer * granularity // 2
-
-    targets = set(select_targets([lin.name for lin in shape.linears], target_modules))
-    lora_params = sum(lora_r * (lin.in_features + lin.out_features) + (lin.out_features if use_dora else 0)
-                      for lin in shape.linears if lin.leaf in targets)
-    lora_bytes = lora_params * 4  # peft keeps adapters in fp32
-    gradients = lora_params * 4
-    optimizer_bytes = lora_params * OPTIMIZERS[optimizer].state_bytes_per_param
-    if OPTIMIZERS[optimizer].paged:
-        notes.append("paged optimizer states live in unified memory and move to CPU RAM under pressure: not counted")
-
-    tokens = seq_len * micro_batch
-    layer = int(tokens * _layer_bytes_per_token(shape, targets, lora_r, lora_dropout, compute_bytes, liger))
-    logits = int(_loss_bytes(shape, tokens, liger))
-    hidden_state = tokens * shape.hidden * compute_bytes
-    if gradient_checkpointing:
-        checkpoints = shape.num_layers * hidden_state
-        # At the loss all checkpoints are alive; while layer k is recomputed, one layer's
-        # activations plus the gradient flowing through it.
-        working = max(logits, layer + 3 * hidden_state)
-        activations = checkpoints + working
-    else:
-        checkpoints = 0
-        activations = shape.num_layers * layer + logits
-    peak = weights + lora_bytes + gradients + optimizer_bytes + activations + RUNTIME_WORKSPACE_BYTES
-    overhead = CUDA_CONTEXT_BYTES + int(ALLOCATOR_SLACK * peak)
-    if shape.max_position and seq_len > shape.max_position:
-        notes.append(f"seq_len {seq_len} exceeds the model's {shape.max_position} positions")
-    return Estimate(
-        model=model_name, mode=mode, double_quant=double_quant, seq_len=seq_len, micro_batch=micro_batch,
-        gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, params=shape.total_params,
-        weights_bytes=weights, quant_constants_bytes=constants, quant_constants_other_setting_bytes=constants_other,
-        lora_params=lora_params, lora_bytes=lora_bytes, gradients_bytes=gradients, optimizer_bytes=optimizer_bytes,
-        checkpoint_bytes=checkpoints, layer_activation_bytes=layer, logits_bytes=logits, activations_bytes=activations,
-        peak_allocated_bytes=peak, overhead_bytes=overhead, total_bytes=peak + overhead, notes=notes,
-    )
+    return weights, constants, constants_other
 
 
-def _loss_bytes(shape: ModelShape, tokens: int, liger: bool) -> float:
-    """Memory of lm_head + loss at their peak: full logits, or Liger's chunked fused cross-entropy."""
-    if not liger:
-        return LOGITS_BYTES_PER_ELEMENT * tokens * shape.vocab
-    # Liger's fused linear cross-entropy works on chunks of about tokens / ceil(vocab / hidden) rows,
-    # keeping only that chunk's fp32 logits (and their gradient) plus the input's gradient.
-    factor = math.ceil(shape.vocab / shape.hidden)
-    chunk = 2 ** math.ceil(math.log2(max(1, math.ceil(tokens / factor))))
-    return LIGER_CHUNK_BYTES_PER_ELEMENT * chunk * shape.vocab + LIGER_INPUT_GRAD_BYTES * tokens * shape.hidden
+def liger_chunk_tokens(shape: ModelShape, tokens: int) -> int:
+    """Rows per chunk of Liger's fused linear cross-entropy: tokens / ceil(vocab / hidden), to a power of two."""
+    return liger_chunk_tokens_for(tokens, shape.hidden, shape.vocab)
+
+
+def _loss_bytes(shape: ModelShape, tokens: int, loss: str, compute_bytes: int) -> float:
+    """Memory of lm_head + loss at their peak: full logits, Liger's fused chunks, or our chunked loss."""
+    if loss == "liger":
+        # only one chunk's fp32 logits (and their gradient) plus the input's gradient
+        return (LIGER_CHUNK_BYTES_PER_ELEMENT * liger_chunk_tokens(shape, tokens) * shape.vocab
+                + LIGER_INPUT_GRAD_BYTES * tokens * shape.hidden)
+    if loss == "chunked":
+        chunk = chunked_loss_chunk_tokens(tokens, shape.hidden, shape.vocab)
+        return (CHUNKED_BYTES_PER_ELEMENT * chunk * shape.vocab
+                + CHUNKED_HIDDEN_COPIES * compute_bytes * tokens * shape.hidden)
+    return LOGITS_BYTES_PER_ELEMENT * tokens * shape.vocab
+
+
+def chunked_loss_chunk_tokens(trained: int, hidden: int, vocab: int) -> int:
+    """Chunk length of our chunked loss: a chunk's logits about the size of the hidden states (as
+    Liger sizes its chunks), between 128 and 512 tokens, so long batches do not grow the chunk
+    (at 80k tokens and a 128k vocabulary Liger's chunks reach 4,096 tokens, 4 GiB)."""
+    wanted = liger_chunk_tokens_for(trained, hidden, vocab)
+    return max(CHUNK_TOKENS_MIN, min(CHUNK_TOKENS_MAX, wanted))
+
+
+def liger_chunk_tokens_for(tokens: int, hidden: int, vocab: int) -> int:
+    factor = math.ceil(vocab / hidden)
+    return 2 ** math.ceil(math.log2(max(1, math.ceil(tokens / factor))))
+
+
+def _attention_bytes(shape: ModelShape, attention: str, packed: bool, masked: bool, seq_len: int, micro_batch: int,
+                     compute_bytes: int, layers: int) -> int:
+    """What the attention path holds beyond q, k, v and its output (counted per layer elsewhere)."""
+    if attention == "eager":  # softmax weights (saved) and their fp32 working copy, per row
+        pairs = micro_batch * shape.heads * seq_len * seq_len
+        return int(pairs * (compute_bytes * layers + 4))
+    if attention != "sdpa" or not (packed or masked):
+        return 0  # varlen / flash kernels and plain causal sdpa (no mask): nothing quadratic
+    pairs = micro_batch * seq_len * seq_len
+    return int(pairs * (MASK_BYTES_PER_PAIR + MASK_BIAS_BYTES_PER_PAIR * layers))
 
 
 def _layer_bytes_per_token(shape: ModelShape, targets: set[str], r: int, dropout: float, c: int,
-                           liger: bool = False) -> float:
-    """Bytes one decoder layer saves for backward, per token (see the module docstring)."""
+                           liger: bool = False) -> tuple[float, float]:
+    """Bytes one decoder layer saves for backward, per token (see the module docstring): (the
+    norms and attention part, the MLP part)."""
     # RMSNorm keeps an fp32 copy of its input; Liger's keeps the input as it is (and a scalar per row).
-    total = (c if liger else 4.0) * shape.hidden * shape.norms_per_layer
-    seen_inputs: set[int] = set()
+    attn = (c if liger else 4.0) * shape.hidden * shape.norms_per_layer
+    mlp = 0.0
+    seen_inputs: set[tuple[bool, int]] = set()
     for lin in shape.layer_linears:
         if lin.leaf not in targets:
             continue
+        in_mlp = any(h in f".{lin.name}." for h in MLP_NAME_HINTS)
+        added = c * r  # lora_B's input
         if dropout > 0:
-            total += (c + 1) * lin.in_features  # dropout output (compute dtype) + its mask
-        elif lin.in_features not in seen_inputs:
-            total += c * lin.in_features  # shared input, kept once
-            seen_inputs.add(lin.in_features)
-        total += c * r  # lora_B's input
+            added += (c + 1) * lin.in_features  # dropout output (compute dtype) + its mask
+        elif (in_mlp, lin.in_features) not in seen_inputs:
+            added += c * lin.in_features  # shared input, kept once
+            seen_inputs.add((in_mlp, lin.in_features))
+        if in_mlp:
+            mlp += added
+        else:
+            attn += added
     q = shape.heads * shape.head_dim
     kv = shape.kv_heads * shape.head_dim
     # SDPA keeps q, k, v (not expanded for grouped-query attention) and its output. Rotary
     # embeddings keep nothing large: their cos/sin factors need no gradient.
-    total += c * (2 * q + 2 * kv)
+    attn += c * (2 * q + 2 * kv)
     # SiLU input, its output and the up projection; Liger's fused SwiGLU recomputes the SiLU output.
-    total += c * (2 if liger else 3) * shape.intermediate
-    return total
+    mlp += c * (2 if liger else 3) * shape.intermediate
+    return attn, mlp
 
 
 def _round(nbytes: int) -> int:
     return -(-nbytes // CUDA_ALLOC_ROUND) * CUDA_ALLOC_ROUND
-
-
-def estimate_config(config: RunConfig, seq_len: int | None = None) -> Estimate:
-    """The estimate for a run config, on a CUDA GPU (compute dtype auto = bf16)."""
-    return estimate_run(config_shape(config), config, seq_len or config.data.max_length)
-
-
-def config_shape(config: RunConfig) -> ModelShape:
-    return model_shape(load_model_config(config.model.name_or_path, config.model.trust_remote_code,
-                                         config.model.revision))
-
-
-def estimate_run(shape: ModelShape, config: RunConfig, seq_len: int, **train: Any) -> Estimate:
-    """`estimate` with every argument taken from `config`; `train` replaces micro_batch,
-    gradient_checkpointing or optimizer (the settings make_it_fit tries)."""
-    t = config.train
-    settings = {"micro_batch": t.micro_batch_size, "gradient_checkpointing": t.gradient_checkpointing,
-                "optimizer": t.optimizer, **train}
-    return estimate(
-        shape, mode=config.quantization.mode, double_quant=config.quantization.double_quant,
-        compute_bytes=4 if config.quantization.compute_dtype == "float32" else 2, seq_len=seq_len,
-        lora_r=config.lora.r, target_modules=config.lora.target_modules, lora_dropout=config.lora.dropout,
-        use_dora=config.lora.use_dora, model_name=config.model.name_or_path,
-        liger=liger_applies(config.train.liger_kernels, "cuda"), **settings,
-    )
-
-
-def detect_budget_gb() -> float | None:
-    from qlora_studio.core.model.devices import list_gpus
-
-    gpus = list_gpus()
-    return round(gpus[0].total_gb, 1) if gpus else None
 
 
 def format_estimate(e: Estimate, budget_gb: float | None) -> str:
@@ -249,8 +354,7 @@ def format_estimate(e: Estimate, budget_gb: float | None) -> str:
     mode = e.mode if e.mode != "4bit" else f"4-bit{' + double quant' if e.double_quant else ''}"
     lines = [
         f"{e.model}: {e.params / 1e9:.2f}B parameters, {mode}",
-        f"micro-batch {e.micro_batch} x {e.seq_len} tokens, checkpointing {'on' if e.gradient_checkpointing else 'off'}, "
-        f"optimizer {e.optimizer}",
+        f"assumes {e.assumptions()}",
         "",
         f"  weights            {gib(e.weights_bytes)}   (quantization constants {e.quant_constants_bytes / MIB:.1f} MiB)",
     ]
@@ -264,10 +368,10 @@ def format_estimate(e: Estimate, budget_gb: float | None) -> str:
         f"  gradients          {gib(e.gradients_bytes)}",
         f"  optimizer states   {gib(e.optimizer_bytes)}",
         f"  activations        {gib(e.activations_bytes - e.logits_bytes)}"
-        + (f"   ({e.checkpoint_bytes / GIB:.2f} GiB layer checkpoints)" if e.gradient_checkpointing else ""),
+        + (f"   ({e.checkpoint_bytes / GIB:.2f} GiB layer checkpoints on the GPU)" if e.gradient_checkpointing else ""),
         f"  logits + loss      {gib(e.logits_bytes)}",
         f"  CUDA context+slack {gib(e.overhead_bytes + RUNTIME_WORKSPACE_BYTES)}   (workspaces included)",
-        f"  total              {gib(e.total_bytes)}",
+        f"  total              {gib(e.total_bytes)}   = {e.includes()}",
     ]
     if budget_gb is not None:
         verdict = "fits" if e.fits(budget_gb) else "does NOT fit"

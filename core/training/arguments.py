@@ -9,7 +9,9 @@ from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.model.devices import liger_applies
 
 
-def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str, has_eval: bool):
+def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str, has_eval: bool, plan=None):
+    """`plan`: the run's SpeedPlan (training/speed.py); None trains padded batches with Liger as
+    train.liger_kernels says and no offload."""
     import torch
     from transformers import TrainingArguments
 
@@ -18,13 +20,14 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
     choice = OPTIMIZERS[t.optimizer]
     eval_steps = t.eval_every_steps or t.save_every_steps
     sharded = is_fsdp(config)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = _speed_arguments(config, device, plan)
+    checkpointing = extra.pop("checkpointing")
     if sharded:
         # FSDP-QLoRA: FSDP shards the 4-bit weights (stored in the compute dtype, see the runner's loading) and
         # checkpoints activations itself; the Trainer-level flag would all-gather again in backward.
         # FSDP1 with flat parameters: FSDP2's DTensors reach bitsandbytes' 4-bit matmul, which
         # cannot mix them with plain tensors (seen on 2 x H200).
-        extra = {"fsdp": True, "fsdp_config": {
+        extra |= {"fsdp": True, "fsdp_config": {
             "version": 1, "use_orig_params": False, "cpu_ram_efficient_loading": True,
             "activation_checkpointing": t.gradient_checkpointing, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "state_dict_type": "FULL_STATE_DICT",
@@ -32,7 +35,7 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=t.micro_batch_size,
-        per_device_eval_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=extra.pop("eval_rows", t.micro_batch_size),
         gradient_accumulation_steps=t.grad_accum,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -46,7 +49,7 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
         fp16=cuda and compute_dtype == torch.float16,
         use_cpu=not cuda,
         activation_checkpointing=t.gradient_checkpointing and not sharded,
-        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing and not sharded else None,
+        activation_checkpointing_kwargs=checkpointing if t.gradient_checkpointing and not sharded else None,
         logging_strategy="steps",
         logging_steps=1,
         save_strategy="steps",
@@ -55,7 +58,7 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_steps if has_eval else None,
         prediction_loss_only=True,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen=extra.pop("tokens_seen", "non_padding"),
         remove_unused_columns=False,
         seed=t.seed,
         data_seed=t.seed,
@@ -63,9 +66,32 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
         disable_tqdm=True,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
-        use_liger_kernel=liger_applies(t.liger_kernels, device.type),
+        use_liger_kernel=plan is None and liger_applies(t.liger_kernels, device.type),  # a plan applied it already
         **extra,
     )
+
+
+def _speed_arguments(config: RunConfig, device, plan) -> dict[str, Any]:
+    """What the run's speed plan changes: packed batches, offloaded or sparser checkpoints, which
+    of Liger's kernels run, how training rows are sampled."""
+    checkpointing: dict[str, Any] = {"use_reentrant": False}
+    out: dict[str, Any] = {"checkpointing": checkpointing}
+    if plan is None:
+        return out
+    if plan.packed:
+        # every token of a packed batch is real; "non_padding" without an attention mask would
+        # count ids != pad_token_id, missing every EOS where pad is EOS
+        out["tokens_seen"] = "all"
+        out["eval_rows"] = max(1, plan.micro_batch_tokens(config) // config.data.max_length)
+    if plan.offloads(config) and device.type == "cuda":  # transformers pins host memory for it, which needs CUDA
+        checkpointing["offload"] = True
+    if plan.levers.every_n_layers > 1:
+        checkpointing["every_n_layers"] = plan.levers.every_n_layers
+    if plan.levers.sequential:
+        out["train_sampling_strategy"] = "sequential"
+    elif plan.levers.group_by_length and not plan.packed:
+        out["train_sampling_strategy"] = "group_by_length"
+    return out
 
 
 def is_fsdp(config: RunConfig) -> bool:

@@ -36,6 +36,7 @@ class StepMetrics:
     vram_reserved_gb: float | None = None
     vram_peak_gb: float | None = None
     vram_device_used_gb: float | None = None
+    tokens_per_batch: int | None = None  # packed runs: the token budget of a micro-batch
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None or not k.startswith("vram_")}
@@ -70,7 +71,10 @@ class RunStarted(Event):
     trainable_params: int
     total_params: int
     quantization: QuantizationReport
-    predicted_peak_gb: float | None = None
+    predicted_peak_gb: float | None = None  # what PyTorch will allocate at the peak (the VRAM chart's peak)
+    predicted_total_gb: float | None = None  # ... plus CUDA context and allocator slack: what must fit the card
+    prediction: str = ""  # what the prediction assumes and includes (Estimate.headline / assumptions)
+    batching: str = ""  # packed or padded micro-batches, attention, loss, offload (SpeedPlan.summary)
     type: str = field(init=False, default="run_started")
 
 

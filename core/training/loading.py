@@ -66,20 +66,18 @@ def _main_process_first(world_size: int):
     return PartialState(cpu=not torch.cuda.is_available()).main_process_first()
 
 
-def predicted_peak_gb(config: RunConfig, loaded, data, warn: Callable[[str], None]) -> float | None:
-    """The planner's prediction for this run's longest batch, shown beside the measured peak (GPU only)."""
-    if loaded.device.type != "cuda":
+def run_prediction(config: RunConfig, loaded, plan, warn: Callable[[str], None]):
+    """The planner's estimate for this run as it will train (GPU runs only): the number Setup and
+    `qlora-studio estimate` show for the same config and card."""
+    if loaded.device.type != "cuda" or plan is None:
         return None
-    from qlora_studio.core.planner.estimate import GIB, estimate_config
+    from qlora_studio.core.training.speed import predict
 
-    longest = int(data.report.token_lengths.get("max") or config.data.max_length)
-    local = config.with_overrides({"model.name_or_path": loaded.source.path})
     try:
-        estimate = estimate_config(local, seq_len=min(longest, config.data.max_length))
+        return predict(config, loaded, plan)
     except UserError as exc:
         warn(f"no memory prediction: {exc}")
         return None
-    return round(estimate.peak_allocated_bytes / GIB, 3)
 
 
 def save_adapter(loaded, trainer, folder, config: RunConfig, rank: int) -> str | None:

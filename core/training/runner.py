@@ -22,7 +22,7 @@ import torch
 from qlora_studio.core.config.files import absolute_paths
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import FailureCause, OutOfMemoryStop, cause_of
-from qlora_studio.core.model.devices import device_name, torch_memory
+from qlora_studio.core.model.devices import configure_cuda_allocator, device_name, torch_memory
 from qlora_studio.core.model.lora import adapter_digest, count_parameters
 from qlora_studio.core.training import events as ev
 from qlora_studio.core.training import oom
@@ -30,8 +30,9 @@ from qlora_studio.core.training.arguments import is_fsdp
 from qlora_studio.core.training.callback import StepMeter, Steering, StudioCallback
 from qlora_studio.core.training.checkpoints import CheckpointStore
 from qlora_studio.core.training.control import TrainControl
-from qlora_studio.core.training.loading import load_inputs, predicted_peak_gb, prepare_run_data, save_adapter
+from qlora_studio.core.training.loading import load_inputs, prepare_run_data, run_prediction, save_adapter
 from qlora_studio.core.training.recorder import RunRecorder
+from qlora_studio.core.training.speed import plan_speed
 from qlora_studio.core.training.store import RunFolder, checkpoint_name
 from qlora_studio.core.training.trainer import build_trainer
 
@@ -47,6 +48,7 @@ def run_training(config: RunConfig | None = None, emit: ev.Emit | None = None, c
     if config is None and resume_from is None:
         raise ValueError("give a config or a run folder to resume")
     control = control or TrainControl()
+    configure_cuda_allocator()  # the entry points did already, unless a script calls in directly
     if _launches_workers(config, resume_from):
         from qlora_studio.core.training.distributed import run_distributed
 
@@ -83,7 +85,7 @@ class Session:
         self.resume_point: Path | None = None  # the checkpoint the next segment starts from
         self.start_step = 0
         self.meter = StepMeter()
-        self.loaded = self.data = self.trainer = None
+        self.loaded = self.data = self.trainer = self.speed = None
         self.started = False
         self.stopped = False
         self.save_reason = "scheduled"
@@ -102,6 +104,7 @@ class Session:
         try:
             self._open()
             self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size)
+            self.speed = plan_speed(self.config, self.loaded, self.warn, fsdp=is_fsdp(self.config))
             self._train_segments()
             return self._finish()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a Failed event, never a dead thread
@@ -131,7 +134,8 @@ class Session:
         while True:
             self.trainer = build_trainer(self.config, self.loaded, self.data, self.folder,
                                          StudioCallback(self, Steering(self.control, self.rank, self.world_size,
-                                                                       self.loaded.device, self.emit, self.meter)))
+                                                                       self.loaded.device, self.emit, self.meter)),
+                                         self.speed)
             ran_out_of_memory = False
             try:
                 self.trainer.train(resume_from_checkpoint=str(self.resume_point) if self.resume_point else None)
@@ -154,18 +158,24 @@ class Session:
         self.started = True
         loaded = self.loaded
         trainable, total = count_parameters(loaded.model)
+        predicted = run_prediction(self.config, loaded, self.speed, self.warn)
         self.emit(ev.RunStarted(
             run_dir=str(self.folder.path) if self.folder else "", config=self.config.model_dump(mode="json"),
             total_steps=state.max_steps, start_step=self.start_step, device=str(loaded.device),
             device_name=device_name(loaded.device), train_rows=self.data.report.train_rows,
             eval_rows=self.data.report.eval_rows, trainable_params=trainable, total_params=total,
-            quantization=loaded.quantization, predicted_peak_gb=predicted_peak_gb(self.config, loaded, self.data, self.warn),
+            quantization=loaded.quantization,
+            predicted_peak_gb=round(predicted.peak_allocated_bytes / 2**30, 3) if predicted else None,
+            predicted_total_gb=round(predicted.total_bytes / 2**30, 3) if predicted else None,
+            prediction=f"{predicted.headline()}; assumes {predicted.assumptions()}" if predicted else "",
+            batching=self.speed.summary(),
         ))
         if self.folder is not None:
             self.folder.save_data_report(self.data.report.to_dict())
 
     def step_logged(self, state, logs: dict[str, Any]) -> None:
         metrics = self.meter.measure(state, logs, self.config.train, self.loaded.device)
+        metrics.tokens_per_batch = self.speed.micro_batch_tokens(self.config)
         self.last_loss = metrics.loss
         self.emit(ev.StepLogged(metrics, state.max_steps))
 
@@ -188,10 +198,11 @@ class Session:
         step = self.trainer.state.global_step
         self._checkpoint_completed_step("out of memory")
         self._drop_trainer()
-        decision = oom.after_out_of_memory(self.config, step + 1, self.world_size)
+        now = {"packed": self.speed.packed, "offloaded": self.speed.offloads(self.config)}
+        decision = oom.after_out_of_memory(self.config, step + 1, self.world_size, **now)
         if isinstance(decision, oom.Ask):
             answer = self.control.ask(decision.question, list(decision.options), default=oom.STOP)
-            decision = oom.after_out_of_memory(self.config, step + 1, self.world_size, answer=answer)
+            decision = oom.after_out_of_memory(self.config, step + 1, self.world_size, answer=answer, **now)
         if not isinstance(decision, oom.Adapt):
             raise OutOfMemoryStop(decision.message)
         self._apply(decision.config)

@@ -101,7 +101,13 @@ class RunFolder:
         return run
 
     def load_config(self, overrides: list[str] | None = None) -> RunConfig:
-        return load_config(self.config_path, overrides)
+        config = load_config(self.config_path, overrides)
+        asked = any(o.strip().startswith("data.packing") for o in overrides or [])
+        if not asked and "packing:" not in self.config_path.read_text(encoding="utf-8"):
+            # a run made before packing existed trained padded batches: resuming it packed would
+            # change which rows share a step and where the resumed epoch continues
+            config = config.with_overrides({"data.packing": "off"})
+        return config
 
     # ---- status ----
     def read_status(self) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 
 def main(run_dir: str) -> int:
+    from qlora_studio.core.model.devices import configure_cuda_allocator
     from qlora_studio.core.quiet import quiet_libraries
 
+    configure_cuda_allocator()  # inherited from the launching process, unless started by hand
     quiet_libraries()  # before the imports below pull in transformers and bitsandbytes
     from qlora_studio.core.training.control import ControlFile, TrainControl
     from qlora_studio.core.training.events import JsonLinesSink

@@ -58,7 +58,7 @@ class VramChart(LiveChart):
             line.show()
 
         show(self.capacity_line, self.capacity_gb if self.on_cuda else None, "card {value:.1f} GiB")
-        show(self.predicted_line, self.predicted_peak_gb, "predicted peak {value:.2f} GiB")
+        show(self.predicted_line, self.predicted_peak_gb, "predicted PyTorch peak {value:.2f} GiB")
         show(self.peak_line, self.measured_peak_gb, "measured peak {value:.2f} GiB")
 
     def peak_text(self) -> str:

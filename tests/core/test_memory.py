@@ -11,7 +11,8 @@ from transformers import AutoConfig
 
 from qlora_studio.core.config import RunConfig
 from qlora_studio.core.model.shape import model_shape
-from qlora_studio.core.planner.estimate import GIB, estimate, estimate_config
+from qlora_studio.core.planner.estimate import GIB, estimate
+from qlora_studio.core.planner.plan import estimate_config
 from qlora_studio.core.planner.fit import make_it_fit
 from shapes import SHAPES, shape_folder
 
@@ -130,8 +131,11 @@ def test_estimate_and_fit_commands(tmp_path):
     for key in ("weights_bytes", "quant_constants_bytes", "lora_bytes", "optimizer_bytes", "activations_bytes", "total_bytes"):
         assert isinstance(data[key], int) and data[key] > 0, key
     assert data["fits"] is True and data["total_bytes"] < 24 * GIB
-    text = cli("estimate", str(cfg), "--gpu-gb", "8")
-    assert "does NOT fit in 8 GiB" in text.stdout and "double quant saves" in text.stdout
+    assert "micro-batches of 8,192 packed tokens" in data["assumptions"] and not data["offload"]
+    text = cli("estimate", str(cfg), "--gpu-gb", "8")  # offload_checkpoints auto: on where it makes the run fit
+    assert "fits in 8 GiB" in text.stdout and "checkpoints offloaded to CPU" in text.stdout
+    assert "double quant saves" in text.stdout and "PyTorch peak" in text.stdout
+    assert "does NOT fit in 4 GiB" in cli("estimate", str(cfg), "--gpu-gb", "4").stdout
     fitted = tmp_path / "fitted.yaml"
     out = cli("fit", str(cfg), "--gpu-gb", "8", "--write", str(fitted))
     assert out.returncode == 0, out.stdout + out.stderr

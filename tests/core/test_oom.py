@@ -31,7 +31,7 @@ def events_of(run):
 
 def test_oom_halves_micro_batch_and_keeps_the_effective_batch(monkeypatch, tiny_config):
     config = tiny_config.with_overrides({"train.micro_batch_size": 8, "train.grad_accum": 1, "train.max_steps": 5,
-                                         "lora.dropout": 0.0})
+                                         "lora.dropout": 0.0, "data.packing": "off"})
     reference = run_training(config.with_overrides({"train.micro_batch_size": 2, "train.grad_accum": 4,
                                                     "run_name": "reference"}))
     fired = inject_oom(monkeypatch, lambda trainer, inputs, fired: inputs["input_ids"].shape[0] > 2)
@@ -53,6 +53,30 @@ def test_oom_halves_micro_batch_and_keeps_the_effective_batch(monkeypatch, tiny_
     assert (saved.train.micro_batch_size, saved.train.grad_accum) == (2, 4)  # a resume keeps what fits
 
 
+def test_oom_with_packing_halves_the_token_budget(monkeypatch, tiny_config):
+    """Packed micro-batches are cut by tokens: the budget halves and grad_accum doubles, so each
+    optimizer step still trains on about as many tokens; at one max_length row it asks."""
+    config = tiny_config.with_overrides({"train.micro_batch_size": 4, "train.grad_accum": 1, "train.max_steps": 3})
+    fired = inject_oom(monkeypatch, lambda trainer, inputs, fired: inputs["input_ids"].shape[1] > 256)
+    events = []
+    result = run_training(config, lambda e: events.append(e.to_dict()))
+    assert result.status == "finished", result.error
+    assert fired == [0]
+    change = next(e for e in events if e["type"] == "settings_changed")
+    assert change["changes"] == {"tokens_per_batch": [None, 256], "grad_accum": [1, 2]}
+    assert "halved train.tokens_per_batch to 256" in change["message"]
+    metrics = RunFolder(result.run_dir).read_metrics()
+    assert {m["tokens_per_batch"] for m in metrics} == {256} and {m["grad_accum"] for m in metrics} == {2}
+    from qlora_studio.core.training import oom
+
+    smallest = config.with_overrides({"train.tokens_per_batch": 128})
+    assert isinstance(oom.after_out_of_memory(smallest, 1, packed=True), oom.Ask)
+    offload = oom.after_out_of_memory(smallest, 1, answer="shrink", packed=True)
+    assert offload.changes == {"offload_checkpoints": ["auto", "on"]}  # before any cut of max_length
+    cut = oom.after_out_of_memory(smallest, 1, answer="shrink", packed=True, offloaded=True)
+    assert cut.changes == {"tokens_per_batch": [128, 64], "max_length": [128, 64]}
+
+
 def test_oom_mid_run_redoes_the_failed_step_from_a_checkpoint(monkeypatch, tiny_config):
     config = tiny_config.with_overrides({"train.micro_batch_size": 4, "train.grad_accum": 2, "train.max_steps": 6,
                                          "train.save_every_steps": 100})
@@ -69,7 +93,8 @@ def test_oom_mid_run_redoes_the_failed_step_from_a_checkpoint(monkeypatch, tiny_
 
 
 def test_oom_at_micro_batch_one_stops_with_a_checkpoint(monkeypatch, tiny_config):
-    config = tiny_config.with_overrides({"train.micro_batch_size": 1, "train.grad_accum": 4, "train.max_steps": 6})
+    config = tiny_config.with_overrides({"train.micro_batch_size": 1, "train.grad_accum": 4, "train.max_steps": 6,
+                                         "train.offload_checkpoints": "off", "data.packing": "off"})
     inject_oom(monkeypatch, lambda trainer, inputs, fired: trainer.state.global_step == 2)
     result = run_training(config)
     assert result.status == "stopped"
@@ -83,7 +108,8 @@ def test_oom_at_micro_batch_one_stops_with_a_checkpoint(monkeypatch, tiny_config
 
 def test_oom_at_micro_batch_one_asks_then_shrinks(monkeypatch, tiny_config):
     config = tiny_config.with_overrides({"train.micro_batch_size": 1, "train.grad_accum": 2, "train.max_steps": 4,
-                                         "train.gradient_checkpointing": False})
+                                         "train.gradient_checkpointing": False, "train.offload_checkpoints": "off",
+                                         "data.packing": "off"})
     inject_oom(monkeypatch, lambda trainer, inputs, fired: len(fired) < 2 and trainer.state.global_step == 1)
     control = TrainControl()
     questions = []

@@ -74,7 +74,7 @@ def test_real_out_of_memory_is_survived(tmp_path):
     folder = shape_folder("qwen2.5-0.5b", tmp_path)
     config = RunConfig.model_validate({
         "model": {"name_or_path": str(folder), "random_init": True},
-        "data": {"path": str(sample_path("dates")), "max_length": 256, "validation_split": 0},
+        "data": {"path": str(sample_path("dates")), "max_length": 256, "validation_split": 0, "packing": "off"},
         "train": {"micro_batch_size": 64, "grad_accum": 1, "max_steps": 3, "save_every_steps": 100,
                   "gradient_checkpointing": False},
         "output_dir": str(tmp_path / "runs"),

@@ -131,8 +131,7 @@ def test_dataset_xray_reports_a_missing_file(window, qtbot, tmp_path):
 
 def test_memory_bar_follows_the_settings(window, qtbot, tiny_config):
     memory = window.setup.memory
-    with qtbot.waitSignal(memory.estimate_ready, timeout=60_000,
-                          check_params_cb=lambda e: e.micro_batch == 4 and e.seq_len <= 128):
+    with qtbot.waitSignal(memory.estimate_ready, timeout=60_000, check_params_cb=lambda e: e.tokens == 4 * 128):
         window.setup.set_config(tiny_config)
     small = memory.estimate.total_bytes
     parts_before = list(memory.bar.parts)
@@ -140,7 +139,7 @@ def test_memory_bar_follows_the_settings(window, qtbot, tiny_config):
     saving = memory.estimate.double_quant_saving_bytes  # negative on the tiny model: tables outweigh savings
     assert f"{abs(saving) / 2**20:.2f}" in memory.dq_label.text() or f"{saving / 2**20:.1f}" in memory.dq_label.text()
 
-    with qtbot.waitSignal(memory.estimate_ready, timeout=60_000, check_params_cb=lambda e: e.micro_batch == 32):
+    with qtbot.waitSignal(memory.estimate_ready, timeout=60_000, check_params_cb=lambda e: e.tokens == 32 * 128):
         window.setup.widget("train.micro_batch_size").setValue(32)
     assert memory.estimate.total_bytes > small and memory.bar.parts != parts_before
     assert "GiB" in memory.total_label.text() or "MiB" in memory.total_label.text()
@@ -151,15 +150,20 @@ def test_memory_bar_follows_the_settings(window, qtbot, tiny_config):
     assert memory.estimate.quant_constants_bytes != memory.estimate.quant_constants_other_setting_bytes
 
 
-def test_memory_estimate_uses_the_datas_longest_row(window, qtbot, tiny_config):
-    """Batches are padded to their longest row, so the X-ray's longest row sets the estimate's length."""
+def test_memory_estimate_is_the_planners_one_number(window, qtbot, tiny_config):
+    """The panel shows what `qlora-studio estimate` and the run predict for this config and card,
+    with what it assumes (packed micro-batches of micro-batch x max_length tokens) and includes."""
+    from qlora_studio.core.planner.plan import estimate_config
+
     setup, memory = window.setup, window.setup.memory
-    with qtbot.waitSignal(setup.xray.report_ready, timeout=120_000):
-        setup.set_config(tiny_config.with_overrides({"data.max_length": 1024}))
-    longest = setup.xray.report.token_lengths["max"]
-    assert longest < 1024
-    qtbot.waitUntil(lambda: memory.estimate is not None and memory.estimate.seq_len == longest, timeout=60_000)
-    assert "the data's longest row" in memory.total_label.text()
+    memory.select_budget(24)
+    config = tiny_config.with_overrides({"data.max_length": 1000})
+    with qtbot.waitSignal(memory.estimate_ready, timeout=60_000, check_params_cb=lambda e: e.tokens == 4 * 1000):
+        setup.set_config(config)
+    assert memory.estimate.total_bytes == estimate_config(config, 24).total_bytes
+    assert "micro-batches of 4,000 packed tokens" in memory.assumes_label.text()
+    assert "PyTorch peak" in memory.assumes_label.text() and "Predicted peak" in memory.total_label.text()
+    assert memory.predicted_peak_gb(config) == round(memory.estimate.peak_allocated_bytes / 2**30, 3)
 
 
 def test_make_it_fit_changes_micro_batch_and_grad_accum(window, qtbot, tiny_config):

@@ -1,0 +1,187 @@
+"""A run config -> what the run will do about batches, attention, loss and checkpoints -> its estimate.
+
+The rules here are the run's own: `training/speed.py` applies `assume` to the loaded model (with
+the packing probe's verdict and the GPU's size), the window's memory panel and `qlora-studio
+estimate` apply it to config.json (with the budget chosen). So Setup, the CLI and the run's
+prediction are one number, made under the same stated assumptions:
+
+  batches     packed: micro-batches of train.tokens_per_batch tokens (default micro-batch x
+              max_length); padded: micro-batch rows of max_length, the most the config allows
+  attention   varlen (no mask) for packed plain causal attention; sdpa otherwise
+  loss        Liger's fused loss where Liger runs, our chunked loss where its chunks are smaller
+              or Liger is missing (large vocabularies, CUDA), else the full logits
+  offload     train.offload_checkpoints auto: on when the run does not fit the budget otherwise
+  tiled MLP   train.tiled_mlp auto: on when it still does not fit (long sequences)
+  allocator   expandable segments unless the user's PYTORCH_CUDA_ALLOC_CONF says otherwise
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from qlora_studio.core.config.schema import RunConfig
+from qlora_studio.core.data.packing import packing_plan, tokens_per_batch
+from qlora_studio.core.errors import UserError
+from qlora_studio.core.model.devices import expandable_segments_expected, liger_applies
+from qlora_studio.core.model.shape import ModelShape, load_model_config, model_shape
+from qlora_studio.core.planner.estimate import CHUNK_TOKENS_MAX, GIB, Estimate, estimate, liger_chunk_tokens
+
+CHUNKED_LOSS_MIN_VOCAB = 32_000
+MLP_TILE_TOKENS = 8192
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+@dataclass
+class Assumptions:
+    """How a run will batch and which memory levers it pulls; `reasons` says why, per lever."""
+
+    packed: bool
+    attention: str
+    seq_len: int  # padded row length, or the packed token budget
+    micro_batch: int  # rows per micro-batch, 1 when packed
+    offload: bool
+    loss: str  # full | liger | chunked
+    liger: bool
+    reasons: dict[str, str] = field(default_factory=dict)
+    mlp_tile: int | None = None  # tokens per MLP tile when the MLP is tiled
+
+    @property
+    def tokens(self) -> int:
+        return self.seq_len * self.micro_batch
+
+
+def model_config_of(config: RunConfig):
+    return load_model_config(config.model.name_or_path, config.model.trust_remote_code, config.model.revision)
+
+
+def config_shape(config: RunConfig) -> ModelShape:
+    return model_shape(model_config_of(config))
+
+
+def assume(config: RunConfig, model_config, shape: ModelShape, *, budget_bytes: int | None = None,
+           device_type: str = "cuda", packed: bool | None = None, fsdp: bool = False,
+           packed_reason: str | None = None) -> Assumptions:
+    """The run's batching and levers. `packed`: the verdict of the run's probe (None: from config.json)."""
+    t, d = config.train, config.data
+    budget_tokens = tokens_per_batch(t, d)
+    plan = packing_plan(d.packing, config.model.attn_implementation, model_config, budget_tokens)
+    if packed is None:
+        packed = plan.packed
+    reasons = {"packing": packed_reason or plan.reason}
+    if packed:
+        attention, seq_len, micro = plan.attention, budget_tokens, 1
+    else:
+        attention = plan.attention if not plan.packed else ("sdpa" if plan.attention == "varlen" else plan.attention)
+        seq_len, micro = d.max_length, t.micro_batch_size
+    liger = liger_applies(t.liger_kernels, device_type)
+    loss, reasons["loss"] = _choose_loss(config, model_config, shape, seq_len * micro, liger, device_type, fsdp)
+    a = Assumptions(packed, attention, seq_len, micro, False, loss, liger, reasons)
+    a.offload, reasons["offload"] = _choose_offload(config, shape, a, budget_bytes, device_type, fsdp)
+    tiled, reasons["tiled_mlp"] = _choose_tiling(config, shape, a, budget_bytes)
+    a.mlp_tile = MLP_TILE_TOKENS if tiled else None
+    return a
+
+
+def _choose_loss(config: RunConfig, model_config, shape: ModelShape, tokens: int, liger: bool, device_type: str,
+                 fsdp: bool) -> tuple[str, str]:
+    setting = config.train.chunked_loss
+    plain = "liger" if liger else "full"
+    if setting == "off":
+        return plain, "train.chunked_loss is off"
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    blocked = next((f"the model post-processes its logits ({n})" for n in LOGIT_POSTPROCESSING
+                    if getattr(text, n, None) not in (None, 0, 1, 1.0)), None)
+    targets = config.lora.target_modules
+    if blocked is None and isinstance(targets, list) and "lm_head" in targets:
+        blocked = "the output head is a LoRA target"
+    if blocked is None and fsdp:
+        blocked = "FSDP shards the output head"
+    if setting == "on":
+        if blocked:
+            raise UserError(f"train.chunked_loss is on, but {blocked}; set it to auto or off")
+        return "chunked", "train.chunked_loss is on"
+    if blocked:
+        return plain, blocked
+    if device_type != "cuda" or shape.vocab < CHUNKED_LOSS_MIN_VOCAB:
+        return plain, f"a {shape.vocab:,}-token vocabulary's logits are small" if device_type == "cuda" else "CPU"
+    if liger and liger_chunk_tokens(shape, tokens) <= CHUNK_TOKENS_MAX:
+        return "liger", "Liger's fused loss holds only small chunks at this length"
+    if liger:
+        return "chunked", f"at {tokens:,} tokens Liger's loss chunks outgrow ours"
+    return "chunked", "Liger is not running; the full logits would be large"
+
+
+def _choose_offload(config: RunConfig, shape: ModelShape, a: Assumptions, budget_bytes: int | None, device_type: str,
+                    fsdp: bool) -> tuple[bool, str]:
+    setting, t = config.train.offload_checkpoints, config.train
+    if setting == "off":
+        return False, "train.offload_checkpoints is off"
+    if not t.gradient_checkpointing:
+        return False, "there are no checkpoints to offload (gradient checkpointing is off)"
+    if device_type != "cuda" or fsdp:
+        return False, "offloading needs one CUDA GPU (FSDP offloads its own way)"
+    if setting == "on":
+        return True, "train.offload_checkpoints is on"
+    if budget_bytes is None:
+        return False, "no budget to plan against"
+    kept = estimate_for(shape, config, a)
+    if kept.total_bytes <= budget_bytes:
+        return False, f"the checkpoints fit on the GPU ({kept.total_bytes / GIB:.1f} GiB in {budget_bytes / GIB:g} GiB)"
+    return True, (f"the checkpoints ({kept.checkpoint_bytes / GIB:.1f} GiB) do not fit beside the rest in "
+                  f"{budget_bytes / GIB:g} GiB: they go to pinned CPU memory")
+
+
+def _choose_tiling(config: RunConfig, shape: ModelShape, a: Assumptions, budget_bytes: int | None) -> tuple[bool, str]:
+    setting, t = config.train.tiled_mlp, config.train
+    if setting == "off":
+        return False, "train.tiled_mlp is off"
+    if not t.gradient_checkpointing or a.tokens <= MLP_TILE_TOKENS:
+        return False, f"micro-batches of {a.tokens:,} tokens fit in one tile" if t.gradient_checkpointing \
+            else "the MLP is tiled inside checkpointed layers only (gradient checkpointing is off)"
+    if setting == "on":
+        return True, "train.tiled_mlp is on"
+    if budget_bytes is None:
+        return False, "no budget to plan against"
+    whole = estimate_for(shape, config, a)
+    if whole.total_bytes <= budget_bytes:
+        return False, "the MLP's activations fit"
+    return True, (f"a {a.tokens:,}-token MLP does not fit {budget_bytes / GIB:g} GiB at once: it runs in "
+                  f"{MLP_TILE_TOKENS:,}-token tiles")
+
+
+def estimate_for(shape: ModelShape, config: RunConfig, a: Assumptions, **settings: Any) -> Estimate:
+    """`estimate` under these assumptions; `settings` replaces seq_len, micro_batch,
+    gradient_checkpointing, optimizer or offload (what make_it_fit tries)."""
+    t, q, lora = config.train, config.quantization, config.lora
+    values = {"seq_len": a.seq_len, "micro_batch": a.micro_batch, "gradient_checkpointing": t.gradient_checkpointing,
+              "optimizer": t.optimizer, "offload": a.offload, "mlp_tile": a.mlp_tile, **settings}
+    return estimate(
+        shape, mode=q.mode, double_quant=q.double_quant, compute_bytes=4 if q.compute_dtype == "float32" else 2,
+        lora_r=lora.r, target_modules=lora.target_modules, lora_dropout=lora.dropout, use_dora=lora.use_dora,
+        model_name=config.model.name_or_path, liger=a.liger, packed=a.packed, attention=a.attention,
+        masked=not a.packed and values["micro_batch"] > 1, loss=a.loss,
+        expandable_segments=expandable_segments_expected(), **values,
+    )
+
+
+def estimate_config(config: RunConfig, budget_gb: float | None = None) -> Estimate:
+    """The one predicted peak for a run config on a CUDA GPU of `budget_gb` (None: no budget, so
+    train.offload_checkpoints auto stays off)."""
+    model_config = model_config_of(config)
+    shape = model_shape(model_config)
+    budget = int(budget_gb * GIB) if budget_gb else None
+    a = assume(config, model_config, shape, budget_bytes=budget)
+    return with_reasons(estimate_for(shape, config, a), a)
+
+
+def with_reasons(e: Estimate, a: Assumptions) -> Estimate:
+    e.notes = [f"{lever}: {why}" for lever, why in a.reasons.items()] + e.notes
+    return e
+
+
+def detect_budget_gb() -> float | None:
+    from qlora_studio.core.model.devices import list_gpus
+
+    gpus = list_gpus()
+    return round(gpus[0].total_gb, 1) if gpus else None

@@ -1,0 +1,221 @@
+"""What a run does for speed and memory, decided once after loading and said in the run log.
+
+The rules are the planner's (`planner.plan.assume`); here they meet the loaded model and the GPU:
+packing is checked on the model itself (a three-forward probe) and its attention switched to the
+packed path, the GPU's size decides `train.offload_checkpoints: auto`, and the chunked loss is
+checked against the real output head. `predict` then gives the run's memory prediction under
+exactly those choices: the number Setup and `qlora-studio estimate` show for the same config.
+
+Levers still being measured (bench/NOTES-speed.md) are internal switches, off by default, set in
+QLORA_STUDIO_LEVERS as a comma list: `compile` (torch.compile each decoder layer),
+`every_n_layers=N` (checkpoint every N-th layer only), `group_by_length` (length-grouped sampling
+when packing is off), `sequential` (keep the data's order: the benchmark's arms see the same rows).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from qlora_studio.core.config.schema import RunConfig
+from qlora_studio.core.errors import UserError
+from qlora_studio.core.planner.estimate import Estimate
+from qlora_studio.core.planner.plan import Assumptions, assume, estimate_for, model_config_of, with_reasons
+
+LEVERS_ENV = "QLORA_STUDIO_LEVERS"
+
+
+@dataclass
+class Levers:
+    compile_layers: bool = False
+    every_n_layers: int = 1
+    group_by_length: bool = False
+    sequential: bool = False
+
+    @classmethod
+    def from_env(cls) -> "Levers":
+        levers = cls()
+        for item in filter(None, (p.strip() for p in os.environ.get(LEVERS_ENV, "").split(","))):
+            name, _, value = item.partition("=")
+            if name == "compile":
+                levers.compile_layers = True
+            elif name == "every_n_layers" and value.isdigit():
+                levers.every_n_layers = max(1, int(value))
+            elif name in ("group_by_length", "sequential"):
+                setattr(levers, name, True)
+            else:
+                raise UserError(f"{LEVERS_ENV}: unknown lever '{name}' (compile, every_n_layers=N, group_by_length, "
+                                "sequential)")
+        return levers
+
+
+@dataclass
+class SpeedPlan:
+    assumptions: Assumptions
+    tokens_per_batch: int | None  # the packed budget; None when padded
+    budget_bytes: int | None
+    levers: Levers = field(default_factory=Levers)
+
+    @property
+    def packed(self) -> bool:
+        return self.assumptions.packed
+
+    @property
+    def flash_kwargs(self) -> bool:
+        return self.packed and self.assumptions.attention in ("varlen", "flash_attention_2", "flash_attention_3")
+
+    def offloads(self, config: RunConfig) -> bool:
+        """Whether checkpoints go to CPU memory under `config` (an out-of-memory cut may have set it on)."""
+        setting = config.train.offload_checkpoints
+        return config.train.gradient_checkpointing and (setting == "on" or (setting == "auto" and self.assumptions.offload))
+
+    def summary(self) -> str:
+        """One line for the run log: how batches are made and which levers are pulled."""
+        a = self.assumptions
+        if a.packed:
+            parts = [f"packed micro-batches of up to {a.tokens:,} tokens ({a.attention} attention)"]
+        else:
+            parts = [f"padded micro-batches of {a.micro_batch} rows ({a.attention} attention; "
+                     f"{a.reasons.get('packing', '')})"]
+        parts.append({"liger": "Liger's fused loss", "chunked": "chunked loss", "full": "full logits"}[a.loss])
+        if a.offload:
+            parts.append("checkpoints offloaded to CPU")
+        if a.mlp_tile:
+            parts.append(f"MLP in {a.mlp_tile:,}-token tiles")
+        return "; ".join(parts)
+
+    def micro_batch_tokens(self, config: RunConfig) -> int | None:
+        from qlora_studio.core.data.packing import tokens_per_batch
+
+        return tokens_per_batch(config.train, config.data) if self.packed else None
+
+
+def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: bool = False) -> SpeedPlan:
+    """Decide packing, attention, loss and offload for this run on this device, and say so."""
+    from qlora_studio.core.data.packing import packing_plan, tokens_per_batch
+    from qlora_studio.core.model.devices import gpu_budget_bytes
+    from qlora_studio.core.model.shape import model_shape
+
+    local = config.with_overrides({"model.name_or_path": loaded.source.path})
+    model_config = model_config_of(local)
+    shape = model_shape(model_config)
+    budget = gpu_budget_bytes(loaded.device)
+    setting = config.data.packing
+    static = packing_plan(setting, config.model.attn_implementation, model_config, tokens_per_batch(config.train, config.data))
+    packed, reason = _verify_packing(loaded.model, static, setting, fsdp)
+    _set_attention(loaded.model, static.attention if packed else _padded_attention(config, note))
+    a = assume(local, model_config, shape, budget_bytes=budget, device_type=loaded.device.type, packed=packed,
+               fsdp=fsdp, packed_reason=reason)
+    if a.loss == "chunked":
+        from qlora_studio.core.training.lean_loss import lean_loss_supported
+
+        ok, why = lean_loss_supported(loaded.model)
+        if not ok and config.train.chunked_loss == "on":
+            raise UserError(f"train.chunked_loss is on, but {why}; set it to auto or off")
+        if not ok:
+            a.loss, a.reasons["loss"] = ("liger" if a.liger else "full"), why
+    if static.packed and not packed:  # auto expected to pack and the model said no: worth a warning
+        note(f"packing off: {reason}")
+    if a.offload:
+        note(f"layer checkpoints offloaded to pinned CPU memory (a little slower): {a.reasons['offload']}")
+    if a.mlp_tile:
+        note(f"MLP run in {a.mlp_tile:,}-token tiles (about 15% slower): {a.reasons['tiled_mlp']}")
+    if a.liger:  # here rather than in the Trainer, so the MLP tiling below wraps Liger's MLP
+        from transformers.integrations.liger import apply_liger_kernel
+
+        apply_liger_kernel(loaded.model, {"fused_linear_cross_entropy": False, "cross_entropy": False}
+                           if a.loss == "chunked" else {})
+    if a.mlp_tile:
+        tile_mlps(loaded.model, a.mlp_tile)
+    levers = Levers.from_env()
+    if levers.compile_layers:
+        compile_decoder_layers(loaded.model)
+    return SpeedPlan(a, a.seq_len if packed else None, budget, levers)
+
+
+def tile_mlps(model, tokens: int) -> int:
+    """Run every decoder layer's MLP over the sequence in tiles of `tokens`, each under non-reentrant
+    checkpoint: in the backward only one tile's MLP activations exist. The MLP is per-token, so the
+    result is the untiled one; the cost is one more MLP forward. Returns how many MLPs."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    mlps = [layer.mlp for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)
+            and isinstance(getattr(layer, "mlp", None), torch.nn.Module)]
+    for mlp in mlps:
+        mlp.__dict__["forward"] = _tiled(mlp.forward, tokens)  # wraps Liger's bound forward too
+    return len(mlps)
+
+
+def _tiled(forward, tokens: int):
+    from torch.utils.checkpoint import checkpoint
+
+    def tiled_forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.shape[-2] <= tokens or not torch.is_grad_enabled():
+            return forward(hidden_states)
+        tiles = hidden_states.split(tokens, dim=-2)
+        return torch.cat([checkpoint(forward, tile, use_reentrant=False) for tile in tiles], dim=-2)
+
+    return tiled_forward
+
+
+def _verify_packing(model, static, setting: str, fsdp: bool) -> tuple[bool, str]:
+    """The static plan, checked on the loaded model: loss kwargs, then the probe (not under FSDP,
+    whose ranks do not all hold the weights)."""
+    from qlora_studio.core.data.packing import accepts_loss_kwargs, probe_packed_attention
+
+    if not static.packed:
+        return False, static.reason
+    problem = None
+    if not accepts_loss_kwargs(model):
+        problem = f"{type(model).__name__}.forward takes no num_items_in_batch"
+    elif not fsdp:
+        _set_attention(model, static.attention)
+        ok, detail = probe_packed_attention(model)
+        if not ok:
+            problem = f"the model does not keep packed rows apart ({detail})"
+    if problem is None:
+        return True, static.reason
+    if setting == "on":
+        raise UserError(f"data.packing is on, but {problem}; set it to auto or off")
+    return False, problem
+
+
+def _padded_attention(config: RunConfig, note: Callable[[str], None]) -> str:
+    attn = config.model.attn_implementation
+    if attn == "varlen":
+        note("model.attn_implementation varlen needs packed batches; padded ones run with sdpa")
+    return "sdpa" if attn in ("auto", "varlen") else attn
+
+
+def _set_attention(model, attention: str) -> None:
+    from qlora_studio.core.model.attention import VARLEN, register
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if attention == VARLEN:
+        register()
+    if getattr(inner.config, "_attn_implementation", None) != attention:
+        inner.set_attn_implementation(attention)
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile every decoder layer in place (bitsandbytes >= 0.50 compiles Linear4bit); the
+    layers stay modules, so checkpointing and peft work as before. Returns how many."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def predict(config: RunConfig, loaded, plan: SpeedPlan) -> Estimate:
+    """The memory prediction for this run as it will train (on CUDA; the planner's one number)."""
+    from qlora_studio.core.model.shape import model_shape
+
+    local = config.with_overrides({"model.name_or_path": loaded.source.path})
+    shape = model_shape(model_config_of(local))
+    a = plan.assumptions
+    return with_reasons(estimate_for(shape, local, a, checkpoint_every=plan.levers.every_n_layers), a)

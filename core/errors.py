@@ -18,6 +18,8 @@ class FailureCause(str, Enum):
     DATA = "data"  # the dataset cannot be read or has bad rows
     OOM = "oom"  # out of GPU memory even at the smallest settings allowed
     CRASH = "crash"  # a bug or an unexpected library error: keeps its traceback
+    NAN = "nan"  # the loss or the gradients became NaN/Inf: training diverged
+    DISK = "disk"  # the output folder cannot be written, or the disk is full
 
     @property
     def is_users_to_fix(self) -> bool:
@@ -33,7 +35,8 @@ class FailureCause(str, Enum):
         return EXIT_CODES[self]
 
 
-EXIT_CODES = {FailureCause.USER: 2, FailureCause.DATA: 2, FailureCause.OOM: 3, FailureCause.CRASH: 1}
+EXIT_CODES = {FailureCause.USER: 2, FailureCause.DATA: 2, FailureCause.OOM: 3, FailureCause.CRASH: 1,
+              FailureCause.NAN: 4, FailureCause.DISK: 5}
 
 
 class UserError(Exception):
@@ -68,6 +71,18 @@ class OutOfMemoryStop(UserError):
     """Training stopped because it cannot fit in GPU memory even at the smallest settings."""
 
     cause = FailureCause.OOM
+
+
+class DivergedError(UserError):
+    """The loss or the gradients became NaN/Inf; the message names the likely cause and the fix."""
+
+    cause = FailureCause.NAN
+
+
+class DiskError(UserError):
+    """The run folder cannot be written: no permission, or not enough free space."""
+
+    cause = FailureCause.DISK
 
 
 def cause_of(exc: BaseException) -> FailureCause:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qlora_studio.core.atomic import write_text_atomic
 from qlora_studio.core.config.choices import CHAT_TEMPLATES, LORA_TARGET_GROUPS, OPTIMIZERS
 from qlora_studio.core.errors import ConfigError
 
@@ -151,6 +152,8 @@ class TrainSettings(_Section):
     """On CUDA out-of-memory: adapt (halve micro-batch, double grad_accum, go on) or stop with a checkpoint."""
     oom_last_resort: Literal["ask", "shrink", "stop"] = "ask"
     """At micro-batch 1: ask (the window asks; the CLI stops), shrink (turn on checkpointing, then halve max_length), or stop."""
+    on_nan: Literal["stop", "skip_step"] = "stop"
+    """When the loss or the gradients turn NaN/Inf: stop (the last good checkpoint stays), or skip_step (that batch's update is dropped; 3 bad steps in a row stop anyway)."""
 
 
 class DistributedSettings(_Section):
@@ -188,7 +191,7 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        write_text_atomic(path, self.to_yaml())  # a kill never leaves half a config behind
 
     def with_overrides(self, overrides: list[str] | dict[str, Any], source: str = "override") -> "RunConfig":
         data = self.model_dump(mode="json")

@@ -143,6 +143,8 @@ class Session:
             self.trainer = build_trainer(self.config, self.loaded, self.data, self.folder,
                                          StudioCallback(self, Steering(self.control, self.rank, self.world_size,
                                                                        self.loaded.device, self.emit, self.meter)))
+            if self._nothing_left_to_train():
+                return
             ran_out_of_memory = False
             try:
                 self.trainer.train(resume_from_checkpoint=str(self.resume_point) if self.resume_point else None)
@@ -158,6 +160,18 @@ class Session:
                 self._extend()
             else:
                 return
+
+    def _nothing_left_to_train(self) -> bool:
+        """Resumed at the last step (killed while saving the adapter): the Trainer would train one step
+        past max_steps when that is not an epoch's end, so the run only takes its state and ends."""
+        t = self.config.train
+        if self.resume_point is None or t.max_steps is None or self.start_step < t.max_steps:
+            return False
+        from transformers import TrainerState
+
+        self.trainer.state = TrainerState.load_from_json(str(self.resume_point / "trainer_state.json"))
+        self.segment_began(self.trainer.state)
+        return True
 
     # ---- callback services ----
     def segment_began(self, state) -> None:

@@ -44,6 +44,14 @@ class UserError(Exception):
 
     cause = FailureCause.USER
 
+    def __init__(self, message: str = "", *args: object):
+        super().__init__(one_line(str(message)), *args)
+
+
+def one_line(text: str) -> str:
+    """Control characters (a newline inside a key, a file name or a row) shown escaped: a message is one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
 
 class ConfigError(UserError):
     """The config file or an override is invalid."""

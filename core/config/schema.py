@@ -27,7 +27,9 @@ ChatTemplateName = Literal[("auto", *CHAT_TEMPLATES)]  # type: ignore[valid-type
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # inf/nan are never meaningful settings (a learning rate of .inf would only show up as NaN losses)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)
 
 
 class ModelSettings(_Section):
@@ -228,7 +230,7 @@ def _split_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}': write it as section.key=value, e.g. train.max_steps=50")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError):  # not YAML (or a date PyYAML cannot build): text
         parsed = value
     return key.strip(), parsed
 

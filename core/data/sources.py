@@ -128,7 +128,7 @@ def _check_text_file(path: Path, binary_ok: bool) -> None:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not merely a character cut at the 64 KiB boundary
+        if exc.start < len(head) - 4 or size <= len(head):  # not merely a character cut at the 64 KiB boundary
             line = head[: exc.start].count(b"\n") + 1
             raise DataError("not UTF-8 text (save the file as UTF-8)", path=str(path), line=line) from None
 
@@ -146,6 +146,8 @@ def _json_layout(path: Path, field_name: str | None) -> tuple[str, str | None]:
     try:
         with open(path, encoding="utf-8") as fh:
             whole = json.load(fh)
+    except UnicodeDecodeError:
+        raise DataError("not UTF-8 text (save the file as UTF-8)", path=str(path)) from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line: JSON Lines named .json
             return "jsonl", None
@@ -172,6 +174,8 @@ def _describe_load_error(path: Path, kind: str, exc: Exception) -> DataError:
         try:
             with open(path, encoding="utf-8") as fh:
                 json.load(fh)
+        except UnicodeDecodeError:
+            return DataError("not UTF-8 text (save the file as UTF-8)", path=str(path))
         except json.JSONDecodeError as err:
             return DataError(f"invalid JSON ({err.msg}, column {err.colno})", path=str(path), line=err.lineno)
     if kind in ("csv", "tsv"):

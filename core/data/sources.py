@@ -231,9 +231,10 @@ def _load_hub(repo_id: str, settings: DataSettings) -> SourcePart:
     except ValueError as exc:  # unknown split or subset
         raise DataError(f"{_first_line(str(exc))} (set data.subset / data.split)", path=repo_id) from None
     except (ConnectionError, OSError) as exc:
-        raise DataError(
-            f"not a local file, and the Hub cannot be reached to fetch it ({type(exc).__name__})", path=repo_id
-        ) from None
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hub cannot be reached ({type(exc).__name__})"
+        raise DataError(f"not a local file, and it cannot be fetched from the Hub: {why}", path=repo_id) from None
     return SourcePart(ds, repo_id, "hub", None)
 
 

@@ -72,7 +72,18 @@ def simulate_card(gb: float | None) -> None:
 def gpu_name() -> str:
     import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})"
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu_name()})"
+
+
+def cpu_name() -> str:
+    """The CPU model (platform.processor() is empty on most Linux systems)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def gpu_slug(name: str | None = None) -> str:

@@ -18,6 +18,8 @@ class FailureCause(str, Enum):
     DATA = "data"  # the dataset cannot be read or has bad rows
     OOM = "oom"  # out of GPU memory even at the smallest settings allowed
     CRASH = "crash"  # a bug or an unexpected library error: keeps its traceback
+    NAN = "nan"  # the loss or the gradients became NaN/Inf: training diverged
+    DISK = "disk"  # the output folder cannot be written, or the disk is full
 
     @property
     def is_users_to_fix(self) -> bool:
@@ -33,13 +35,22 @@ class FailureCause(str, Enum):
         return EXIT_CODES[self]
 
 
-EXIT_CODES = {FailureCause.USER: 2, FailureCause.DATA: 2, FailureCause.OOM: 3, FailureCause.CRASH: 1}
+EXIT_CODES = {FailureCause.USER: 2, FailureCause.DATA: 2, FailureCause.OOM: 3, FailureCause.CRASH: 1,
+              FailureCause.NAN: 4, FailureCause.DISK: 5}
 
 
 class UserError(Exception):
     """A mistake in the user's input: config, dataset, model path, command line."""
 
     cause = FailureCause.USER
+
+    def __init__(self, message: str = "", *args: object):
+        super().__init__(one_line(str(message)), *args)
+
+
+def one_line(text: str) -> str:
+    """Control characters (a newline inside a key, a file name or a row) shown escaped: a message is one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(UserError):
@@ -68,6 +79,18 @@ class OutOfMemoryStop(UserError):
     """Training stopped because it cannot fit in GPU memory even at the smallest settings."""
 
     cause = FailureCause.OOM
+
+
+class DivergedError(UserError):
+    """The loss or the gradients became NaN/Inf; the message names the likely cause and the fix."""
+
+    cause = FailureCause.NAN
+
+
+class DiskError(UserError):
+    """The run folder cannot be written: no permission, or not enough free space."""
+
+    cause = FailureCause.DISK
 
 
 def cause_of(exc: BaseException) -> FailureCause:

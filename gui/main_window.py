@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from qlora_studio.core.errors import FailureCause, UserError
 from qlora_studio.core.training import events as ev
 from qlora_studio.gui.monitor_page import MonitorPage
 from qlora_studio.gui.runs_page import RunsPage
@@ -25,6 +26,8 @@ from qlora_studio.gui.widgets.training_toolbar import TrainingToolbar
 from qlora_studio.gui.workers import TaskRunner, TrainController
 
 SETUP, MONITOR, RUNS = range(3)
+FAILURE_TITLES = {FailureCause.OOM: "Out of GPU memory", FailureCause.NAN: "Training diverged (NaN/Inf)",
+                  FailureCause.DISK: "Disk full or not writable"}
 
 
 def _probe_gpus():
@@ -187,6 +190,8 @@ class MainWindow(QMainWindow):
             self.report_error("Cannot start", self.setup.problem_label.text().lstrip("⚠ ").splitlines()[0])
             return False
         config = self.setup.config
+        if not self._pickle_consent(config.model.name_or_path):
+            return False
         self._run_config = config
         predicted = self.setup.memory.predicted_peak_gb(config)
         self.monitor.begin_live(config.run_name or Path(config.model.name_or_path).name, predicted)
@@ -196,6 +201,14 @@ class MainWindow(QMainWindow):
 
     def resume_run(self, run_dir: str) -> bool:
         if self.controller.running:
+            return False
+        from qlora_studio.core.training.store import RunFolder
+
+        try:
+            model = RunFolder(run_dir).load_config().model.name_or_path
+        except UserError:
+            model = ""  # the run reports its broken folder itself
+        if model and not self._pickle_consent(model):
             return False
         self._run_config = None
         self.monitor.begin_live(f"{Path(run_dir).name} (resuming)")
@@ -207,6 +220,28 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentIndex(MONITOR)
         self.state_label.setText("Training")
         self._update_actions()
+
+    def _pickle_consent(self, origin: str) -> bool:
+        """A model folder with only pickled weights loads after the user's yes (once per model and session)."""
+        from qlora_studio.core.model.consent import allow_pickle, pickle_allowed, pickled_only
+
+        pickles = pickled_only(origin)
+        if not pickles or pickle_allowed(origin):
+            return True
+        if not self.ask_pickle_consent(origin, pickles):
+            self.statusBar().showMessage("Not started: the model's weights are pickled and loading them was declined", 8000)
+            return False
+        allow_pickle(origin)
+        return True
+
+    def ask_pickle_consent(self, origin: str, pickles: list[str]) -> bool:
+        answer = QMessageBox.warning(
+            self, "Load pickled weights?",
+            f"{origin} holds its weights only as pickle files ({', '.join(pickles[:3])}).\n\n"
+            "Loading a pickle can run any code hidden in it, with your permissions. Load it only if you trust where "
+            "this model came from (safetensors weights carry no such risk).",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def _on_pause_toggled(self, paused: bool) -> None:
         if not self.controller.running:
@@ -264,7 +299,7 @@ class MainWindow(QMainWindow):
         else:
             self.state_label.setText("Stopped" if result.status == "stopped" else "Failed")
             where = f"\n\nRun folder: {result.run_dir}" if result.run_dir else ""
-            title = "Out of GPU memory" if result.status == "stopped" else "Training failed"
+            title = FAILURE_TITLES.get(result.cause, "Training failed")
             self.report_error(title, result.error or "training failed", (result.details or "") + where)
         self.run_ended.emit(result)
         if self._close_after_run:

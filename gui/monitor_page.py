@@ -26,6 +26,7 @@ from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.charts import PALETTE, ChartBoard, LiveChart, LossChart
 from qlora_studio.gui.widgets.run_log import RunLog
 from qlora_studio.gui.widgets.run_header import RunHeader
+from qlora_studio.gui.widgets.step_marks import StepMarks
 from qlora_studio.gui.widgets.vram_chart import VramChart
 
 
@@ -62,6 +63,7 @@ class MonitorPage(QWidget):
         # ---- charts: created once, fed by setData ----
         self.loss_chart = LossChart()
         self.smoothed = self.loss_chart.smoothed
+        self.nan_marks = StepMarks(self.loss_chart)
         self.lr_chart = LiveChart("Learning rate")
         self.lr_chart.add_curve("lr", "learning rate", PALETTE["lr"])
         self.grad_chart = LiveChart("Grad norm")
@@ -138,6 +140,7 @@ class MonitorPage(QWidget):
         for chart in self.charts:
             chart.clear_data()
         self.smoothed.rebuild(self.loss_chart.series["raw"])
+        self.nan_marks.clear()
         self.log.clear()
         self.run_dir = None
         self.header.reset(title)
@@ -216,6 +219,13 @@ class MonitorPage(QWidget):
     @handle_event.register
     def _(self, e: ev.SettingsChanged) -> None:
         self.append_log("change", e.message)
+
+    @handle_event.register
+    def _(self, e: ev.NonFiniteStep) -> None:
+        self.board.flush()  # the raw loss up to here, for the cross
+        self.nan_marks.add(e.step, "NaN" if e.loss is None or e.loss != e.loss else "Inf", self.loss_chart.series["raw"])
+        if e.action == "skipped":  # a stopping one is said by Failed
+            self.append_log("warning", e.message)
 
     @handle_event.register
     def _(self, e: ev.Warning) -> None:
@@ -297,6 +307,8 @@ class MonitorPage(QWidget):
             self.add_step(m)
         for e in history.evals:
             self.add_eval(e.step, e.eval_loss)
+        for mark in history.marks:
+            self.handle_event(mark)
         self.header.title.setText(name)
         self._stop_live(status.get("status", "finished"))
         self.header.stat_elapsed.set(fmt.duration(status.get("elapsed_s")))

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.core.config import LORA_TARGET_GROUPS, RunConfig
+from qlora_studio.gui.fmt import escape
 from qlora_studio.gui.widgets.form import ChoiceButtons, Form, SciSpinBox, guard_wheel
 from qlora_studio.gui.widgets.pickers import DataPicker, ModelPicker
 
@@ -61,6 +62,11 @@ class SetupGroups:
         self.dependents["quantization.quant_type"].setEnabled(four_bit)
         self.dependents["quantization.double_quant"].setEnabled(four_bit)
         self.dependents["effective_batch"].setText(f"effective batch {config.effective_batch_size}")
+        trusted, note = config.model.trust_remote_code, self.dependents["trust_warning"]
+        note.setText(f"⚠ The Python code shipped with <b>{escape(config.model.name_or_path)}</b> (its config.json "
+                     "auto_map) will run on this computer with your permissions. Leave this off unless you trust "
+                     "that repository; changing the model turns it off." if trusted else "")
+        note.setVisible(trusted)
 
 
 def _rows(rows: list[tuple]) -> list[tuple]:
@@ -96,6 +102,10 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
     model = ModelPicker(start_folder)
     form.add("model.name_or_path", model.combo)
     trust = form.add("model.trust_remote_code", QCheckBox("Trust remote code"))
+    trust_note = QLabel("")
+    trust_note.setObjectName("trustWarning")
+    trust_note.setWordWrap(True)
+    trust_note.hide()
     data = DataPicker(start_folder)
     form.add("data.path", data.edit)
     skip_bad = form.add("data.skip_bad_rows", QCheckBox("Skip bad rows"))
@@ -143,7 +153,7 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
 
     compute_label = QLabel("Compute dtype")
     boxes = [
-        _box("Model", model, _row(trust)),
+        _box("Model", model, _row(trust), trust_note),
         _box("Dataset", data, form.grid(DATA_KEYS), _row(skip_bad)),
         _box("Quantization", quant_form, _row(double_quant, compute_label, compute, stretch_after=0)),
         _box("LoRA", lora_grid, _row(dora, rslora)),
@@ -152,7 +162,7 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
         _box("Output", output_form),
     ]
     return SetupGroups(boxes, model, {"quantization.quant_type": quant_type, "quantization.double_quant": double_quant,
-                                      "effective_batch": batch})
+                                      "effective_batch": batch, "trust_warning": trust_note})
 
 
 def _browse_folder(edit: QLineEdit, title: str) -> None:

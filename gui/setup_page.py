@@ -163,6 +163,12 @@ class SetupPage(QWidget):
             return
         self._problems.pop(key, None)
         self._show_problems()
+        if key == "model.name_or_path" and config.model.trust_remote_code:  # the trust was given to the old model
+            config = config.with_overrides({"model.trust_remote_code": False}, source="setting")
+            trust = self.bindings["model.trust_remote_code"]
+            trust.widget.blockSignals(True)
+            trust.put(False)
+            trust.widget.blockSignals(False)
         if key == "output_dir":
             self.settings.set("setup/output_dir", value)
         self._apply(config)

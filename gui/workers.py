@@ -22,6 +22,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
 
 from qlora_studio.core.errors import FailureCause, cause_of
+from qlora_studio.core.redact import redact
 
 Answerer = Callable[[str, list[str]], str]
 
@@ -38,7 +39,8 @@ class TaskError:
     def of(cls, exc: BaseException) -> "TaskError":
         cause = cause_of(exc)
         reason = str(exc).strip() if cause.is_users_to_fix else f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        details = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        reason = redact(reason)  # a library's message may quote a Hub token; a dialog must not show it
         return cls(reason.splitlines()[0] if reason else type(exc).__name__, details, cause)
 
 

@@ -61,6 +61,7 @@ def load_for_inference(path: str | Path, with_adapter: bool = True) -> LoadedFor
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from qlora_studio.core.model.consent import check_remote_code, check_weights
     from qlora_studio.core.model.devices import resolve_compute_dtype, resolve_device
     from qlora_studio.core.model.loading import load_base_model, stop_token_ids
     from qlora_studio.core.model.sources import resolve_model_source
@@ -72,8 +73,10 @@ def load_for_inference(path: str | Path, with_adapter: bool = True) -> LoadedFor
     device = resolve_device(config.train.device)
     dtype = resolve_compute_dtype(config.quantization.compute_dtype, device)
     source = resolve_model_source(config.model)
+    check_remote_code(source.path, config.model, None)
     model = load_base_model(config, source, device, dtype)
     if with_adapter:
+        check_weights(adapter_dir, str(adapter_dir), what="adapter")
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     # The adapter's tokenizer carries the chat template training used, for the base model too.

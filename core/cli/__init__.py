@@ -20,12 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     from qlora_studio.core.model.devices import configure_cuda_allocator
 
     configure_cuda_allocator()  # before anything initializes CUDA
+    if getattr(args, "allow_pickle", False):
+        from qlora_studio.core.model.consent import allow_pickle
+
+        allow_pickle()  # this command only: the yes is never written into a config
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        from qlora_studio.core.redact import redact
+
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return exc.cause.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -51,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_file.add_argument("config", nargs="?", help="config YAML (default: the demo)")
     config_file.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override a config key, e.g. --set train.max_steps=50 (repeatable)")
+    pickles = argparse.ArgumentParser(add_help=False)
+    pickles.add_argument("--allow-pickle", action="store_true",
+                         help="load pickled .bin/.pt weights, which can run code (without it only safetensors load)")
     gpu_budget = argparse.ArgumentParser(add_help=False)
     gpu_budget.add_argument("--gpu-gb", type=float, help="card size in GiB (default: the detected GPU)")
 
@@ -61,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("gui", _window_hint, "open the window (the same as no command)").add_argument("config", nargs="?")
 
-    p = command("train", c.cmd_train, "train a LoRA adapter from a config file", (config_file, debug))
+    p = command("train", c.cmd_train, "train a LoRA adapter from a config file", (config_file, debug, pickles))
     p.add_argument("--demo", action="store_true", help="fine-tune SmolLM2-135M-Instruct on the bundled date task")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its latest checkpoint")
     p.add_argument("--extend", type=int, metavar="N", help="with --resume: train N steps beyond the planned total")
@@ -90,13 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("runs", c.cmd_runs, "list the runs in an output folder", (as_json,))
     p.add_argument("output_dir", nargs="?", default="runs")
 
-    p = command("generate", c.cmd_generate, "answer a prompt with a trained adapter (checks that it stops)", (debug,))
+    p = command("generate", c.cmd_generate, "answer a prompt with a trained adapter (checks that it stops)",
+                (debug, pickles))
     p.add_argument("run_dir", help="a run folder (its adapter/) or an adapter folder")
     p.add_argument("prompt", nargs="+", help="the user message")
     p.add_argument("--max-new-tokens", type=int, default=128)
 
     p = command("evaluate", c.cmd_evaluate, "score a trained adapter: exact match against the last reply of each row",
-                (as_json, debug))
+                (as_json, debug, pickles))
     p.add_argument("run_dir", help="a run folder (its adapter/) or an adapter folder")
     p.add_argument("--data", default="sample:dates-eval", help="rows to score (default: the demo's held-out dates)")
     p.add_argument("--limit", type=int, help="score only the first N rows")

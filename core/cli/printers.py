@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from qlora_studio.core.errors import FailureCause
 from qlora_studio.core.training import events as ev
 
 
@@ -56,6 +57,8 @@ class ProgressPrinter:
                 self._say(f"step {event.step}: checkpoint {Path(event.path).name} ({event.reason})")
             case ev.Warning():
                 self._say(f"warning: {event.message}")
+            case ev.NonFiniteStep(action="skipped"):  # a stopping one is said once, by Failed
+                self._say(f"warning: {event.message}")
             case ev.SettingsChanged():
                 self._say(f"note: {event.message}")
             case ev.Paused():
@@ -77,7 +80,7 @@ class ProgressPrinter:
                 self._close()
                 where = f" (run folder {event.run_dir})" if event.run_dir else ""
                 self._say(f"{'stopped' if event.status == 'stopped' else 'error'}: {event.reason}{where}")
-                if event.run_dir and event.step:
+                if event.run_dir and event.step and event.cause is not FailureCause.NAN:  # resuming would diverge again
                     self._say(f"resume with: qlora-studio train --resume {event.run_dir}")
 
     def _close(self) -> None:

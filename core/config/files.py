@@ -26,6 +26,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected YAML)") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot build (2021-13-45), or nesting too deep
+        raise ConfigError(f"{path}: invalid YAML ({_first_line(exc)})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -33,6 +35,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if overrides:
         apply_overrides(raw, overrides)
     return validate_config(raw, str(path))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 # ---- paths ----------------------------------------------------------------------------------

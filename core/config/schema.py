@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qlora_studio.core.atomic import write_text_atomic
 from qlora_studio.core.config.choices import CHAT_TEMPLATES, LORA_TARGET_GROUPS, OPTIMIZERS
 from qlora_studio.core.errors import ConfigError
 
@@ -26,7 +27,9 @@ ChatTemplateName = Literal[("auto", *CHAT_TEMPLATES)]  # type: ignore[valid-type
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # inf/nan are never meaningful settings (a learning rate of .inf would only show up as NaN losses)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)
 
 
 def _switch(value: Any) -> Any:
@@ -166,6 +169,8 @@ class TrainSettings(_Section):
     """On CUDA out-of-memory: adapt (halve micro-batch, double grad_accum, go on) or stop with a checkpoint."""
     oom_last_resort: Literal["ask", "shrink", "stop"] = "ask"
     """At micro-batch 1: ask (the window asks; the CLI stops), shrink (turn on checkpointing, then halve max_length), or stop."""
+    on_nan: Literal["stop", "skip_step"] = "stop"
+    """When the loss or the gradients turn NaN/Inf: stop (the last good checkpoint stays), or skip_step (that batch's update is dropped; 3 bad steps in a row stop anyway)."""
 
 
 class DistributedSettings(_Section):
@@ -206,7 +211,7 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        write_text_atomic(path, self.to_yaml())  # a kill never leaves half a config behind
 
     def with_overrides(self, overrides: list[str] | dict[str, Any], source: str = "override") -> "RunConfig":
         data = self.model_dump(mode="json")
@@ -243,7 +248,7 @@ def _split_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}': write it as section.key=value, e.g. train.max_steps=50")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError):  # not YAML (or a date PyYAML cannot build): text
         parsed = value
     return key.strip(), parsed
 

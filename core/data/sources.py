@@ -128,7 +128,7 @@ def _check_text_file(path: Path, binary_ok: bool) -> None:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not merely a character cut at the 64 KiB boundary
+        if exc.start < len(head) - 4 or size <= len(head):  # not merely a character cut at the 64 KiB boundary
             line = head[: exc.start].count(b"\n") + 1
             raise DataError("not UTF-8 text (save the file as UTF-8)", path=str(path), line=line) from None
 
@@ -146,6 +146,8 @@ def _json_layout(path: Path, field_name: str | None) -> tuple[str, str | None]:
     try:
         with open(path, encoding="utf-8") as fh:
             whole = json.load(fh)
+    except UnicodeDecodeError:
+        raise DataError("not UTF-8 text (save the file as UTF-8)", path=str(path)) from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # one object per line: JSON Lines named .json
             return "jsonl", None
@@ -172,6 +174,8 @@ def _describe_load_error(path: Path, kind: str, exc: Exception) -> DataError:
         try:
             with open(path, encoding="utf-8") as fh:
                 json.load(fh)
+        except UnicodeDecodeError:
+            return DataError("not UTF-8 text (save the file as UTF-8)", path=str(path))
         except json.JSONDecodeError as err:
             return DataError(f"invalid JSON ({err.msg}, column {err.colno})", path=str(path), line=err.lineno)
     if kind in ("csv", "tsv"):
@@ -227,9 +231,10 @@ def _load_hub(repo_id: str, settings: DataSettings) -> SourcePart:
     except ValueError as exc:  # unknown split or subset
         raise DataError(f"{_first_line(str(exc))} (set data.subset / data.split)", path=repo_id) from None
     except (ConnectionError, OSError) as exc:
-        raise DataError(
-            f"not a local file, and the Hub cannot be reached to fetch it ({type(exc).__name__})", path=repo_id
-        ) from None
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hub cannot be reached ({type(exc).__name__})"
+        raise DataError(f"not a local file, and it cannot be fetched from the Hub: {why}", path=repo_id) from None
     return SourcePart(ds, repo_id, "hub", None)
 
 

@@ -4,12 +4,14 @@ the token ids generation stops on. Random weights of a model's shape rehearse me
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from qlora_studio.core.config.schema import ModelSettings, RunConfig
 from qlora_studio.core.errors import ModelLoadError
+from qlora_studio.core.model.consent import check_remote_code, check_weights, pickle_allowed
 from qlora_studio.core.model.devices import resolve_compute_dtype, resolve_device
 from qlora_studio.core.model.lora import apply_lora
 from qlora_studio.core.model.quantization import QuantizationReport, build_bnb_config, quantization_report
@@ -72,9 +74,14 @@ def load_base_model(config: RunConfig, source: ModelSource, device: torch.device
             model = _causal_lm_class(model_config).from_pretrained(None, config=model_config, state_dict=state, **kwargs)
             del state
         else:
+            local = Path(source.path).is_dir()
+            may_pickle = check_weights(source.path, source.origin) if local else pickle_allowed(source.origin)
+            if not may_pickle:
+                kwargs["use_safetensors"] = True  # never fall back to pickled .bin weights without a yes
             model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
-        raise ModelLoadError(f"model.name_or_path: cannot load {source.origin}: {first_line(exc)}") from None
+        hint = " (without --allow-pickle only safetensors weights load)" if kwargs.get("use_safetensors") else ""
+        raise ModelLoadError(f"model.name_or_path: cannot load {source.origin}: {first_line(exc)}{hint}") from None
     prepare_for_adapter_training(model)
     return model
 
@@ -160,6 +167,7 @@ def load_for_training(config: RunConfig, *, note: Callable[[str], None] | None =
     source = resolve_model_source(config.model)
     if source.note and note:
         note(source.note)
+    check_remote_code(source.path, config.model, note)
     if config.model.random_init and note:
         note("model.random_init is on: the weights are random, so only memory and speed mean anything")
     tokenizer = load_tokenizer(source, config.model)

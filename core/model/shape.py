@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from qlora_studio.core.config.schema import ModelSettings
 from qlora_studio.core.errors import ModelLoadError
+from qlora_studio.core.model.consent import check_remote_code
 
 
 @dataclass
@@ -74,12 +76,13 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False, revisi
         if path.is_file() and path.suffix.lower() == ".gguf":
             return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         if path.is_dir():
+            check_remote_code(str(path), ModelSettings(name_or_path=name_or_path, trust_remote_code=trust_remote_code), None)
             return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        from qlora_studio.core.config.schema import ModelSettings
         from qlora_studio.core.model.sources import resolve_model_source
 
-        source = resolve_model_source(ModelSettings(name_or_path=name_or_path, revision=revision,
-                                                    trust_remote_code=trust_remote_code))
+        settings = ModelSettings(name_or_path=name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        source = resolve_model_source(settings)
+        check_remote_code(source.path, settings, None)
         return AutoConfig.from_pretrained(source.path, revision=revision if source.kind == "hub" else None,
                                           trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

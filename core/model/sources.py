@@ -88,7 +88,7 @@ def _resolve_hub(repo_id: str, revision: str | None, allow_download: bool) -> Mo
         return ModelSource(repo_id, "hub", repo_id)
     problem = "it is not in the local Hugging Face cache"
     if allow_download and not hub_reachable():
-        problem = "the Hugging Face Hub cannot be reached"
+        problem = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face Hub cannot be reached"
     elif allow_download:
         try:
             hf_hub_download(repo_id, "config.json", revision=revision)
@@ -106,9 +106,17 @@ def _resolve_hub(repo_id: str, revision: str | None, allow_download: bool) -> Mo
     if gguf is not None:
         note = f"{repo_id}: {problem}; using the bundled offline copy {gguf.name}"
         return ModelSource(str(convert_gguf(gguf)), "gguf", repo_id, note=note)
+    reach = "unset HF_HUB_OFFLINE to download it" if _offline() else "connect to the internet"
     raise ModelLoadError(
-        f"model.name_or_path: cannot get '{repo_id}': {problem}. Connect to the internet, or point to a local folder or .gguf file"
+        f"model.name_or_path: cannot get '{repo_id}': {problem}. {reach[0].upper() + reach[1:]}, or point to a local "
+        "folder or .gguf file"
     )
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -144,12 +144,24 @@ class StudioCallback(TrainerCallback):
         self.session.meter.step_began()
         return control
 
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.session.before_update(state, optimizer)
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.session.diverged is not None:  # after DefaultFlowCallback planned this step's save
+            _halt(control)
+        return control
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         s = self.session
         logs = logs or {}
         if "loss" in logs and "train_loss" not in logs:
             s.step_logged(state, logs)
-            self._serve(self.steering.between_steps(state.global_step), control)
+            if s.diverged is None:
+                self._serve(self.steering.between_steps(state.global_step), control)
+            else:
+                _halt(control)
         elif "eval_loss" in logs:
             extra = {k: v for k, v in logs.items() if k not in ("eval_loss", "epoch") and isinstance(v, (int, float))}
             s.emit(ev.EvalLogged(state.global_step, float(logs["eval_loss"]), extra))
@@ -178,3 +190,10 @@ class StudioCallback(TrainerCallback):
             s.save_reason = "extend"
             control.should_save = True
             control.should_training_stop = True
+
+
+def _halt(control) -> None:
+    """End training after a NaN/Inf step without evaluating or saving it: the last good checkpoint stays the latest."""
+    control.should_save = False
+    control.should_evaluate = False
+    control.should_training_stop = True

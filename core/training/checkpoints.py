@@ -5,17 +5,21 @@ The Trainer writes `checkpoint-N` folders when its `should_save` flag is set (sc
 save-now, extend all go that way); `adopt` renames them to our zero-padded names, adds the
 counters and prunes old ones. Only a save outside the training loop (after an out-of-memory
 error unwound it, or after an unexpected error) writes through the Trainer directly.
+
+The rename is the commit: our counters and config go into `checkpoint-N` first and everything is
+flushed to the disk, so a `step-N` folder is complete whenever it exists (a kill mid-save leaves
+only a `checkpoint-N` that `RunFolder.repair` removes).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from qlora_studio.core.atomic import fsync_tree, replace_dir, write_text_atomic
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.training.store import META_NAME, RunFolder, checkpoint_name
 
@@ -47,15 +51,23 @@ class CheckpointStore:
         """Give the Trainer's `checkpoint-N` our name, add the counters and config, prune old ones."""
         if self.folder is None or not self.writer:
             return None
-        trainer_dir = self.folder.checkpoints_dir / f"checkpoint-{step}"
+        trainer_dir = self.trainer_dir(step)
         target = self.folder.checkpoints_dir / checkpoint_name(step)
-        if trainer_dir.is_dir():
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(trainer_dir, target)
-        if not target.is_dir():
+        written = trainer_dir if trainer_dir.is_dir() else target if target.is_dir() else None
+        if written is None:
             return None
-        (target / META_NAME).write_text(json.dumps({"step": step, **meta}, default=str), encoding="utf-8")
-        config.save(target / "config.yaml")
+        write_text_atomic(written / META_NAME, json.dumps({"step": step, **meta}, default=str))
+        config.save(written / "config.yaml")
+        if written is trainer_dir:
+            fsync_tree(trainer_dir)
+            replace_dir(trainer_dir, target)
         self.folder.prune_checkpoints(config.train.keep_checkpoints)
         return target
+
+    def trainer_dir(self, step: int) -> Path:
+        return self.folder.checkpoints_dir / f"checkpoint-{step}"
+
+    def discard(self, step: int) -> None:
+        """Drop the Trainer's `checkpoint-N` of a step that must not be kept (NaN weights)."""
+        if self.folder is not None and self.writer:
+            shutil.rmtree(self.trainer_dir(step), ignore_errors=True)

@@ -125,6 +125,18 @@ class SettingsChanged(Event):
 
 
 @dataclass
+class NonFiniteStep(Event):
+    """The loss or the gradients of a step were NaN/Inf: its update was not applied (see training.guard)."""
+
+    step: int
+    loss: float | None
+    grad_norm: float | None
+    action: str  # skipped (train.on_nan skip_step) | stopped (the run fails with cause nan)
+    message: str
+    type: str = field(init=False, default="nonfinite")
+
+
+@dataclass
 class Warning(Event):  # noqa: A001 - the event's name in the stream
     message: str
     type: str = field(init=False, default="warning")
@@ -161,8 +173,8 @@ Emit = Callable[[Event], None]
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__dataclass_fields__["type"].default: cls
-    for cls in (RunStarted, StepLogged, EvalLogged, CheckpointSaved, Paused, Resumed, SettingsChanged, Warning,
-                Finished, Failed)
+    for cls in (RunStarted, StepLogged, EvalLogged, CheckpointSaved, Paused, Resumed, SettingsChanged, NonFiniteStep,
+                Warning, Finished, Failed)
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from qlora_studio.core.atomic import replace_dir
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import OutOfMemoryStop, UserError
 from qlora_studio.core.training.arguments import is_fsdp
@@ -93,6 +94,5 @@ def save_adapter(loaded, trainer, folder, config: RunConfig, rank: int) -> str |
         shutil.rmtree(staging, ignore_errors=True)
         loaded.model.save_pretrained(staging)
     loaded.tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    replace_dir(staging, target)  # the old adapter stays whole until the new one is
     return str(target)

@@ -21,15 +21,18 @@ import torch
 
 from qlora_studio.core.config.files import absolute_paths
 from qlora_studio.core.config.schema import RunConfig
-from qlora_studio.core.errors import FailureCause, OutOfMemoryStop, cause_of
+from qlora_studio.core.errors import DivergedError, FailureCause, OutOfMemoryStop, UserError, cause_of
 from qlora_studio.core.model.devices import configure_cuda_allocator, device_name, torch_memory
 from qlora_studio.core.model.lora import adapter_digest, count_parameters
+from qlora_studio.core.redact import redact
+from qlora_studio.core.training import disk
 from qlora_studio.core.training import events as ev
 from qlora_studio.core.training import oom
 from qlora_studio.core.training.arguments import is_fsdp
 from qlora_studio.core.training.callback import StepMeter, Steering, StudioCallback
 from qlora_studio.core.training.checkpoints import CheckpointStore
 from qlora_studio.core.training.control import TrainControl
+from qlora_studio.core.training.guard import BadStep, NanGuard, diverged_message
 from qlora_studio.core.training.loading import load_inputs, prepare_run_data, run_prediction, save_adapter
 from qlora_studio.core.training.recorder import RunRecorder
 from qlora_studio.core.training.speed import plan_speed
@@ -91,13 +94,17 @@ class Session:
         self.save_reason = "scheduled"
         self.pending_extension = 0
         self.last_loss: float | None = None
+        self.guard = NanGuard("stop")
+        self.diverged: DivergedError | None = None  # set at a NaN/Inf step that stops the run
+        self.bad_step: BadStep | None = None
+        self.disk_need: disk.DiskNeed | None = None
 
     def emit(self, event: ev.Event) -> None:
         for sink in self.sinks:
             sink(event)
 
     def warn(self, message: str) -> None:
-        self.emit(ev.Warning(message))
+        self.emit(ev.Warning(redact(message)))
 
     # ---- the run ----
     def run(self) -> ev.RunResult:
@@ -105,10 +112,11 @@ class Session:
             self._open()
             self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size)
             self.speed = plan_speed(self.config, self.loaded, self.warn, fsdp=is_fsdp(self.config))
+            self.guard = NanGuard(self.config.train.on_nan, self.world_size, self.loaded.device)
             self._train_segments()
             return self._finish()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a Failed event, never a dead thread
-            return self._fail(exc, traceback.format_exc())
+            return self._fail(self._explain(exc), traceback.format_exc())
         finally:
             self._release()
 
@@ -117,6 +125,9 @@ class Session:
         if self.resume_from is not None:
             self.folder = RunFolder.open(self.resume_from)
             self.config = self.config or self.folder.load_config()
+            if rank0:
+                disk.check_writable(self.folder.path)
+                self.folder.repair()  # what a killed process left half written
             self.resume_point, self.start_step, elapsed = self.folder.resume_point()
             self.meter = StepMeter(elapsed)
             if rank0:
@@ -136,6 +147,8 @@ class Session:
                                          StudioCallback(self, Steering(self.control, self.rank, self.world_size,
                                                                        self.loaded.device, self.emit, self.meter)),
                                          self.speed)
+            if self._nothing_left_to_train():
+                return
             ran_out_of_memory = False
             try:
                 self.trainer.train(resume_from_checkpoint=str(self.resume_point) if self.resume_point else None)
@@ -143,12 +156,26 @@ class Session:
                 if not oom.is_out_of_memory(exc):
                     raise
                 ran_out_of_memory = True  # handled below, outside the except block, so its frames are freed
+            if self.diverged is not None:
+                raise self.diverged
             if ran_out_of_memory:
                 self._recover_from_oom()
             elif self.pending_extension and not self.control.stop_requested:
                 self._extend()
             else:
                 return
+
+    def _nothing_left_to_train(self) -> bool:
+        """Resumed at the last step (killed while saving the adapter): the Trainer would train one step
+        past max_steps when that is not an epoch's end, so the run only takes its state and ends."""
+        t = self.config.train
+        if self.resume_point is None or t.max_steps is None or self.start_step < t.max_steps:
+            return False
+        from transformers import TrainerState
+
+        self.trainer.state = TrainerState.load_from_json(str(self.resume_point / "trainer_state.json"))
+        self.segment_began(self.trainer.state)
+        return True
 
     # ---- callback services ----
     def segment_began(self, state) -> None:
@@ -157,6 +184,9 @@ class Session:
             return
         self.started = True
         loaded = self.loaded
+        if self.folder is not None:  # before the first step: room for the checkpoints and the adapter
+            self.disk_need = disk.estimate_need(loaded.model, loaded.tokenizer, self.config, state.max_steps)
+            disk.check_space(self.folder.path, self.disk_need, self.config.train.keep_checkpoints)
         trainable, total = count_parameters(loaded.model)
         predicted = run_prediction(self.config, loaded, self.speed, self.warn)
         self.emit(ev.RunStarted(
@@ -174,10 +204,35 @@ class Session:
             self.folder.save_data_report(self.data.report.to_dict())
 
     def step_logged(self, state, logs: dict[str, Any]) -> None:
+        bad = self.bad_step
+        if bad is not None and bad.step == state.global_step and bad.loss is not None:
+            # the Trainer logs a running average in place of a NaN loss (its accumulator would stay NaN)
+            logs = {**logs, "loss": bad.loss}
         metrics = self.meter.measure(state, logs, self.config.train, self.loaded.device)
         metrics.tokens_per_batch = self.speed.micro_batch_tokens(self.config)
         self.last_loss = metrics.loss
         self.emit(ev.StepLogged(metrics, state.max_steps))
+
+    def before_update(self, state, optimizer) -> None:
+        """Between backward and the optimizer step: a NaN/Inf step is dropped here (training.guard)."""
+        bad = self.guard.before_update(self.trainer, optimizer, state.global_step + 1)
+        if bad is None:
+            return
+        self.bad_step = bad
+        if bad.stop:
+            message = self._diverged_message(bad)
+            self.diverged = DivergedError(message)
+        else:
+            message = f"{bad.what()} at step {bad.step}: its update was skipped (train.on_nan skip_step)"
+        self.emit(ev.NonFiniteStep(bad.step, bad.loss, bad.grad_norm, bad.action, message))
+
+    def _diverged_message(self, bad: BadStep, what: str | None = None) -> str:
+        return diverged_message(bad, self.config, self.loaded.compute_dtype, self.loaded.device.type,
+                                self._last_checkpoint_step(), what)
+
+    def _last_checkpoint_step(self) -> int | None:
+        found = self.folder.checkpoints() if self.folder is not None else []
+        return found[-1][0] if found else None
 
     def stopping(self, reason: str) -> None:
         self.stopped = True
@@ -187,6 +242,9 @@ class Session:
         """The Trainer wrote `checkpoint-<step>` (or, `again`, a save was asked for a step already saved)."""
         reason = "requested" if again else self.save_reason
         self.save_reason = "scheduled"
+        if not again and not self.guard.weights_finite(self.loaded.model):
+            self.checkpoints.discard(step)  # never kept: the last good checkpoint stays the latest
+            raise DivergedError(self._diverged_message(BadStep(step, None, None, 1, True), "the weights became NaN/Inf"))
         path = self.checkpoints.existing(step) if again else self.checkpoints.adopt(step, self.config, checkpoint_meta(self.trainer.state, self.config, self.meter, self.last_loss, reason))
         if path is not None:
             self.resume_point = path
@@ -259,16 +317,33 @@ class Session:
         digest = None if is_fsdp(self.config) else adapter_digest(self.loaded.model)  # FSDP ranks hold shards
         return ev.RunResult(status, run_dir, step, self.last_loss, adapter_dir, adapter_digest=digest)
 
+    def _explain(self, exc: Exception) -> Exception:
+        """The user's error for a failure whose cause is a full disk (torch and safetensors say so untyped)."""
+        if isinstance(exc, UserError):
+            return exc
+        step = self.trainer.state.global_step if self.trainer is not None else self.start_step
+        full = disk.as_disk_error(exc, self.folder.path if self.folder else None, self.disk_need, step,
+                                  self._last_checkpoint_step())
+        return full or exc
+
     def _fail(self, exc: Exception, details: str) -> ev.RunResult:
         cause = cause_of(exc)
         reason = str(exc).strip() if cause.is_users_to_fix else f"{type(exc).__name__}: {exc}".strip()
+        reason, details = redact(reason), redact(details)  # a library's message may quote a Hub token
         if cause is FailureCause.CRASH:
             self._emergency_checkpoint()
         elif cause is FailureCause.OOM and self.world_size == 1 and self.loaded is not None:
             save_adapter(self.loaded, None, self.folder, self.config, self.rank)  # what was trained stays usable
+        elif cause is FailureCause.DISK and self.folder is not None and self.rank == 0:
+            self.folder.repair()  # drop the half-written save: its space is what the status record needs
         step = self.trainer.state.global_step if self.trainer is not None else self.start_step
         run_dir = str(self.folder.path) if self.folder else None
-        self.emit(ev.Failed(reason.splitlines()[0] if reason else type(exc).__name__, details, run_dir, step, cause))
+        failed = ev.Failed(reason.splitlines()[0] if reason else type(exc).__name__, details, run_dir, step, cause)
+        for sink in self.sinks:
+            try:
+                sink(failed)
+            except OSError:  # the run folder's disk may be what failed; the caller still hears of it
+                pass
         return ev.RunResult(cause.run_status, run_dir, step, self.last_loss, None, error=reason, cause=cause,
                             details=details)
 

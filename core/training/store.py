@@ -8,6 +8,10 @@
         events.jsonl         every other event (start, checkpoints, warnings, changes, end)
         checkpoints/step-000100/   adapter + optimizer + scheduler + RNG + trainer state
         adapter/             the final PEFT adapter and tokenizer
+
+Every file is written so a kill at any moment leaves a readable folder (`core.atomic`): whole files
+and folders are renamed into place when complete, logs are append-only (a torn last line is
+skipped on read and cut off by `repair` before a resumed run appends).
 """
 
 from __future__ import annotations
@@ -18,16 +22,17 @@ import re
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from qlora_studio.core.atomic import append_line, recover_dir, repair_tail, write_json_atomic, write_text_atomic
 from qlora_studio.core.config.files import load_config
 from qlora_studio.core.config.schema import RunConfig
-from qlora_studio.core.errors import UserError
+from qlora_studio.core.errors import DiskError, UserError
 from qlora_studio.core.model.quantization import QuantizationReport
-from qlora_studio.core.training.events import EvalLogged, RunStarted, StepMetrics, event_from_dict
+from qlora_studio.core.training.events import EvalLogged, NonFiniteStep, RunStarted, StepMetrics, event_from_dict
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATUSES = ("running", "finished", "stopped", "interrupted", "failed")
@@ -87,10 +92,14 @@ class RunFolder:
         while path.exists():
             suffix += 1
             path = root / f"{name}-{suffix}"
-        path.mkdir(parents=True)
-        (path / "checkpoints").mkdir()
-        run = cls(path)
-        config.save(run.config_path)
+        try:
+            path.mkdir(parents=True)
+            (path / "checkpoints").mkdir()
+            run = cls(path)
+            config.save(run.config_path)
+        except OSError as exc:
+            raise DiskError(f"output_dir: cannot create the run folder {path} ({exc.strerror or exc}); choose a "
+                            "folder you can write to, or free some space") from None
         return run
 
     @classmethod
@@ -109,6 +118,23 @@ class RunFolder:
             config = config.with_overrides({"data.packing": "off"})
         return config
 
+    def repair(self) -> None:
+        """Finish or undo what a killed process left half done, before a resumed run writes again:
+        torn last log lines, an adapter or checkpoint caught between its two renames, the Trainer's
+        unfinished `checkpoint-N` folders and temporary files."""
+        for path in (self.metrics_path, self.evals_path, self.events_path):
+            repair_tail(path)
+        recover_dir(self.adapter_dir)
+        shutil.rmtree(self.path / "adapter.tmp", ignore_errors=True)
+        if self.checkpoints_dir.is_dir():
+            for child in self.checkpoints_dir.iterdir():
+                if child.name.startswith(("checkpoint-", ".trash-")):
+                    shutil.rmtree(child, ignore_errors=True)
+                elif child.name.endswith(".old"):
+                    recover_dir(child.with_name(child.name[: -len(".old")]))
+        for leftover in self.path.glob(".*.tmp*"):
+            leftover.unlink(missing_ok=True)
+
     # ---- status ----
     def read_status(self) -> dict[str, Any]:
         try:
@@ -122,7 +148,7 @@ class RunFolder:
         data.update(status=status, updated_at=time.time())
         if status == "running":
             data.update(pid=os.getpid(), host=socket.gethostname())
-        _write_json_atomic(self.status_path, data)
+        write_json_atomic(self.status_path, data)
 
     def mark_running(self, step: int) -> None:
         """The run (or a resumed one) has begun in this process."""
@@ -139,8 +165,7 @@ class RunFolder:
 
     # ---- metrics and events ----
     def append_jsonl(self, path: Path, record: dict[str, Any]) -> None:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        append_line(path, json.dumps(record, ensure_ascii=False))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics_path)
@@ -148,20 +173,24 @@ class RunFolder:
     def save_data_report(self, report: dict[str, Any]) -> None:
         """What the dataset pipeline did (without the rendered examples and preview rows)."""
         kept = {k: v for k, v in report.items() if k not in ("examples", "preview_rows")}
-        _write_json_atomic(self.path / "data_report.json", kept)
+        write_json_atomic(self.path / "data_report.json", kept)
 
     def history(self) -> "RunHistory":
         """The recorded curves and the last start event (a resumed run starts again), for replaying."""
         started = None
+        marks = []
         for record in read_jsonl(self.events_path):
             if record.get("type") == "run_started":
                 started = {**record, "config": {}}  # the recorder leaves the config to config.yaml
+            elif record.get("type") == "nonfinite":
+                marks.append(event_from_dict(record))
         return RunHistory(
             path=self.path,
             metrics=[StepMetrics.from_dict(m) for m in self.read_metrics() if "loss" in m],
             evals=[EvalLogged(int(e["step"]), float(e["eval_loss"])) for e in read_jsonl(self.evals_path)],
             started=event_from_dict(started) if started else None,
             status=self.read_status(),
+            marks=marks,
         )
 
     def truncate_records(self, last_step: int) -> None:
@@ -170,11 +199,7 @@ class RunFolder:
             if not path.exists():
                 continue
             kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for record in kept:
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 
     # ---- checkpoints ----
     def checkpoints(self) -> list[tuple[int, Path]]:
@@ -202,7 +227,10 @@ class RunFolder:
         if keep is None:
             return
         for _, path in self.checkpoints()[:-keep]:
-            shutil.rmtree(path, ignore_errors=True)
+            # renamed first, so a kill mid-delete never leaves a half checkpoint under a valid name
+            trash = path.with_name(f".trash-{path.name}")
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -235,6 +263,7 @@ class RunHistory:
     evals: list[EvalLogged]
     started: RunStarted | None
     status: dict[str, Any]
+    marks: list[NonFiniteStep] = field(default_factory=list)  # steps whose loss or gradients were NaN/Inf
 
 
 @dataclass
@@ -310,8 +339,3 @@ def _process_alive(pid: Any, host: Any) -> bool:
         return True
     return True
 
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)

@@ -70,6 +70,20 @@ class StudioTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return loss
 
+    # This optimizer step's loss (summed over micro-batches) and gradient norm before clipping, as
+    # the loop computes them anyway, for the NaN guard to judge before the update (training.guard).
+    step_loss = None
+    step_grad_norm = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.step_loss = loss if self.step_loss is None else self.step_loss + loss
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):  # the loop's norm, kept (no second pass over the gradients)
+        self.step_grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        return self.step_grad_norm
+
 
 def build_trainer(config: RunConfig, loaded, data, folder, callback, plan=None) -> StudioTrainer:
     """The Trainer for one segment of the run, its checkpoints in the run folder; `plan` is the

@@ -3,7 +3,6 @@ shared run folder; rank 0 prints its events as JSON lines and obeys <run>/contro
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ def main(run_dir: str) -> int:
 
     configure_cuda_allocator()  # inherited from the launching process, unless started by hand
     quiet_libraries()  # before the imports below pull in transformers and bitsandbytes
+    from qlora_studio.core.atomic import write_json_atomic
     from qlora_studio.core.training.control import ControlFile, TrainControl
     from qlora_studio.core.training.events import JsonLinesSink
     from qlora_studio.core.training.runner import run_training
@@ -29,10 +29,10 @@ def main(run_dir: str) -> int:
             done.set()
     ranks = Path(run_dir) / "ranks"
     ranks.mkdir(exist_ok=True)
-    (ranks / f"rank-{rank}.json").write_text(json.dumps({
+    write_json_atomic(ranks / f"rank-{rank}.json", {
         "rank": rank, "status": result.status, "step": result.step, "adapter_digest": result.adapter_digest,
         "error": result.error,
-    }), encoding="utf-8")
+    })
     if result.status == "failed" and rank != 0:
         print(f"rank {rank} failed: {result.error}", file=sys.stderr, flush=True)
     return result.exit_code

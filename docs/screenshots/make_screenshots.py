@@ -1,11 +1,12 @@
 """Screenshots of the three pages from the real window, after real tiny-model training runs.
 
-    QT_QPA_PLATFORM=offscreen python docs/screenshots/make_screenshots.py [OUT_DIR]
+    QT_QPA_PLATFORM=offscreen python docs/screenshots/make_screenshots.py [OUT_DIR] [--only divergence]
 
 Trains a tiny random Llama (tests/tiny.py) three times through the window: double quant on,
 double quant off, and a longer run that is paused for the monitor shot and then stopped. The
 setup page is shown on the demo preset (SmolLM2-135M-Instruct, from the bundled GGUF when
-offline). Settings and runs go to a temporary folder; nothing of the user's is touched.
+offline). A fourth run diverges (NaN): its marks on the loss chart and its dialog are shot too.
+Settings and runs go to a temporary folder; nothing of the user's is touched.
 """
 
 from __future__ import annotations
@@ -70,11 +71,37 @@ def train(window, config, steer: Callable[[dict], None] | None = None) -> dict:
     (result,) = wait_for(window.run_ended)
     if steer is not None:
         window.controller.event.disconnect(steer)
-    print(f"run {config.run_name}: {result['status']} at step {result['step']}")
+    print(f"run {config.run_name}: {result.status} at step {result.step}")
     return result
 
 
-def main(out_dir: Path) -> int:
+def shoot_divergence(window, base, out_dir: Path, model: Path) -> None:
+    """A run whose loss turns NaN: one bad batch skipped at step 15, then three in a row stop it at step 32.
+    The NaN batches are injected here; in real runs the cause is a far too high learning rate or fp16 overflow."""
+    from qlora_studio.core.training.trainer import StudioTrainer
+
+    real = StudioTrainer.compute_loss
+    bad = {15, 30, 31, 32}
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        loss = real(self, model, inputs, *args, **kwargs)
+        return loss * float("nan") if self.state.global_step + 1 in bad else loss
+
+    StudioTrainer.compute_loss = compute_loss
+    try:
+        train(window, base.with_overrides({"run_name": "dates-nan", "train.on_nan": "skip_step",
+                                           "model.name_or_path": str(model),
+                                           "train.max_steps": 60, "train.save_every_steps": 10}))
+    finally:
+        StudioTrainer.compute_loss = real
+    box = window.last_error_box
+    shoot(window, window.monitor, out_dir / "nan-monitor.png")
+    box.grab().save(str(out_dir / "nan-dialog.png"), "PNG")
+    print(f"{out_dir / 'nan-dialog.png'}: the dialog")
+    box.close()
+
+
+def main(out_dir: Path, only: str | None = None) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -88,6 +115,7 @@ def main(out_dir: Path) -> int:
     from tiny import build_tiny_llama
 
     from qlora_studio.core.config import RunConfig, load_config
+    from qlora_studio.core.training import events as ev
     from qlora_studio.gui.app import create_app
     from qlora_studio.resources import PRESETS
 
@@ -113,13 +141,17 @@ def main(out_dir: Path) -> int:
                   "save_every_steps": 40, "eval_every_steps": 10, "warmup_ratio": 0.05},
         "output_dir": str(runs_dir),
     })
+    shoot_divergence(window, base, out_dir, build_tiny_llama(work / "tiny-llama-small"))  # the smallest: quick steps
+    if only == "divergence":
+        window.close()
+        return 0
     dq_on = train(window, base.with_overrides({"run_name": "dates-r8-dq-on"}))
     dq_off = train(window, base.with_overrides({"run_name": "dates-r8-dq-off", "quantization.double_quant": False}))
 
     # a longer run, paused for the monitor shot, then stopped (it stays resumable)
     def pause_at(step: int) -> Callable[[dict], None]:
         def steer(event: dict) -> None:
-            if event["type"] == "step" and event["metrics"]["step"] >= step and not window.pause_action.isChecked():
+            if isinstance(event, ev.StepLogged) and event.metrics.step >= step and not window.pause_action.isChecked():
                 window.pause_action.trigger()
         return steer
 
@@ -129,7 +161,7 @@ def main(out_dir: Path) -> int:
     steer = pause_at(170)
     window.controller.event.connect(steer)
     window.start_training()
-    wait_for(window.controller.event, lambda e: e["type"] == "paused")
+    wait_for(window.controller.event, lambda e: isinstance(e, ev.Paused))
     window.controller.event.disconnect(steer)
     shoot(window, window.monitor, out_dir / "monitor.png")
     window.stop_training()
@@ -137,7 +169,7 @@ def main(out_dir: Path) -> int:
 
     # runs page: compare double quant on and off
     window.runs.refresh()
-    window.runs.select_paths([dq_on["run_dir"], dq_off["run_dir"]])
+    window.runs.select_paths([dq_on.run_dir, dq_off.run_dir])
     shoot(window, window.runs, out_dir / "runs.png")
 
     # setup page: the demo preset, with its X-ray and memory estimate
@@ -157,6 +189,7 @@ def main(out_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
+    positional = [a for a in sys.argv[1:] if not a.startswith("--") and a != "divergence"]
+    target = Path(positional[0]) if positional else Path(__file__).resolve().parent
     target.mkdir(parents=True, exist_ok=True)
-    sys.exit(main(target))
+    sys.exit(main(target, "divergence" if "--only" in sys.argv else None))

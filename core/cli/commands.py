@@ -28,13 +28,14 @@ def load_run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from qlora_studio.core.cli.printers import ProgressPrinter
     from qlora_studio.core.quiet import quiet_libraries
+
+    quiet_libraries()  # before the imports below load bitsandbytes, which logs on import
+    from qlora_studio.core.cli.printers import ProgressPrinter
     from qlora_studio.core.training.control import TrainControl
     from qlora_studio.core.training.events import JsonLinesSink
     from qlora_studio.core.training.runner import run_training
 
-    quiet_libraries()
     if args.resume:
         if args.config or args.demo:
             raise UserError("--resume takes the config from the run folder; drop the config file / --demo")
@@ -167,11 +168,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from qlora_studio.core.after.inference import evaluate, load_for_inference
-    from qlora_studio.core.data.sources import resolve_data_path
     from qlora_studio.core.quiet import quiet_libraries
 
     quiet_libraries()
+    from qlora_studio.core.after.inference import evaluate, load_for_inference
+    from qlora_studio.core.data.sources import resolve_data_path
+
     loaded = load_for_inference(args.run_dir, with_adapter=not args.base)
     result = evaluate(loaded, resolve_data_path(args.data), limit=args.limit)
     if args.json:
@@ -185,10 +187,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from qlora_studio.core.after.inference import generate_reply
     from qlora_studio.core.quiet import quiet_libraries
 
     quiet_libraries()
+    from qlora_studio.core.after.inference import generate_reply
+
     reply = generate_reply(args.run_dir, " ".join(args.prompt), max_new_tokens=args.max_new_tokens)
     print(reply.text)
     ending = "stopped by itself (EOS)" if reply.stopped else f"hit --max-new-tokens {args.max_new_tokens} without stopping"

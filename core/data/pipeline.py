@@ -74,6 +74,8 @@ def load_normalized(settings: DataSettings, path: str | None = None):
     columns: list[str] = []
     for part_index, part in enumerate(parts):
         ds = part.dataset
+        bad_count += len(part.bad_lines)  # lines the file reader could not take at all
+        bad += part.bad_lines[: max(0, BAD_ROWS_SHOWN - len(bad))]
         columns = list(ds.column_names)
         mapped = apply_column_mapping(columns, settings.columns, part.label)
         sample = ds.select(range(min(5, len(ds)))).to_list()

@@ -39,16 +39,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.demo:
             raise UserError("--resume takes the config from the run folder; drop the config file / --demo")
-        from qlora_studio.core.training.store import RunFolder, read_checkpoint_meta
+        from qlora_studio.core.training.store import RunFolder
 
         folder = RunFolder.open(args.resume)
-        config = folder.load_config(args.overrides)
-        if args.extend:
-            latest = folder.latest_checkpoint()
-            planned = (read_checkpoint_meta(latest).get("total_steps") if latest else None) or config.train.max_steps
-            if not planned:
-                raise UserError("--extend needs a run that has saved a checkpoint")
-            config = config.with_overrides({"train.max_steps": int(planned) + args.extend}, str(folder.config_path))
+        config = folder.extended_config(args.extend, args.overrides) if args.extend else folder.load_config(args.overrides)
+        folder.check_resumable(config)
     else:
         if args.extend:
             raise UserError("--extend continues a finished or stopped run; use it with --resume RUN_DIR")

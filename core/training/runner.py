@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -114,6 +115,7 @@ class Session:
         if self.resume_from is not None:
             self.folder = RunFolder.open(self.resume_from)
             self.config = self.config or self.folder.load_config()
+            self.folder.check_resumable(self.config)  # before anything in the folder changes
             self.resume_point, self.start_step, elapsed = self.folder.resume_point()
             self.meter = StepMeter(elapsed)
             if rank0:
@@ -256,6 +258,12 @@ class Session:
         elif cause is FailureCause.OOM and self.world_size == 1 and self.loaded is not None:
             save_adapter(self.loaded, None, self.folder, self.config, self.rank)  # what was trained stays usable
         step = self.trainer.state.global_step if self.trainer is not None else self.start_step
+        if not self.started and self.resume_from is None and self.folder is not None:
+            # it never trained (a model or dataset that cannot load): no run folder to leave behind
+            shutil.rmtree(self.folder.path, ignore_errors=True)
+            self.folder, self.sinks = None, []
+        if not self.sinks and self._emit and self.rank == 0:
+            self.sinks = [self._emit]  # failed before (or without) a run folder: the caller still hears why
         run_dir = str(self.folder.path) if self.folder else None
         self.emit(ev.Failed(reason.splitlines()[0] if reason else type(exc).__name__, details, run_dir, step, cause))
         return ev.RunResult(cause.run_status, run_dir, step, self.last_loss, None, error=reason, cause=cause,

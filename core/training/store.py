@@ -192,11 +192,39 @@ class RunFolder:
         meta = read_checkpoint_meta(latest)
         return latest, int(meta.get("step") or latest.name.split("-")[-1]), float(meta.get("elapsed_s", 0.0))
 
+    def planned_steps(self, config: RunConfig) -> int | None:
+        """The run's planned total: its config's max_steps, else what its latest checkpoint planned."""
+        latest = self.latest_checkpoint()
+        return config.train.max_steps or (read_checkpoint_meta(latest).get("total_steps") if latest else None)
+
+    def check_resumable(self, config: RunConfig) -> None:
+        """A run that has trained every planned step has nothing to resume: a resume would train
+        one more step each time. Extending it is the way to train more."""
+        latest, step, _ = self.resume_point()
+        planned = self.planned_steps(config)
+        if latest is not None and planned and step >= planned:
+            raise RunFinishedError(
+                f"{self.path.name} is finished (step {step} of {planned}): nothing to resume. To train more steps, "
+                f"extend it: qlora-studio train --resume {self.path} --extend N (in the window: Train more, "
+                "on the Runs page)")
+
+    def extended_config(self, steps: int, overrides: list[str] | None = None) -> RunConfig:
+        """The run's config with `steps` more than it planned (resuming from its latest checkpoint)."""
+        config = self.load_config(overrides)
+        planned = self.planned_steps(config)
+        if not planned:
+            raise UserError("extending needs a run that has saved a checkpoint")
+        return config.with_overrides({"train.max_steps": int(planned) + steps}, str(self.config_path))
+
     def prune_checkpoints(self, keep: int | None) -> None:
         if keep is None:
             return
         for _, path in self.checkpoints()[:-keep]:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class RunFinishedError(UserError):
+    """Resuming a run that has trained all its planned steps."""
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -45,6 +45,11 @@ def test_train_command_writes_a_run_folder(tmp_path, tiny_config):
     steps = [json.loads(line)["metrics"]["step"] for line in extended.stdout.splitlines() if '"type": "step"' in line]
     assert steps == [13, 14, 15]
 
+    again = cli("train", "--resume", str(run))  # finished: nothing to resume, say how to train more
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"error: {run.name} is finished (step 15 of 15): nothing to resume. To train more steps, extend it: "
+        f"qlora-studio train --resume {run} --extend N (in the window: Train more, on the Runs page)"]
+
 
 @pytest.mark.parametrize("content, expected", [
     (None, "config file not found"),

@@ -3,10 +3,12 @@
 import json
 import queue
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
+from qlora_studio.core.errors import FailureCause
 from qlora_studio.core.training.control import TrainControl
 from qlora_studio.core.training.runner import run_training
 from qlora_studio.core.training.store import RunFolder, list_runs, read_jsonl
@@ -166,6 +168,28 @@ def test_resume_continues_the_step_count_exactly(tiny_config):
     assert metrics[4]["elapsed_s"] >= metrics[3]["elapsed_s"]
     started = [e for e in events if e["type"] == "run_started"][0]
     assert started["start_step"] == 4
+
+    # Issue 12: resuming a finished run trained one more step each time. It must say it is finished.
+    adapter = (run.adapter_dir / "adapter_model.safetensors").read_bytes()
+    again = []
+    refused = run_training(None, collect(again), resume_from=stopped.run_dir)
+    assert refused.status == "failed" and refused.cause is FailureCause.USER
+    assert "is finished (step 10 of 10)" in refused.error and "--extend N" in refused.error
+    assert [e["type"] for e in again] == ["failed"]
+    assert run.read_status()["status"] == "finished" and len(run.read_metrics()) == 10
+    assert (run.adapter_dir / "adapter_model.safetensors").read_bytes() == adapter
+
+
+def test_a_run_that_never_starts_leaves_no_run_folder(tiny_config, tmp_path):
+    """Issue 12: a broken dataset (or model) left a failed run folder at each try."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json at all\n")
+    events = []
+    result = run_training(tiny_config.with_overrides({"data.path": str(broken)}), collect(events))
+    assert result.status == "failed" and result.cause is FailureCause.DATA and result.run_dir is None
+    assert "broken.jsonl" in result.error
+    assert [e["type"] for e in events][-1] == "failed" and events[-1]["run_dir"] is None
+    assert not Path(tiny_config.output_dir).exists() or not any(Path(tiny_config.output_dir).iterdir())
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_config):

@@ -248,6 +248,8 @@ class MainWindow(QMainWindow):
                 self.runs.refresh()
             case ev.RunStarted():
                 self.runs.refresh()
+            case ev.Preparing(message=message):
+                self.state_label.setText(f"Preparing: {message}")
             case ev.StepLogged():
                 self.state_label.setText(f"Training: step {event.metrics.step} / {event.total_steps}")
             case ev.Paused():

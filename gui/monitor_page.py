@@ -183,6 +183,15 @@ class MonitorPage(QWidget):
         self._show_vram()
 
     @handle_event.register
+    def _(self, e: ev.Preparing) -> None:
+        if e.stage == "first_step":
+            self.header.progress.setFormat(f"step %v / %m · {e.message}…")
+        else:
+            self.header.show_stage(f"{e.message}…" if e.total is None else e.message, e.done, e.total)
+        if not e.is_tick and not (e.total and e.done == e.total):
+            self.append_log("info", f"{e.message[:1].upper()}{e.message[1:]}")
+
+    @handle_event.register
     def _(self, e: ev.StepLogged) -> None:
         if e.total_steps != self.header.total_steps:
             self.header.set_plan(self.header.step, e.total_steps)

@@ -51,14 +51,18 @@ class ModelSource:
     note: str | None = None  # said to the user when the source is not what they asked for
 
 
-def resolve_model_source(settings: ModelSettings, *, allow_download: bool = True) -> ModelSource:
+Progress = Callable[[str, str], None]  # (stage, message): said before a stage that takes a while
+
+
+def resolve_model_source(settings: ModelSettings, *, allow_download: bool = True,
+                         progress: Progress | None = None) -> ModelSource:
     """Find the weights: a local folder, a converted .gguf, the Hub cache, the Hub, or an offline fallback."""
     asked = settings.name_or_path.strip()
     path = Path(asked).expanduser()
     if asked.lower().endswith(".gguf"):
         if not path.is_file():
             raise ModelLoadError(f"model.name_or_path: {asked}: no such .gguf file")
-        return ModelSource(str(convert_gguf(path)), "gguf", asked)
+        return ModelSource(str(convert_gguf(path, progress)), "gguf", asked)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"model.name_or_path: {asked} is a folder without config.json, so not a model folder")
@@ -72,14 +76,14 @@ def resolve_model_source(settings: ModelSettings, *, allow_download: bool = True
         raise ModelLoadError(f"model.name_or_path: {asked} is a file; give a model folder, a .gguf file or a Hub id")
     if asked.startswith((".", "/", "~")) or asked.count("/") > 1 or "\\" in asked:
         raise ModelLoadError(f"model.name_or_path: {asked}: no such folder (and not a Hub id like org/name)")
-    return _resolve_hub(asked, settings.revision, allow_download)
+    return _resolve_hub(asked, settings.revision, allow_download, progress)
 
 
 def _has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.safetensors.index.json"))
 
 
-def _resolve_hub(repo_id: str, revision: str | None, allow_download: bool) -> ModelSource:
+def _resolve_hub(repo_id: str, revision: str | None, allow_download: bool, progress: Progress | None) -> ModelSource:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -105,7 +109,7 @@ def _resolve_hub(repo_id: str, revision: str | None, allow_download: bool) -> Mo
     gguf = fallback() if fallback else None
     if gguf is not None:
         note = f"{repo_id}: {problem}; using the bundled offline copy {gguf.name}"
-        return ModelSource(str(convert_gguf(gguf)), "gguf", repo_id, note=note)
+        return ModelSource(str(convert_gguf(gguf, progress)), "gguf", repo_id, note=note)
     raise ModelLoadError(
         f"model.name_or_path: cannot get '{repo_id}': {problem}. Connect to the internet, or point to a local folder or .gguf file"
     )
@@ -128,7 +132,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def convert_gguf(gguf_path: Path) -> Path:
+def convert_gguf(gguf_path: Path, progress: Progress | None = None) -> Path:
     """Dequantize a .gguf once into a normal model folder in our cache, so later loads are fast.
 
     One conversion at a time per file, whoever asks: the window's model line, X-ray and memory
@@ -146,6 +150,8 @@ def convert_gguf(gguf_path: Path) -> Path:
         if _complete(target):  # converted by whoever held the lock before us
             return target
         _remove_stale_staging(target.parent)
+        if progress:
+            progress("convert", f"converting {gguf_path.name} into a model folder (once; about a minute)")
         staging = target.with_name(target.name + f"{STAGING_MARK}{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:

@@ -31,7 +31,7 @@ from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.model.devices import liger_applies
 from qlora_studio.core.model.lora import select_targets
 from qlora_studio.core.model.quant_layout import CUDA_ALLOC_ROUND, int8_bytes, packed_4bit_bytes, quant_constants_4bit_bytes
-from qlora_studio.core.model.shape import ModelShape, load_model_config, model_shape
+from qlora_studio.core.model.shape import ModelShape, builtin_shape_note, load_model_config, model_shape
 
 GIB = 1024**3
 MIB = 1024**2
@@ -212,7 +212,11 @@ def _round(nbytes: int) -> int:
 
 def estimate_config(config: RunConfig, seq_len: int | None = None) -> Estimate:
     """The estimate for a run config, on a CUDA GPU (compute dtype auto = bf16)."""
-    return estimate_run(config_shape(config), config, seq_len or config.data.max_length)
+    model_config = load_model_config(config.model.name_or_path, config.model.trust_remote_code, config.model.revision)
+    result = estimate_run(model_shape(model_config), config, seq_len or config.data.max_length)
+    if builtin_shape_note(model_config):
+        result.notes.append(builtin_shape_note(model_config))
+    return result
 
 
 def config_shape(config: RunConfig) -> ModelShape:

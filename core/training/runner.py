@@ -102,7 +102,7 @@ class Session:
     def run(self) -> ev.RunResult:
         try:
             self._open()
-            self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size)
+            self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size, self.emit)
             self._train_segments()
             return self._finish()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a Failed event, never a dead thread
@@ -165,6 +165,8 @@ class Session:
         ))
         if self.folder is not None:
             self.folder.save_data_report(self.data.report.to_dict())
+        first = f"step {self.start_step + 1}" if self.start_step else "the first step"
+        self.emit(ev.Preparing("first_step", f"running {first}"))
 
     def step_logged(self, state, logs: dict[str, Any]) -> None:
         metrics = self.meter.measure(state, logs, self.config.train, self.loaded.device)

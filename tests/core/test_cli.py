@@ -30,6 +30,10 @@ def test_train_command_writes_a_run_folder(tmp_path, tiny_config):
     out = cli("train", str(path))
     assert out.returncode == 0, out.stderr
     assert "finished at step 12/12" in out.stderr and "adapter" in out.stderr
+    # stages before step 1, then one line per tenth of the run; no bar redrawn into a log (issue 12)
+    assert "preparing   tokenizing 400 rows" in out.stderr and "preparing   running the first step" in out.stderr
+    assert out.stderr.count("step 12/12  loss") == 1 and "100%|" not in out.stderr
+    assert "gemm_4bit_forward" not in out.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1
     run = runs[0]

@@ -220,6 +220,21 @@ def test_truncate_and_drop_are_counted(tmp_path, tokenizer):
     assert cut.token_lengths["max"] > 64 and cut.token_lengths["p50"] > 0
 
 
+def test_tokenizing_reports_progress_in_chunks_with_the_same_result(tokenizer, monkeypatch):
+    from qlora_studio.core.data import pipeline
+
+    settings = DataSettings(path="sample:dates", validation_split=0.05, max_length=128)
+    whole = pipeline.prepare_data(settings, tokenizer, stop_token_ids(tokenizer, None), seed=3)
+    monkeypatch.setattr(pipeline, "TOKENIZE_CHUNK_MIN", 100)
+    seen = []
+    chunked = pipeline.prepare_data(settings, tokenizer, stop_token_ids(tokenizer, None), seed=3,
+                                    progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert seen[0] == ("read", 0, 0) and seen[1] == ("tokenize", 0, 400) and seen[-1] == ("tokenize", 400, 400)
+    done = [d for stage, d, _ in seen if stage == "tokenize"]
+    assert len(done) >= 5 and done == sorted(done)
+    assert chunked.train["input_ids"] == whole.train["input_ids"] and chunked.eval["labels"] == whole.eval["labels"]
+
+
 def test_validation_split_is_deterministic(tmp_path, tokenizer):
     path = jsonl(tmp_path / "m.jsonl", MESSAGES * 4)
     a = inspect_data(DataSettings(path=str(path), validation_split=0.25), tokenizer, [tokenizer.eos_token_id], seed=1)

@@ -44,9 +44,20 @@ def test_run_folder_contract(tiny_config):
     assert json.loads((checkpoint / "qlora_studio.json").read_text())["tokens"] == tokens[-1]
 
     kinds = [e["type"] for e in events]
+    # the stages before step 1 (issue 12: nothing moved for ~45 s), then the run
+    stages = [e["stage"] for e in events if e["type"] == "preparing"]
+    assert [s for i, s in enumerate(stages) if s not in stages[:i]] == \
+        ["model", "adapters", "data", "tokenize", "first_step"]
+    tokenize = [(e["done"], e["total"]) for e in events if e["type"] == "preparing" and e["stage"] == "tokenize"]
+    assert tokenize[0] == (0, 400) and tokenize[-1] == (400, 400)
+    first_step = next(i for i, e in enumerate(events) if e["type"] == "preparing" and e["stage"] == "first_step")
+    assert kinds.index("run_started") < first_step < kinds.index("step")
+    recorded = [r for r in read_jsonl(run.events_path) if r["type"] == "preparing"]
+    assert recorded and all(r["done"] in (None, 0, r["total"]) for r in recorded)  # no progress ticks in the log
+    kinds = [k for k in kinds if k != "preparing"]
     assert kinds[0] == "run_started" and kinds[-1] == "finished"
     assert kinds.count("step") == 12 and kinds.count("checkpoint") == 3 and "eval" in kinds
-    started = events[0]
+    started = next(e for e in events if e["type"] == "run_started")
     assert started["quantization"]["mode"] == "4bit" and started["quantization"]["double_quant"] is True
     assert (run.path / "evals.jsonl").is_file()
 

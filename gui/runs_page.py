@@ -178,7 +178,7 @@ class RunsPage(QWidget):
         self._update_buttons()
 
     # ---- data ----
-    def set_output_dir(self, output_dir: str) -> None:
+    def set_output_dir(self, output_dir: str | None) -> None:
         if output_dir != self.output_dir:
             self.output_dir = output_dir
             self.refresh()
@@ -186,9 +186,11 @@ class RunsPage(QWidget):
     def refresh(self) -> None:
         from qlora_studio.core.training.store import list_runs
 
+        from qlora_studio.core.config.files import default_runs_dir
+
         selected = {str(r.path) for r in self.selected_runs()}
-        self.folder_label.setText(self.output_dir or "")
-        runs = list_runs(self.output_dir) if self.output_dir else []
+        self.folder_label.setText(self.output_dir or str(default_runs_dir()))
+        runs = list_runs(self.output_dir)
         self.model.set_runs(runs)
         selection = self.table.selectionModel()
         for row in range(self.proxy.rowCount()):

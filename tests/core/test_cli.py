@@ -91,6 +91,28 @@ def test_init_writes_a_documented_config(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+INIT_MARKER = "<!-- the output of `qlora-studio init -` -->"
+
+
+def test_the_readme_config_block_is_what_init_writes(capsys):
+    """Issue 12: `init` wrote the demo while the README showed another config. The README's block
+    (in README.md once merged, in docs/notes/firsthour.md until then) is init's output, verbatim."""
+    from pathlib import Path
+
+    assert main(["init", "-"]) == 0
+    written = capsys.readouterr().out
+    root = Path(__file__).resolve().parents[2]
+    blocks = []
+    for doc in [root / "README.md", *sorted((root / "docs" / "notes").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8") if doc.is_file() else ""
+        if INIT_MARKER in text:
+            after = text.split(INIT_MARKER, 1)[1]
+            blocks.append((doc.name, after.split("```yaml\n", 1)[1].split("```", 1)[0]))
+    assert blocks, f"no document shows the config block after {INIT_MARKER}"
+    for name, block in blocks:
+        assert block == written, f"{name}: regenerate the block with `qlora-studio init -`"
+
+
 def test_generate_with_a_trained_adapter(tmp_path, tiny_config):
     from qlora_studio.core.training.runner import run_training
 

@@ -101,9 +101,11 @@ class MainWindow(QMainWindow):
 
         self.setup.error.connect(lambda title, reason, details: self.report_error(title, reason, details))
         self.setup.config_changed.connect(self._on_config_changed)
+        self.setup.start_blocker_changed.connect(lambda _reason: self._update_actions())
         self.setup.memory.budget_changed.connect(lambda value: self.settings.set("memory/budget", value))
         self.runs.replay_requested.connect(self.replay_run)
         self.runs.resume_requested.connect(self.resume_run)
+        self.runs.extend_requested.connect(self._ask_extend)
         self.monitor.smoothing_changed.connect(lambda w: self.settings.set("monitor/smoothing", w))
         self.monitor.log_scale_changed.connect(lambda on: self.settings.set("monitor/log_scale", on))
 
@@ -158,7 +160,7 @@ class MainWindow(QMainWindow):
         self.settings.sync()
 
     def _update_actions(self) -> None:
-        self.toolbar.set_state(self.controller.running, self.controller.stopping)
+        self.toolbar.set_state(self.controller.running, self.controller.stopping, self.setup.start_blocker)
         self.runs.set_busy(self.controller.running)
 
     # ---- GPU ----
@@ -183,8 +185,9 @@ class MainWindow(QMainWindow):
     def start_training(self) -> bool:
         if self.controller.running:
             return False
-        if not self.setup.valid:
-            self.report_error("Cannot start", self.setup.problem_label.text().lstrip("⚠ ").splitlines()[0])
+        blocker = self.setup.start_blocker
+        if blocker:  # Start is disabled then; the shortcut or a caller may still ask
+            self.statusBar().showMessage(f"Cannot start: {blocker}", 8000)
             return False
         config = self.setup.config
         self._run_config = config
@@ -194,14 +197,34 @@ class MainWindow(QMainWindow):
         self._after_start()
         return True
 
-    def resume_run(self, run_dir: str) -> bool:
+    def resume_run(self, run_dir: str, extend: int = 0) -> bool:
+        """Continue a run from its latest checkpoint; `extend` more steps than it planned (a
+        finished run has nothing to resume without them)."""
         if self.controller.running:
             return False
-        self._run_config = None
-        self.monitor.begin_live(f"{Path(run_dir).name} (resuming)")
-        self.controller.start(None, resume_from=run_dir)
+        from qlora_studio.core.errors import UserError
+        from qlora_studio.core.training.store import RunFolder
+
+        folder = RunFolder(run_dir)
+        try:
+            config = folder.extended_config(extend) if extend else None
+        except UserError as exc:
+            self.report_error("Train more", str(exc))
+            return False
+        self._run_config = config
+        self.monitor.begin_live(f"{folder.path.name} ({'+' + str(extend) + ' steps' if extend else 'resuming'})")
+        self.monitor.replay_log(folder.history())  # the log goes on from where the run left it
+        self.controller.start(config, resume_from=run_dir)
         self._after_start()
         return True
+
+    def _ask_extend(self, run_dir: str) -> None:
+        from PySide6.QtWidgets import QInputDialog
+
+        steps, ok = QInputDialog.getInt(self, "Train more", f"Steps to add to {Path(run_dir).name}:",
+                                        self.extend_spin.value(), 1, 1_000_000)
+        if ok:
+            self.resume_run(run_dir, extend=steps)
 
     def _after_start(self) -> None:
         self.tabs.setCurrentIndex(MONITOR)
@@ -252,6 +275,11 @@ class MainWindow(QMainWindow):
                 self.state_label.setText(f"Preparing: {message}")
             case ev.StepLogged():
                 self.state_label.setText(f"Training: step {event.metrics.step} / {event.total_steps}")
+                self.runs.show_progress(self.monitor.run_dir, event.metrics.step, event.total_steps)
+            case ev.SettingsChanged() if "max_steps" in event.changes:  # "+ steps": the plan grew
+                total = event.changes["max_steps"][1]
+                self.state_label.setText(f"Training: step {self.monitor.step} / {total}")
+                self.runs.show_progress(self.monitor.run_dir, self.monitor.step, total)
             case ev.Paused():
                 self.state_label.setText(f"Paused at step {event.step}")
 

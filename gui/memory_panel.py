@@ -48,6 +48,7 @@ class MemoryPanel(QGroupBox):
         self.detected_gb: float | None = None
         self._gpu_name = ""
         self._wanted: Any = "auto"  # the user's choice, kept while no GPU has been detected yet
+        self._message_for: Any = None  # (config, budget) the Make-it-fit message speaks of
 
         self.budget_combo = guard_wheel(QComboBox())
         self.budget_combo.setObjectName("budgetCombo")
@@ -139,13 +140,26 @@ class MemoryPanel(QGroupBox):
 
     def _on_budget(self) -> None:
         self._wanted = self.budget_combo.currentData()
+        self._forget_stale_message()
         self._show()
         self.budget_changed.emit(self.budget_combo.currentData())
 
     # ---- estimate ----
     def set_config(self, config) -> None:
         self.config = config
+        self._forget_stale_message()
         self._request()
+
+    def _forget_stale_message(self) -> None:
+        """A Make-it-fit answer holds for the config and budget it was asked for (or the config it
+        produced); another model, preset, setting or budget makes it untrue."""
+        if self._message_for is None or self.config is None:
+            return
+        configs, budget = self._message_for
+        if budget != self.budget_gb or self.config.model_dump() not in configs:
+            self._message_for = None
+            self.message.hide()
+            self.message.clear()
 
     def set_longest_tokens(self, tokens: int | None) -> None:
         """The dataset's longest row (from the X-ray): batches are padded to it, not to max_length."""
@@ -238,12 +252,17 @@ class MemoryPanel(QGroupBox):
         self.message.setText("Searching for settings that fit…")
         self.message.setStyleSheet("")
         self.message.show()
+        self._message_for = ([self.config.model_dump()], budget)
         self.fitter.request(self.config, budget, self._seq_len(), tag=self.config)
 
     @Slot(object, object)
     def _on_fit(self, config, result) -> None:
         self.fit_button.setEnabled(True)
+        if self._message_for is None or config.model_dump() not in self._message_for[0]:
+            return  # the config changed while the search ran: its answer no longer applies
         self.message.setText(result.message)
+        if result.config is not None:
+            self._message_for[0].append(result.config.model_dump())  # the fitted config is what it speaks of
         if result.config is None:
             self.message.setStyleSheet("color:#b91c1c")
             self.fit_failed.emit(result.message)
@@ -254,6 +273,8 @@ class MemoryPanel(QGroupBox):
     @Slot(object, object)
     def _on_fit_error(self, config, error) -> None:
         self.fit_button.setEnabled(True)
+        if self._message_for is None or config.model_dump() not in self._message_for[0]:
+            return
         self.message.setText(f"Make it fit failed: {error.reason}")
         self.message.setStyleSheet("color:#b91c1c")
         self.message.show()

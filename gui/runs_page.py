@@ -99,6 +99,7 @@ class RunsModel(QAbstractTableModel):
 class RunsPage(QWidget):
     replay_requested = Signal(str)  # run folder
     resume_requested = Signal(str)
+    extend_requested = Signal(str)  # a finished run: train more steps
     refreshed = Signal()
     overlay_changed = Signal()
 
@@ -201,6 +202,14 @@ class RunsPage(QWidget):
         self._on_selection()
         self.refreshed.emit()
 
+    def show_progress(self, run_dir: str | None, step: int, total_steps: int) -> None:
+        """The running run's row follows its steps (a refresh reads the same from status.json)."""
+        for row, run in enumerate(self.model.runs):
+            if run_dir and str(run.path) == str(run_dir):
+                run.step, run.total_steps = step, total_steps
+                self.model.dataChanged.emit(self.model.index(row, 0), self.model.index(row, self.model.columnCount() - 1))
+                return
+
     def selected_runs(self) -> list[Any]:
         rows = sorted({self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()})
         return [self.model.runs[r] for r in rows if r < len(self.model.runs)]
@@ -257,10 +266,14 @@ class RunsPage(QWidget):
         self.replay_button.setEnabled(one is not None and not self.busy)
         self.resume_button.setEnabled(one is not None and one.resumable and one.status != "running" and not self.busy)
         self.folder_button.setEnabled(one is not None)
+        finished = one is not None and one.status == "finished"
+        self.resume_button.setText("Train more…" if finished else "Resume")  # a finished run has nothing to resume
         if one is not None and not one.resumable:
             self.resume_button.setToolTip("This run has no checkpoint to resume from")
         elif self.busy:
             self.resume_button.setToolTip("A run is training")
+        elif finished:
+            self.resume_button.setToolTip("Train more steps: continue from the last checkpoint with a longer plan")
         else:
             self.resume_button.setToolTip("Continue the selected run from its latest checkpoint")
 
@@ -272,7 +285,8 @@ class RunsPage(QWidget):
     def _resume(self) -> None:
         runs = self.selected_runs()
         if len(runs) == 1 and runs[0].resumable and not self.busy:
-            self.resume_requested.emit(str(runs[0].path))
+            signal = self.extend_requested if runs[0].status == "finished" else self.resume_requested
+            signal.emit(str(runs[0].path))
 
     def _show_folder(self) -> None:
         runs = self.selected_runs()

@@ -18,7 +18,7 @@ import re
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from qlora_studio.core.config.files import default_runs_dir, load_config, runs_d
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.model.quantization import QuantizationReport
-from qlora_studio.core.training.events import EvalLogged, RunStarted, StepMetrics, event_from_dict
+from qlora_studio.core.training.events import EVENT_TYPES, EvalLogged, Event, RunStarted, StepMetrics, event_from_dict
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATUSES = ("running", "finished", "stopped", "interrupted", "failed")
@@ -147,10 +147,17 @@ class RunFolder:
     def history(self) -> "RunHistory":
         """The recorded curves and the last start event (a resumed run starts again), for replaying."""
         started = None
+        log = []
         for record in read_jsonl(self.events_path):
             if record.get("type") == "run_started":
-                started = {**record, "config": {}}  # the recorder leaves the config to config.yaml
+                record = started = {**record, "config": {}}  # the recorder leaves the config to config.yaml
+            if record.get("type") in EVENT_TYPES:
+                try:
+                    log.append((record.get("time"), event_from_dict(record)))
+                except (KeyError, TypeError, ValueError):
+                    continue  # a record of an older or newer version: left out of the replayed log
         return RunHistory(
+            log=log,
             path=self.path,
             metrics=[StepMetrics.from_dict(m) for m in self.read_metrics() if "loss" in m],
             evals=[EvalLogged(int(e["step"]), float(e["eval_loss"])) for e in read_jsonl(self.evals_path)],
@@ -257,6 +264,7 @@ class RunHistory:
     evals: list[EvalLogged]
     started: RunStarted | None
     status: dict[str, Any]
+    log: list[tuple[float | None, Event]] = field(default_factory=list)  # events.jsonl: (time, event)
 
 
 @dataclass

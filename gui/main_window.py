@@ -140,10 +140,12 @@ class MainWindow(QMainWindow):
     # ---- state ----
     def _restore_state(self) -> None:
         geometry = self.settings.get("window/geometry")
+        screen = self.screen().availableGeometry()
         if not geometry.isEmpty():
             self.restoreGeometry(geometry)
-        else:
-            self.resize(1400, 900)
+        # never wider or taller than the screen (a first start on a laptop, a state saved on a bigger screen)
+        width = min(self.width() if not geometry.isEmpty() else 1400, screen.width())
+        self.resize(width, min(self.height() if not geometry.isEmpty() else 900, screen.height()))
         splitter = self.settings.get("window/splitter")
         if not splitter.isEmpty():
             self.setup.splitter.restoreState(splitter)

@@ -12,7 +12,7 @@ from PySide6.QtCore import Signal, Slot
 from PySide6.QtWidgets import QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from qlora_studio.gui import fmt
-from qlora_studio.gui.widgets.form import guard_wheel
+from qlora_studio.gui.widgets.form import fit_text_width, guard_wheel
 from qlora_studio.gui.widgets.stacked_bar import GIB, PART_COLORS, StackedBar
 from qlora_studio.gui.workers import DebouncedTask, TaskRunner
 
@@ -52,6 +52,7 @@ class MemoryPanel(QGroupBox):
 
         self.budget_combo = guard_wheel(QComboBox())
         self.budget_combo.setObjectName("budgetCombo")
+        fit_text_width(self.budget_combo, 12)  # a long GPU name must not widen the window
         self.budget_combo.setToolTip("The card to plan for: the detected GPU, or a common size")
         self.fit_button = QPushButton("Make it fit")
         self.fit_button.setObjectName("fitButton")
@@ -61,8 +62,10 @@ class MemoryPanel(QGroupBox):
         self.bar = StackedBar()
         self.total_label = QLabel("Estimating…")
         self.total_label.setObjectName("memoryTotal")
+        self.total_label.setWordWrap(True)  # a long reason must not widen the window
         self.dq_label = QLabel("")
         self.dq_label.setObjectName("dqSaving")
+        self.dq_label.setWordWrap(True)
         self.dq_label.setToolTip("Double quantization stores the 4-bit blocks' scales in 8 bits, "
                                  "with a second-level scale")
         self.message = QLabel("")
@@ -209,7 +212,8 @@ class MemoryPanel(QGroupBox):
         for i, ((name, nbytes), color) in enumerate(zip(parts, PART_COLORS)):
             label = QLabel(f"<span style='color:{color};font-size:13pt'>■</span> {fmt.escape(name)} "
                            f"<b>{fmt.size(nbytes)}</b>")
-            self.legend.addWidget(label, i // 3, i % 3)
+            label.setWordWrap(True)  # the legend fits a narrow column (1024 px screens) instead of being cut
+            self.legend.addWidget(label, i // 2, i % 2)
             self._legend_labels.append(label)
 
     def _show(self) -> None:

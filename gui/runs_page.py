@@ -111,6 +111,7 @@ class RunsPage(QWidget):
         self.folder_label = QLabel("")
         self.folder_label.setObjectName("runsFolder")
         self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.folder_label.setWordWrap(True)  # a long path wraps at its slashes instead of widening the window
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.setObjectName("refreshRunsButton")
         self.replay_button = QPushButton("Open in monitor")
@@ -143,8 +144,10 @@ class RunsPage(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.setWordWrap(False)
         header = self.table.horizontalHeader()
+        # The run's name is what tells runs apart: always whole. The model column (also in the name)
+        # takes what is left; on a narrow screen the table scrolls sideways rather than cut names.
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
         header.setStretchLastSection(False)
         self.table.doubleClicked.connect(lambda _: self._replay())
 

@@ -30,7 +30,7 @@ from qlora_studio.core.errors import ConfigError
 from qlora_studio.gui.memory_panel import MemoryPanel
 from qlora_studio.gui.settings import Settings
 from qlora_studio.gui.setup_groups import build_groups
-from qlora_studio.gui.widgets.form import Binding, Form, guard_wheel
+from qlora_studio.gui.widgets.form import Binding, Form, fit_text_width, guard_wheel
 from qlora_studio.gui.xray import DataXRay
 
 
@@ -84,7 +84,8 @@ class SetupPage(QWidget):
         scroll.setWidget(left)
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(480)
+        # as narrow as the form allows, never narrower (its content would be cut: no horizontal bar)
+        scroll.setMinimumWidth(left.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         right = QWidget()
         right_layout = QVBoxLayout(right)
@@ -124,7 +125,7 @@ class SetupPage(QWidget):
 
         row = QHBoxLayout()
         row.addWidget(QLabel("Preset"))
-        self.preset_combo = guard_wheel(QComboBox())
+        self.preset_combo = guard_wheel(fit_text_width(QComboBox(), 10))
         self.preset_combo.setObjectName("presetCombo")
         self.preset_combo.addItems(list(preset_paths()))
         self.preset_combo.setPlaceholderText("your own settings")  # shown while no preset is what Setup holds

@@ -98,7 +98,7 @@ class DataXRay(QGroupBox):
         self.problems.setObjectName("xrayProblems")
         self.tabs.addTab(self.example, "Example")
         self.tabs.addTab(self.rows, "Rows")
-        self.tabs.addTab(self.histogram, "Token lengths")
+        self.tabs.addTab(self.histogram, "Lengths")  # short: the four tabs fit a 1024 px screen's column
         self.tabs.addTab(self.problems, "Problems")
 
         layout = QVBoxLayout(self)

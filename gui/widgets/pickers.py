@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
+from qlora_studio.gui.widgets.form import fit_text_width
 from qlora_studio.gui.workers import DebouncedTask, TaskRunner
 
 MODEL_INFO_DEBOUNCE_MS = 400
@@ -46,7 +47,7 @@ class ModelPicker(QWidget):
     def __init__(self, start_folder, parent: QWidget | None = None):
         super().__init__(parent)
         self.start_folder = start_folder  # () -> str
-        self.combo = QComboBox()
+        self.combo = fit_text_width(QComboBox(), 16)
         self.combo.setEditable(True)
         self.combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)

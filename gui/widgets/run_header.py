@@ -52,6 +52,7 @@ class RunHeader(QWidget):
         self.badge.setProperty("status", "idle")
         self.device = QLabel("")
         self.device.setObjectName("deviceLabel")
+        self.device.setWordWrap(True)
         self.progress = QProgressBar()
         self.progress.setObjectName("runProgress")
         self.progress.setRange(0, 1)

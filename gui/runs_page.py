@@ -210,7 +210,8 @@ class RunsPage(QWidget):
         for row, run in enumerate(self.model.runs):
             if run_dir and str(run.path) == str(run_dir):
                 run.step, run.total_steps = step, total_steps
-                self.model.dataChanged.emit(self.model.index(row, 0), self.model.index(row, self.model.columnCount() - 1))
+                last = self.model.columnCount() - 1
+                self.model.dataChanged.emit(self.model.index(row, 0), self.model.index(row, last))
                 return
 
     def selected_runs(self) -> list[Any]:

@@ -42,7 +42,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         from qlora_studio.core.training.store import RunFolder
 
         folder = RunFolder.open(args.resume)
-        config = folder.extended_config(args.extend, args.overrides) if args.extend else folder.load_config(args.overrides)
+        if args.extend:
+            config = folder.extended_config(args.extend, args.overrides)
+        else:
+            config = folder.load_config(args.overrides)
         folder.check_resumable(config)
     else:
         if args.extend:

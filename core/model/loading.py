@@ -175,7 +175,8 @@ def load_for_training(config: RunConfig, *, note: Callable[[str], None] | None =
     return LoadedModel(peft_model, tokenizer, source, device, compute_dtype, report, targets)
 
 
-_QUANTIZING = {"4bit": " and quantizing them to 4-bit", "8bit": " and quantizing them to 8-bit", "none": " (not quantized)"}
+_QUANTIZING = {"4bit": " and quantizing them to 4-bit", "8bit": " and quantizing them to 8-bit",
+               "none": " (not quantized)"}
 
 
 def stop_token_ids(tokenizer, source_path: str | None) -> list[int]:

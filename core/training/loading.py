@@ -38,8 +38,8 @@ def load_inputs(config: RunConfig, warn: Callable[[str], None], world_size: int,
             device = resolve_device(config.train.device)
             kwargs = {"device_map": None, "quant_storage": resolve_compute_dtype(config.quantization.compute_dtype, device)}
         try:
-            loaded = load_for_training(config, note=warn, progress=lambda stage, message: emit(ev.Preparing(stage, message)),
-                                       **kwargs)
+            loaded = load_for_training(config, note=warn, **kwargs,
+                                       progress=lambda stage, message: emit(ev.Preparing(stage, message)))
         except torch.OutOfMemoryError:
             raise OutOfMemoryStop(
                 "the model does not fit in GPU memory: use quantization.mode 4bit, a smaller model, or free the GPU"

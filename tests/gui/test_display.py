@@ -31,7 +31,8 @@ def test_missing_xcb_libraries_are_named_with_the_install_line():
     assert "libxcb-icccm.so.4, libxcb-keysyms.so.1" in problem and "xcb-cursor" not in problem
     assert install_line(sorted(absent), which=lambda tool: tool == "apt-get") == \
         "sudo apt install libxcb-icccm4 libxcb-keysyms1"
-    assert install_line(sorted(absent), which=lambda tool: tool == "dnf") == "sudo dnf install xcb-util-keysyms xcb-util-wm"
+    assert install_line(sorted(absent), which=lambda tool: tool == "dnf") == \
+        "sudo dnf install xcb-util-keysyms xcb-util-wm"
     # nothing to say where everything is there, on Wayland, with an explicit headless platform, off Linux
     everything = lambda name: True  # noqa: E731
     assert missing_xcb_libraries(everything) == []

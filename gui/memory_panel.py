@@ -246,6 +246,9 @@ class MemoryPanel(QGroupBox):
             self.dq_label.setText(f"Double quant is off: turning it on would save <b>{saving / 2**20:.1f} MiB</b>")
         else:
             self.dq_label.setText("Double quant is off: it would save nothing on layers this small")
+        if e.notes:  # what the estimate assumes (e.g. a shape from the built-in table, not the model's own)
+            self.dq_label.setText(self.dq_label.text() + "".join(
+                f"<br><span style='color:#b45309'>{fmt.escape(note)}</span>" for note in e.notes))
 
     # ---- make it fit ----
     def make_it_fit(self) -> None:

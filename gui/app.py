@@ -37,7 +37,11 @@ def create_app(argv: list[str] | None = None):
 
     app = QApplication.instance()
     if app is None:
+        from qlora_studio.gui.display import fatal_qt_messages_exit
+
+        done = fatal_qt_messages_exit()  # a platform plugin that cannot start: one line, not Qt's abort
         app = QApplication(["qlora-studio", *(argv or [])])
+        done()
         apply_style(app)
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)

@@ -10,6 +10,12 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] == "gui":
+        from qlora_studio.gui.display import EXIT_NO_WINDOW, display_problem
+
+        problem = display_problem()
+        if problem and not {"-h", "--help"} & set(argv):
+            print(f"qlora-studio: {problem}", file=sys.stderr)
+            return EXIT_NO_WINDOW
         from qlora_studio.gui.app import main as window
 
         return window(argv[1:])

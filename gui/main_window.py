@@ -104,9 +104,11 @@ class MainWindow(QMainWindow):
 
         self.setup.error.connect(lambda title, reason, details: self.report_error(title, reason, details))
         self.setup.config_changed.connect(self._on_config_changed)
+        self.setup.start_blocker_changed.connect(lambda _reason: self._update_actions())
         self.setup.memory.budget_changed.connect(lambda value: self.settings.set("memory/budget", value))
         self.runs.replay_requested.connect(self.replay_run)
         self.runs.resume_requested.connect(self.resume_run)
+        self.runs.extend_requested.connect(self._ask_extend)
         self.monitor.smoothing_changed.connect(lambda w: self.settings.set("monitor/smoothing", w))
         self.monitor.log_scale_changed.connect(lambda on: self.settings.set("monitor/log_scale", on))
 
@@ -141,10 +143,12 @@ class MainWindow(QMainWindow):
     # ---- state ----
     def _restore_state(self) -> None:
         geometry = self.settings.get("window/geometry")
+        screen = self.screen().availableGeometry()
         if not geometry.isEmpty():
             self.restoreGeometry(geometry)
-        else:
-            self.resize(1400, 900)
+        # never wider or taller than the screen (a first start on a laptop, a state saved on a bigger screen)
+        width = min(self.width() if not geometry.isEmpty() else 1400, screen.width())
+        self.resize(width, min(self.height() if not geometry.isEmpty() else 900, screen.height()))
         splitter = self.settings.get("window/splitter")
         if not splitter.isEmpty():
             self.setup.splitter.restoreState(splitter)
@@ -161,7 +165,7 @@ class MainWindow(QMainWindow):
         self.settings.sync()
 
     def _update_actions(self) -> None:
-        self.toolbar.set_state(self.controller.running, self.controller.stopping)
+        self.toolbar.set_state(self.controller.running, self.controller.stopping, self.setup.start_blocker)
         self.runs.set_busy(self.controller.running)
 
     # ---- GPU ----
@@ -186,8 +190,9 @@ class MainWindow(QMainWindow):
     def start_training(self) -> bool:
         if self.controller.running:
             return False
-        if not self.setup.valid:
-            self.report_error("Cannot start", self.setup.problem_label.text().lstrip("⚠ ").splitlines()[0])
+        blocker = self.setup.start_blocker
+        if blocker:  # Start is disabled then; the shortcut or a caller may still ask
+            self.statusBar().showMessage(f"Cannot start: {blocker}", 8000)
             return False
         config = self.setup.config
         if not self._pickle_consent(config.model.name_or_path):
@@ -199,22 +204,39 @@ class MainWindow(QMainWindow):
         self._after_start()
         return True
 
-    def resume_run(self, run_dir: str) -> bool:
+    def resume_run(self, run_dir: str, extend: int = 0) -> bool:
+        """Continue a run from its latest checkpoint; `extend` more steps than it planned (a
+        finished run has nothing to resume without them)."""
         if self.controller.running:
             return False
         from qlora_studio.core.training.store import RunFolder
 
+        folder = RunFolder(run_dir)
         try:
-            model = RunFolder(run_dir).load_config().model.name_or_path
+            model = folder.load_config().model.name_or_path
         except UserError:
             model = ""  # the run reports its broken folder itself
         if model and not self._pickle_consent(model):
             return False
-        self._run_config = None
-        self.monitor.begin_live(f"{Path(run_dir).name} (resuming)")
-        self.controller.start(None, resume_from=run_dir)
+        try:
+            config = folder.extended_config(extend) if extend else None
+        except UserError as exc:
+            self.report_error("Train more", str(exc))
+            return False
+        self._run_config = config
+        self.monitor.begin_live(f"{folder.path.name} ({'+' + str(extend) + ' steps' if extend else 'resuming'})")
+        self.monitor.replay_log(folder.history())  # the log goes on from where the run left it
+        self.controller.start(config, resume_from=run_dir)
         self._after_start()
         return True
+
+    def _ask_extend(self, run_dir: str) -> None:
+        from PySide6.QtWidgets import QInputDialog
+
+        steps, ok = QInputDialog.getInt(self, "Train more", f"Steps to add to {Path(run_dir).name}:",
+                                        self.extend_spin.value(), 1, 1_000_000)
+        if ok:
+            self.resume_run(run_dir, extend=steps)
 
     def _after_start(self) -> None:
         self.tabs.setCurrentIndex(MONITOR)
@@ -283,8 +305,15 @@ class MainWindow(QMainWindow):
                 self.runs.refresh()
             case ev.RunStarted():
                 self.runs.refresh()
+            case ev.Preparing(message=message):
+                self.state_label.setText(f"Preparing: {message}")
             case ev.StepLogged():
                 self.state_label.setText(f"Training: step {event.metrics.step} / {event.total_steps}")
+                self.runs.show_progress(self.monitor.run_dir, event.metrics.step, event.total_steps)
+            case ev.SettingsChanged() if "max_steps" in event.changes:  # "+ steps": the plan grew
+                total = event.changes["max_steps"][1]
+                self.state_label.setText(f"Training: step {self.monitor.step} / {total}")
+                self.runs.show_progress(self.monitor.run_dir, self.monitor.step, total)
             case ev.Paused():
                 self.state_label.setText(f"Paused at step {event.step}")
 

@@ -12,7 +12,7 @@ from PySide6.QtCore import Signal, Slot
 from PySide6.QtWidgets import QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from qlora_studio.gui import fmt
-from qlora_studio.gui.widgets.form import guard_wheel
+from qlora_studio.gui.widgets.form import fit_text_width, guard_wheel
 from qlora_studio.gui.widgets.stacked_bar import GIB, PART_COLORS, StackedBar
 from qlora_studio.gui.workers import DebouncedTask, TaskRunner
 
@@ -47,9 +47,11 @@ class MemoryPanel(QGroupBox):
         self.detected_gb: float | None = None
         self._gpu_name = ""
         self._wanted: Any = "auto"  # the user's choice, kept while no GPU has been detected yet
+        self._message_for: Any = None  # (config, budget) the Make-it-fit message speaks of
 
         self.budget_combo = guard_wheel(QComboBox())
         self.budget_combo.setObjectName("budgetCombo")
+        fit_text_width(self.budget_combo, 12)  # a long GPU name must not widen the window
         self.budget_combo.setToolTip("The card to plan for: the detected GPU, or a common size")
         self.fit_button = QPushButton("Make it fit")
         self.fit_button.setObjectName("fitButton")
@@ -65,6 +67,7 @@ class MemoryPanel(QGroupBox):
         self.assumes_label.setWordWrap(True)
         self.dq_label = QLabel("")
         self.dq_label.setObjectName("dqSaving")
+        self.dq_label.setWordWrap(True)
         self.dq_label.setToolTip("Double quantization stores the 4-bit blocks' scales in 8 bits, "
                                  "with a second-level scale")
         self.message = QLabel("")
@@ -143,6 +146,7 @@ class MemoryPanel(QGroupBox):
 
     def _on_budget(self) -> None:
         self._wanted = self.budget_combo.currentData()
+        self._forget_stale_message()
         self._show()
         self._request()  # train.offload_checkpoints auto depends on the card
         self.budget_changed.emit(self.budget_combo.currentData())
@@ -150,7 +154,19 @@ class MemoryPanel(QGroupBox):
     # ---- estimate ----
     def set_config(self, config) -> None:
         self.config = config
+        self._forget_stale_message()
         self._request()
+
+    def _forget_stale_message(self) -> None:
+        """A Make-it-fit answer holds for the config and budget it was asked for (or the config it
+        produced); another model, preset, setting or budget makes it untrue."""
+        if self._message_for is None or self.config is None:
+            return
+        configs, budget = self._message_for
+        if budget != self.budget_gb or self.config.model_dump() not in configs:
+            self._message_for = None
+            self.message.hide()
+            self.message.clear()
 
     def _request(self) -> None:
         if self.config is not None:
@@ -189,7 +205,8 @@ class MemoryPanel(QGroupBox):
         for i, ((name, nbytes), color) in enumerate(zip(parts, PART_COLORS)):
             label = QLabel(f"<span style='color:{color};font-size:13pt'>■</span> {fmt.escape(name)} "
                            f"<b>{fmt.size(nbytes)}</b>")
-            self.legend.addWidget(label, i // 3, i % 3)
+            label.setWordWrap(True)  # the legend fits a narrow column (1024 px screens) instead of being cut
+            self.legend.addWidget(label, i // 2, i % 2)
             self._legend_labels.append(label)
 
     def _show(self) -> None:
@@ -223,6 +240,9 @@ class MemoryPanel(QGroupBox):
             self.dq_label.setText(f"Double quant is off: turning it on would save <b>{saving / 2**20:.1f} MiB</b>")
         else:
             self.dq_label.setText("Double quant is off: it would save nothing on layers this small")
+        if e.notes:  # what the estimate assumes (e.g. a shape from the built-in table, not the model's own)
+            self.dq_label.setText(self.dq_label.text() + "".join(
+                f"<br><span style='color:#b45309'>{fmt.escape(note)}</span>" for note in e.notes))
 
     # ---- make it fit ----
     def make_it_fit(self) -> None:
@@ -233,12 +253,17 @@ class MemoryPanel(QGroupBox):
         self.message.setText("Searching for settings that fit…")
         self.message.setStyleSheet("")
         self.message.show()
+        self._message_for = ([self.config.model_dump()], budget)
         self.fitter.request(self.config, budget, tag=self.config)
 
     @Slot(object, object)
     def _on_fit(self, config, result) -> None:
         self.fit_button.setEnabled(True)
+        if self._message_for is None or config.model_dump() not in self._message_for[0]:
+            return  # the config changed while the search ran: its answer no longer applies
         self.message.setText(result.message)
+        if result.config is not None:
+            self._message_for[0].append(result.config.model_dump())  # the fitted config is what it speaks of
         if result.config is None:
             self.message.setStyleSheet("color:#b91c1c")
             self.fit_failed.emit(result.message)
@@ -249,6 +274,8 @@ class MemoryPanel(QGroupBox):
     @Slot(object, object)
     def _on_fit_error(self, config, error) -> None:
         self.fit_button.setEnabled(True)
+        if self._message_for is None or config.model_dump() not in self._message_for[0]:
+            return
         self.message.setText(f"Make it fit failed: {error.reason}")
         self.message.setStyleSheet("color:#b91c1c")
         self.message.show()

@@ -151,8 +151,7 @@ class MonitorPage(QWidget):
         self.reset(title, predicted_peak_gb)
         self.header.live = True
         self.header.paused = False
-        self.header.set_status("loading")
-        self.append_log("info", "Loading the model and the data…")
+        self.header.set_status("loading")  # each stage before step 1 arrives as a Preparing event
         self.header.clock.start()
 
     def _stop_live(self, status: str) -> None:
@@ -160,6 +159,13 @@ class MonitorPage(QWidget):
         self.header.clock.stop()
         self.header.set_status(status)
         self.header.stat_eta.set("–")
+        if not self.header.total_steps:  # it ended before a plan was known: not "loading…" any more
+            self.header.show_stage(f"{status} before the first step")
+
+    def replay_log(self, history: RunHistory) -> None:
+        """The run's recorded log lines, with the times they happened (a replay, or before a resume)."""
+        for at, event in history.log:
+            self.log.add_event(event, at)
 
     # ---- events ----
     @singledispatchmethod
@@ -168,6 +174,10 @@ class MonitorPage(QWidget):
 
     @handle_event.register
     def _(self, e: ev.RunStarted) -> None:
+        self._show_started(e)
+        self.log.add_event(e)
+
+    def _show_started(self, e: ev.RunStarted) -> None:
         self.run_dir = e.run_dir
         vram = self.vram_chart
         vram.on_cuda = e.device.startswith("cuda")
@@ -180,14 +190,16 @@ class MonitorPage(QWidget):
             f"{fmt.params(e.total_params)} · {e.train_rows:,} train / {e.eval_rows:,} eval rows")
         header.set_plan(e.start_step, e.total_steps)
         header.set_status("running")
-        resumed = f" from step {e.start_step}" if e.start_step else ""
-        self.append_log("info", f"Training{resumed} on {e.device_name}: {e.total_steps} steps, run folder {self.run_dir}")
-        if e.batching:
-            self.append_log("info", f"Batches: {e.batching}")
-        if e.prediction and vram.on_cuda:
-            self.append_log("info", f"Memory: {e.prediction}")
         vram.set_message("" if vram.on_cuda else "CPU run: no VRAM to measure")
         self._show_vram()
+
+    @handle_event.register
+    def _(self, e: ev.Preparing) -> None:
+        if e.stage == "first_step":
+            self.header.progress.setFormat(f"step %v / %m · {e.message}…")
+        else:
+            self.header.show_stage(f"{e.message}…" if e.total is None else e.message, e.done, e.total)
+        self.log.add_event(e)
 
     @handle_event.register
     def _(self, e: ev.StepLogged) -> None:
@@ -201,35 +213,39 @@ class MonitorPage(QWidget):
 
     @handle_event.register
     def _(self, e: ev.CheckpointSaved) -> None:
-        self.append_log("checkpoint", f"step {e.step}: checkpoint saved ({e.reason}) → {e.path}")
+        self.log.add_event(e)
 
     @handle_event.register
     def _(self, e: ev.Paused) -> None:
         self.header.paused = True
         self.header.set_status("paused")
-        self.append_log("info", f"Paused after step {e.step}")
+        self.log.add_event(e)
 
     @handle_event.register
     def _(self, e: ev.Resumed) -> None:
         self.header.paused = False
         self.header.resumed()
         self.header.set_status("running")
-        self.append_log("info", f"Resumed at step {e.step}")
+        self.log.add_event(e)
 
     @handle_event.register
     def _(self, e: ev.SettingsChanged) -> None:
-        self.append_log("change", e.message)
+        if "max_steps" in e.changes:
+            self.header.set_plan(self.header.step, int(e.changes["max_steps"][1]))
+        self.log.add_event(e)
 
     @handle_event.register
     def _(self, e: ev.NonFiniteStep) -> None:
+        self._mark_nonfinite(e)
+        self.log.add_event(e)
+
+    def _mark_nonfinite(self, e: ev.NonFiniteStep) -> None:
         self.board.flush()  # the raw loss up to here, for the cross
         self.nan_marks.add(e.step, "NaN" if e.loss is None or e.loss != e.loss else "Inf", self.loss_chart.series["raw"])
-        if e.action == "skipped":  # a stopping one is said by Failed
-            self.append_log("warning", e.message)
 
     @handle_event.register
     def _(self, e: ev.Warning) -> None:
-        self.append_log("warning", e.message)
+        self.log.add_event(e)
 
     @handle_event.register
     def _(self, e: ev.Finished) -> None:
@@ -237,15 +253,13 @@ class MonitorPage(QWidget):
         self.header.stat_elapsed.set(fmt.duration(e.elapsed_s))
         if self.vram_chart.note_peak(e.peak_vram_gb):
             self._show_vram()
-        word = "Finished" if e.status == "finished" else "Stopped"
-        adapter = f"; adapter in {e.adapter_dir}" if e.adapter_dir else ""
-        self.append_log("info", f"{word} at step {e.step} of {e.total_steps}, final loss {fmt.loss(e.final_loss)}{adapter}")
+        self.log.add_event(e)
         self.board.flush()
 
     @handle_event.register
     def _(self, e: ev.Failed) -> None:
         self._stop_live(e.status)
-        self.append_log("error", f"{'Stopped' if e.status == 'stopped' else 'Failed'}: {e.reason}")
+        self.log.add_event(e)
         self.board.flush()
 
     def add_step(self, m: ev.StepMetrics) -> None:
@@ -301,14 +315,15 @@ class MonitorPage(QWidget):
         status = history.status
         self.reset(name)
         if history.started is not None:
-            self.handle_event(history.started)
+            self._show_started(history.started)  # the header; its log line comes from the record below
+        self.replay_log(history)
         self.header.set_plan(0, int(status.get("total_steps") or self.header.total_steps or 0))
         for m in history.metrics:
             self.add_step(m)
         for e in history.evals:
             self.add_eval(e.step, e.eval_loss)
-        for mark in history.marks:
-            self.handle_event(mark)
+        for mark in history.marks:  # their log lines came with replay_log
+            self._mark_nonfinite(mark)
         self.header.title.setText(name)
         self._stop_live(status.get("status", "finished"))
         self.header.stat_elapsed.set(fmt.duration(status.get("elapsed_s")))

@@ -99,6 +99,7 @@ class RunsModel(QAbstractTableModel):
 class RunsPage(QWidget):
     replay_requested = Signal(str)  # run folder
     resume_requested = Signal(str)
+    extend_requested = Signal(str)  # a finished run: train more steps
     refreshed = Signal()
     overlay_changed = Signal()
 
@@ -110,6 +111,7 @@ class RunsPage(QWidget):
         self.folder_label = QLabel("")
         self.folder_label.setObjectName("runsFolder")
         self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.folder_label.setWordWrap(True)  # a long path wraps at its slashes instead of widening the window
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.setObjectName("refreshRunsButton")
         self.replay_button = QPushButton("Open in monitor")
@@ -142,8 +144,10 @@ class RunsPage(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.setWordWrap(False)
         header = self.table.horizontalHeader()
+        # The run's name is what tells runs apart: always whole. The model column (also in the name)
+        # takes what is left; on a narrow screen the table scrolls sideways rather than cut names.
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
         header.setStretchLastSection(False)
         self.table.doubleClicked.connect(lambda _: self._replay())
 
@@ -178,7 +182,7 @@ class RunsPage(QWidget):
         self._update_buttons()
 
     # ---- data ----
-    def set_output_dir(self, output_dir: str) -> None:
+    def set_output_dir(self, output_dir: str | None) -> None:
         if output_dir != self.output_dir:
             self.output_dir = output_dir
             self.refresh()
@@ -186,9 +190,11 @@ class RunsPage(QWidget):
     def refresh(self) -> None:
         from qlora_studio.core.training.store import list_runs
 
+        from qlora_studio.core.config.files import default_runs_dir
+
         selected = {str(r.path) for r in self.selected_runs()}
-        self.folder_label.setText(self.output_dir or "")
-        runs = list_runs(self.output_dir) if self.output_dir else []
+        self.folder_label.setText(self.output_dir or str(default_runs_dir()))
+        runs = list_runs(self.output_dir)
         self.model.set_runs(runs)
         selection = self.table.selectionModel()
         for row in range(self.proxy.rowCount()):
@@ -198,6 +204,15 @@ class RunsPage(QWidget):
                                  selection.SelectionFlag.Select | selection.SelectionFlag.Rows)
         self._on_selection()
         self.refreshed.emit()
+
+    def show_progress(self, run_dir: str | None, step: int, total_steps: int) -> None:
+        """The running run's row follows its steps (a refresh reads the same from status.json)."""
+        for row, run in enumerate(self.model.runs):
+            if run_dir and str(run.path) == str(run_dir):
+                run.step, run.total_steps = step, total_steps
+                last = self.model.columnCount() - 1
+                self.model.dataChanged.emit(self.model.index(row, 0), self.model.index(row, last))
+                return
 
     def selected_runs(self) -> list[Any]:
         rows = sorted({self.proxy.mapToSource(i).row() for i in self.table.selectionModel().selectedRows()})
@@ -255,10 +270,14 @@ class RunsPage(QWidget):
         self.replay_button.setEnabled(one is not None and not self.busy)
         self.resume_button.setEnabled(one is not None and one.resumable and one.status != "running" and not self.busy)
         self.folder_button.setEnabled(one is not None)
+        finished = one is not None and one.status == "finished"
+        self.resume_button.setText("Train more…" if finished else "Resume")  # a finished run has nothing to resume
         if one is not None and not one.resumable:
             self.resume_button.setToolTip("This run has no checkpoint to resume from")
         elif self.busy:
             self.resume_button.setToolTip("A run is training")
+        elif finished:
+            self.resume_button.setToolTip("Train more steps: continue from the last checkpoint with a longer plan")
         else:
             self.resume_button.setToolTip("Continue the selected run from its latest checkpoint")
 
@@ -270,7 +289,8 @@ class RunsPage(QWidget):
     def _resume(self) -> None:
         runs = self.selected_runs()
         if len(runs) == 1 and runs[0].resumable and not self.busy:
-            self.resume_requested.emit(str(runs[0].path))
+            signal = self.extend_requested if runs[0].status == "finished" else self.resume_requested
+            signal.emit(str(runs[0].path))
 
     def _show_folder(self) -> None:
         runs = self.selected_runs()

@@ -8,7 +8,6 @@ strings).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings
@@ -33,10 +32,10 @@ DEFAULTS: dict[str, Any] = {
 
 
 def default_output_dir() -> str:
-    """Runs go to the user's data folder unless they chose one: the window has no working folder."""
-    import platformdirs
+    """Runs go to core's default runs folder (the CLI's too) unless the user chose one."""
+    from qlora_studio.core.config.files import default_runs_dir
 
-    return str(Path(platformdirs.user_data_dir("qlora-studio", appauthor=False)) / "runs")
+    return str(default_runs_dir())
 
 
 def open_qsettings() -> QSettings:

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 
 from qlora_studio.core.config import LORA_TARGET_GROUPS, RunConfig
 from qlora_studio.gui.fmt import escape
+from qlora_studio.core.config.files import default_runs_dir
 from qlora_studio.gui.widgets.form import ChoiceButtons, Form, SciSpinBox, guard_wheel
 from qlora_studio.gui.widgets.pickers import DataPicker, ModelPicker
 
@@ -137,6 +138,7 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
     form.bindings["distributed.gpus"].widget.setPlaceholderText("the first N")
 
     output = QLineEdit()
+    output.setPlaceholderText(f"default: {default_runs_dir()}")
     form.add("output_dir", output)
     browse = QPushButton("Browse…")
     browse.setObjectName("outputBrowseButton")

@@ -30,13 +30,14 @@ from qlora_studio.core.errors import ConfigError
 from qlora_studio.gui.memory_panel import MemoryPanel
 from qlora_studio.gui.settings import Settings
 from qlora_studio.gui.setup_groups import build_groups
-from qlora_studio.gui.widgets.form import Binding, Form, guard_wheel
+from qlora_studio.gui.widgets.form import Binding, Form, fit_text_width, guard_wheel
 from qlora_studio.gui.xray import DataXRay
 
 
 class SetupPage(QWidget):
     config_changed = Signal(object)  # the new RunConfig
     error = Signal(str, str, str)  # (title, reason, details): the window shows a dialog
+    start_blocker_changed = Signal(str)  # why Start must wait ("" when it need not)
 
     def __init__(self, settings: Settings, parent: QWidget | None = None):
         super().__init__(parent)
@@ -44,14 +45,22 @@ class SetupPage(QWidget):
         self.config = self._initial_config()
         self._loading = False
         self._problems: dict[str, str] = {}
+        self._model_problem = ""  # what the model line shows in red (or that only a built-in shape is known)
+        self._presets: dict[str, dict] | None = None  # each preset's config, to name the one Setup holds
+        self._blocker = ""
 
         self.memory = MemoryPanel()
         self.xray = DataXRay()
         self.memory.fitted.connect(lambda config, _message: self.set_config(config))
+        for signal in (self.xray.report_ready, self.xray.report_failed, self.xray.reading):
+            signal.connect(self._update_blocker)
 
         self.form = Form()
         self.groups = build_groups(self.form, self._start_folder)
         self.model = self.groups.model_picker
+        self.model.info_ready.connect(lambda info: self._set_model_problem(
+            f"{info.name} cannot be loaded: {info.unavailable}" if info.unavailable else ""))
+        self.model.info_failed.connect(self._set_model_problem)
         left = QWidget()
         left.setObjectName("setupForm")
         column = QVBoxLayout(left)
@@ -73,16 +82,23 @@ class SetupPage(QWidget):
         scroll.setWidget(left)
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(480)
+        # as narrow as the form allows, never narrower (its content would be cut: no horizontal bar)
+        scroll.setMinimumWidth(left.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(8, 4, 4, 4)
         right_layout.addWidget(self.memory)
         right_layout.addWidget(self.xray, 1)
+        # On a short screen the column scrolls rather than squeezing wrapped lines out of sight.
+        right_scroll = QScrollArea()
+        right_scroll.setWidget(right)
+        right_scroll.setWidgetResizable(True)
+        right_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        right_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(scroll)
-        self.splitter.addWidget(right)
+        self.splitter.addWidget(right_scroll)
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setChildrenCollapsible(False)
@@ -113,9 +129,11 @@ class SetupPage(QWidget):
 
         row = QHBoxLayout()
         row.addWidget(QLabel("Preset"))
-        self.preset_combo = guard_wheel(QComboBox())
+        self.preset_combo = guard_wheel(fit_text_width(QComboBox(), 10))
         self.preset_combo.setObjectName("presetCombo")
         self.preset_combo.addItems(list(preset_paths()))
+        self.preset_combo.setPlaceholderText("your own settings")  # shown while no preset is what Setup holds
+        self.preset_combo.setCurrentIndex(-1)
         self.preset_combo.setToolTip("Load a bundled starting point (the output folder stays yours)")
         self.preset_combo.activated.connect(lambda _: self.apply_preset(self.preset_combo.currentText()))
         row.addWidget(self.preset_combo, 1)
@@ -180,11 +198,38 @@ class SetupPage(QWidget):
             binding.widget.style().polish(binding.widget)
         self.problem_label.setText("⚠ " + "\n⚠ ".join(self._problems.values()))
         self.problem_label.setVisible(bool(self._problems))
+        self._update_blocker()
 
     @property
     def valid(self) -> bool:
         """False while an editor holds a value core rejects (the config keeps the last good one)."""
         return not self._problems
+
+    @property
+    def start_blocker(self) -> str:
+        """Why a run could not start with what Setup shows (a rejected value, a model or dataset
+        that cannot be read, bad rows that would stop it), or "" when Start may go ahead."""
+        if self._problems:
+            return next(iter(self._problems.values()))
+        if self._model_problem:
+            return self._model_problem
+        if self.xray.error:
+            return f"the dataset cannot be read: {self.xray.error}"
+        report = self.xray.report
+        if report is not None and report.bad_rows and not self.config.data.skip_bad_rows:
+            return (f"the dataset has {report.bad_rows:,} bad row(s): fix them or turn on “Skip bad rows” "
+                    "(the X-ray's Problems tab lists them)")
+        return ""
+
+    def _set_model_problem(self, reason: str) -> None:
+        self._model_problem = reason
+        self._update_blocker()
+
+    def _update_blocker(self, *_: Any) -> None:
+        blocker = self.start_blocker
+        if blocker != self._blocker:
+            self._blocker = blocker
+            self.start_blocker_changed.emit(blocker)
 
     def _apply(self, config: RunConfig) -> None:
         previous = self.config
@@ -193,9 +238,12 @@ class SetupPage(QWidget):
         self.settings.set("setup/model", config.model.name_or_path)
         self.settings.set("setup/data", config.data.path)
         if previous is None or previous.model != config.model or self.model.info_label.text() == "":
+            self._model_problem = ""  # until the new model has been read
             self.model.describe(config.model.name_or_path, config.model.trust_remote_code)
         self.memory.set_config(config)
         self.xray.set_config(config)
+        self._show_preset(config)
+        self._update_blocker()
         self.config_changed.emit(config)
 
     def apply_preset(self, name: str) -> None:
@@ -206,10 +254,22 @@ class SetupPage(QWidget):
         except ConfigError as exc:
             self.error.emit("Preset", str(exc), "")
             return
-        index = self.preset_combo.findText(name)
-        if index >= 0:
-            self.preset_combo.setCurrentIndex(index)
         self.set_config(config)
+
+    def _show_preset(self, config: RunConfig) -> None:
+        """The preset box names a preset only while Setup holds exactly it (any output folder)."""
+        from qlora_studio.resources import preset_paths
+
+        if self._presets is None:
+            self._presets = {}
+            for name, path in preset_paths().items():
+                try:
+                    self._presets[name] = load_config(path).model_dump(exclude={"output_dir"})
+                except ConfigError:
+                    continue
+        shown = config.model_dump(exclude={"output_dir"})
+        match = next((name for name, preset in self._presets.items() if preset == shown), None)
+        self.preset_combo.setCurrentIndex(self.preset_combo.findText(match) if match else -1)
 
     def load_config_file(self, path: str | Path) -> bool:
         from qlora_studio.core.config import absolute_paths

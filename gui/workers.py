@@ -23,6 +23,7 @@ from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signa
 
 from qlora_studio.core.errors import FailureCause, cause_of
 from qlora_studio.core.redact import redact
+from qlora_studio.core.libraries import import_libraries
 
 Answerer = Callable[[str, list[str]], str]
 
@@ -67,6 +68,7 @@ class FunctionWorker(_Worker):
     @Slot()
     def run(self) -> None:
         try:
+            import_libraries()  # several tasks start at once: one imports transformers, the others wait
             value = self.fn(*self.args)
         except Exception as exc:  # noqa: BLE001 - travels to the GUI as data
             self.errored.emit(TaskError.of(exc))
@@ -213,10 +215,9 @@ class TrainWorker(_Worker):
         from qlora_studio.core.training import events as ev
 
         try:
-            from qlora_studio.core.quiet import quiet_libraries
+            import_libraries()
             from qlora_studio.core.training.runner import run_training
 
-            quiet_libraries()
             result = run_training(self.config, self.event.emit, self.control, resume_from=self.resume_from)
         except Exception as exc:  # noqa: BLE001 - run_training never raises by contract; a bug still reaches the user
             error = TaskError.of(exc)

@@ -45,12 +45,14 @@ def _relevant(config) -> Any:
 class DataXRay(QGroupBox):
     report_ready = Signal(object)  # the core DataReport, after the widgets show it
     report_failed = Signal(str)
+    reading = Signal()  # a new read began: the last report or error no longer applies
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__("Dataset X-ray", parent)
         self.setObjectName("dataXRay")
         self.config = None
         self.report = None
+        self.error: str | None = None  # why the dataset cannot be read, while that is what the X-ray shows
         self._key: Any = None
         self.skip_bad_rows = False
 
@@ -96,7 +98,7 @@ class DataXRay(QGroupBox):
         self.problems.setObjectName("xrayProblems")
         self.tabs.addTab(self.example, "Example")
         self.tabs.addTab(self.rows, "Rows")
-        self.tabs.addTab(self.histogram, "Token lengths")
+        self.tabs.addTab(self.histogram, "Lengths")  # short: the four tabs fit a 1024 px screen's column
         self.tabs.addTab(self.problems, "Problems")
 
         layout = QVBoxLayout(self)
@@ -127,17 +129,19 @@ class DataXRay(QGroupBox):
         if self.config is None:
             return
         self.summary.setText(f"Reading <b>{fmt.escape(self.config.data.path)}</b>…")
+        self.report, self.error = None, None  # what the X-ray showed no longer applies to this config
+        self.reading.emit()
         self.runner.schedule(self.config, tag=self._key)
 
     @Slot(object, object)
     def _on_report(self, key, report) -> None:
-        self.report = report
+        self.report, self.error = report, None
         self._show(report)
         self.report_ready.emit(report)
 
     @Slot(object, object)
     def _on_error(self, key, error) -> None:
-        self.report = None
+        self.report, self.error = None, error.reason
         self.summary.setText("<span style='color:#b91c1c'><b>Cannot read the dataset:</b> "
                              f"{fmt.escape(error.reason)}</span>")
         self.alert.hide()
@@ -145,6 +149,7 @@ class DataXRay(QGroupBox):
         self.rows.setRowCount(0)
         self.bars.setOpts(x0=[], x1=[], height=[])
         self.problems.setPlainText(error.reason if error.cause.is_users_to_fix else error.details)
+        self.tabs.setTabText(1, "Rows")  # not the counts of the last dataset that could be read
         self.tabs.setTabText(3, "Problems (1)")
         self.report_failed.emit(error.reason)
 

@@ -9,6 +9,7 @@ SAMPLE_DATA = ROOT / "sample_data"
 PRESETS = ROOT / "presets"
 ICONS = ROOT / "icons"
 STYLES = ROOT / "styles"
+MODEL_SHAPES = ROOT / "model_shapes.json"  # config.json shape fields of popular models, for planning offline
 
 
 def sample_names() -> list[str]:

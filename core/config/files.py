@@ -44,6 +44,18 @@ def _first_line(exc: BaseException) -> str:
 
 # ---- paths ----------------------------------------------------------------------------------
 
+def default_runs_dir() -> Path:
+    """Where runs go unless a config says otherwise: the user data folder, the same for the CLI
+    and the window (neither depends on the folder it was started from)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("qlora-studio", appauthor=False)) / "runs"
+
+
+def runs_dir(config: RunConfig) -> Path:
+    return Path(config.output_dir).expanduser() if config.output_dir else default_runs_dir()
+
+
 def absolute_paths(config: RunConfig, base: str | Path | None = None) -> RunConfig:
     """Relative paths made absolute against `base` (default: the working folder), so a saved
     config works from anywhere. Data and model paths change only where they exist under `base`
@@ -65,7 +77,7 @@ def absolute_paths(config: RunConfig, base: str | Path | None = None) -> RunConf
         updates["data"] = config.data.model_copy(update=data_updates)
     if anchored(config.model.name_or_path):
         updates["model"] = config.model.model_copy(update={"name_or_path": anchored(config.model.name_or_path)})
-    output = Path(config.output_dir).expanduser()
+    output = runs_dir(config)
     updates["output_dir"] = str((output if output.is_absolute() else base / output).resolve())
     return config.model_copy(update=updates)
 

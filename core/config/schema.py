@@ -189,8 +189,8 @@ class RunConfig(_Section):
     data: DataSettings = Field(default_factory=DataSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)
-    output_dir: str = "runs"
-    """Folder that holds one folder per run."""
+    output_dir: str | None = None
+    """Folder that holds one folder per run; null = the default runs folder, shared by the window and the CLI (`qlora-studio env` shows it)."""
     run_name: str | None = None
     """Name of the run folder; null = <date>-<time>-<model>."""
 

@@ -74,6 +74,8 @@ def load_normalized(settings: DataSettings, path: str | None = None):
     columns: list[str] = []
     for part_index, part in enumerate(parts):
         ds = part.dataset
+        bad_count += len(part.bad_lines)  # lines the file reader could not take at all
+        bad += part.bad_lines[: max(0, BAD_ROWS_SHOWN - len(bad))]
         columns = list(ds.column_names)
         mapped = apply_column_mapping(columns, settings.columns, part.label)
         sample = ds.select(range(min(5, len(ds)))).to_list()
@@ -126,23 +128,44 @@ def _encode_batch(batch: dict[str, list], encoder: ConversationEncoder):
     return out
 
 
-def _encode(ds, encoder: ConversationEncoder, num_proc: int | None):
-    return ds.map(
-        _encode_batch,
-        batched=True,
-        remove_columns=ds.column_names,
-        fn_kwargs={"encoder": encoder},
-        num_proc=num_proc,
-        desc="tokenizing",
-    )
+Progress = Callable[[str, int, int], None]  # (stage, done, total): "read" (0, 0), then "tokenize" rows
+TOKENIZE_CHUNKS = 20  # progress steps while tokenizing a large dataset
+TOKENIZE_CHUNK_MIN = 2000
+
+
+def _encode(ds, encoder: ConversationEncoder, num_proc: int | None, progress: Progress | None = None,
+            done: int = 0, total: int = 0):
+    """Tokenized rows; with `progress`, in chunks (contiguous selections, each cached by datasets
+    like the whole), reporting rows done of `total` after each: map() cannot report progress to a
+    callable without losing its cache (a callable in fn_kwargs has no stable fingerprint)."""
+    from datasets import concatenate_datasets
+
+    size = max(TOKENIZE_CHUNK_MIN, -(-len(ds) // TOKENIZE_CHUNKS)) if progress else len(ds)
+    starts = range(0, len(ds), size) if len(ds) > size else [0]
+    pieces = []
+    for start in starts:
+        piece = ds if len(starts) == 1 else ds.select(range(start, min(len(ds), start + size)))
+        pieces.append(piece.map(
+            _encode_batch,
+            batched=True,
+            remove_columns=ds.column_names,
+            fn_kwargs={"encoder": encoder},
+            num_proc=num_proc,
+            desc="tokenizing",
+        ))
+        if progress:
+            progress("tokenize", done + start + len(piece), total)
+    return pieces[0] if len(pieces) == 1 else concatenate_datasets(pieces)
 
 
 def _build(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int, warn: Callable[[str], None] | None,
-           examples: int = 0, preview: int = 0):
+           examples: int = 0, preview: int = 0, progress: Progress | None = None):
     template, template_name, template_warning = choose_template(tokenizer, settings.chat_template)
     warnings: list[str] = []
     if template_warning:
         warnings.append(template_warning)
+    if progress:
+        progress("read", 0, 0)
     parts, normalized, formats, bad, bad_count, columns = load_normalized(settings)
     if bad_count and not settings.skip_bad_rows:
         raise bad_rows_error(bad, bad_count)
@@ -170,8 +193,11 @@ def _build(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int, wa
     else:
         train_norm, eval_norm = normalized, None
 
-    train_enc = _encode(train_norm, encoder, num_proc)
-    eval_enc = _encode(eval_norm, encoder, num_proc) if eval_norm is not None else None
+    rows = len(train_norm) + (len(eval_norm) if eval_norm is not None else 0)
+    if progress:
+        progress("tokenize", 0, rows)
+    train_enc = _encode(train_norm, encoder, num_proc, progress, 0, rows)
+    eval_enc = _encode(eval_norm, encoder, num_proc, progress, len(train_norm), rows) if eval_norm is not None else None
 
     report = DataReport(
         source=settings.path,
@@ -218,8 +244,10 @@ def _usable(ds):
 
 
 def prepare_data(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int,
-                 warn: Callable[[str], None] | None = None) -> PreparedData:
-    train, evaluation, report, template = _build(settings, tokenizer, stop_ids, seed, warn)
+                 warn: Callable[[str], None] | None = None, progress: Progress | None = None) -> PreparedData:
+    """Tokenized training (and validation) rows; `progress(stage, done, total)` hears reading and
+    tokenizing."""
+    train, evaluation, report, template = _build(settings, tokenizer, stop_ids, seed, warn, progress=progress)
     return PreparedData(train, evaluation, report, template)
 
 

@@ -7,8 +7,10 @@ dataset), so every row keeps a location the user can open in an editor.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ class SourcePart:
     kind: str  # jsonl | json | csv | tsv | parquet | txt | hub | disk
     path: Path | None = None
     _line_numbers: list[int] | None = field(default=None, repr=False)
+    bad_lines: list[dict[str, str]] = field(default_factory=list)  # lines no reader could take: where, reason
 
     def where(self, row: int) -> str:
         """'file.jsonl:17' where a line is meaningful, else 'file.csv row 3' (1-based)."""
@@ -107,7 +110,11 @@ def _load_file(path: Path, settings: DataSettings) -> SourcePart:
             sample_by = {"line": "line", "paragraph": "paragraph", "document": "document"}[settings.text_split]
             ds = datasets.load_dataset("text", data_files=str(path), split="train", sample_by=sample_by)
     except Exception as exc:  # datasets wraps every reader's error differently
-        raise _describe_load_error(path, kind, exc) from None
+        # The JSON reader fails on the whole file for one bad line: read the good ones instead.
+        part = _load_good_lines(path) if kind == "jsonl" else None
+        if part is None:
+            raise _describe_load_error(path, kind, exc) from None
+        return part
     if len(ds) == 0:
         raise DataError("the file holds no rows", path=label)
     return SourcePart(ds, label, kind, path)
@@ -166,10 +173,6 @@ def _json_layout(path: Path, field_name: str | None) -> tuple[str, str | None]:
 
 def _describe_load_error(path: Path, kind: str, exc: Exception) -> DataError:
     cause = exc.__cause__ or exc.__context__ or exc
-    if kind == "jsonl":
-        bad = _first_bad_json_line(path)
-        if bad is not None:
-            return bad
     if kind == "json":
         try:
             with open(path, encoding="utf-8") as fh:
@@ -188,19 +191,57 @@ def _describe_load_error(path: Path, kind: str, exc: Exception) -> DataError:
     return DataError(f"cannot read as {kind}: {_first_line(str(cause))}", path=str(path))
 
 
-def _first_bad_json_line(path: Path) -> DataError | None:
+def _load_good_lines(path: Path) -> SourcePart | None:
+    """A JSON Lines file with lines that are not JSON objects: the good lines, read through the same
+    reader from a cleaned copy in our cache, and the bad ones as bad rows (skipped and counted, or
+    named, as `data.skip_bad_rows` says). None when every line is a JSON object (the reader
+    failed for another reason)."""
+    import datasets
+
+    from qlora_studio.core.model.sources import cache_dir
+
+    good_lines: list[int] = []
+    bad: list[dict[str, str]] = []
+    kept: list[bytes] = []
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
-            try:
-                value = json.loads(raw.rstrip(b"\r\n"))
-            except UnicodeDecodeError:
-                return DataError("not UTF-8 text", path=str(path), line=number)
-            except json.JSONDecodeError as exc:
-                return DataError(f"invalid JSON ({exc.msg}, column {exc.colno})", path=str(path), line=number)
-            if not isinstance(value, dict):
-                return DataError(f"each line must be a JSON object, this one is a {type(value).__name__}", path=str(path), line=number)
+            problem = _json_line_problem(raw)
+            if problem:
+                bad.append({"where": f"{path}:{number}", "reason": problem})
+            else:
+                good_lines.append(number)
+                kept.append(raw.rstrip(b"\r\n") + b"\n")
+    if not bad:
+        return None
+    if not kept:
+        raise DataError(f"no line holds a JSON object (first: line {bad[0]['where'].rsplit(':', 1)[-1]}: "
+                        f"{bad[0]['reason']})", path=str(path))
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    clean = cache_dir() / "clean-jsonl" / f"{path.stem}-{key}.jsonl"  # same key, same copy: datasets' cache holds
+    if not clean.is_file():
+        clean.parent.mkdir(parents=True, exist_ok=True)
+        staging = clean.with_name(f"{clean.name}.tmp{os.getpid()}")
+        staging.write_bytes(b"".join(kept))
+        os.replace(staging, clean)
+    try:
+        ds = datasets.load_dataset("json", data_files=str(clean), split="train")
+    except Exception as exc:  # noqa: BLE001 - objects the reader still cannot type: said in one line
+        raise DataError(f"cannot read as jsonl: {_first_line(str(exc.__cause__ or exc))}", path=str(path)) from None
+    return SourcePart(ds, str(path), "jsonl", path, _line_numbers=good_lines, bad_lines=bad)
+
+
+def _json_line_problem(raw: bytes) -> str | None:
+    try:
+        value = json.loads(raw.rstrip(b"\r\n"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON ({exc.msg}, column {exc.colno})"
+    if not isinstance(value, dict):
+        return f"each line must be a JSON object, this one is a {type(value).__name__}"
     return None
 
 

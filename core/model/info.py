@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qlora_studio.core.model.shape import load_model_config, model_shape
+from qlora_studio.core.model.shape import UNAVAILABLE, load_model_config, model_shape
 
 
 @dataclass
@@ -17,6 +17,11 @@ class ModelInfo:
     hidden: int
     vocab: int
     context_length: int | None
+    unavailable: str | None = None  # the shape came from the built-in table: why the model itself cannot be had
+
+    @property
+    def note(self) -> str | None:
+        return f"shape from the built-in table ({self.unavailable})" if self.unavailable else None
 
     @property
     def summary(self) -> str:
@@ -38,6 +43,7 @@ def model_info(name_or_path: str, trust_remote_code: bool = False) -> ModelInfo:
         hidden=shape.hidden,
         vocab=shape.vocab,
         context_length=shape.max_position,
+        unavailable=getattr(config, UNAVAILABLE, None),
     )
 
 

@@ -15,7 +15,7 @@ from qlora_studio.core.model.consent import check_remote_code, check_weights, pi
 from qlora_studio.core.model.devices import resolve_compute_dtype, resolve_device
 from qlora_studio.core.model.lora import apply_lora
 from qlora_studio.core.model.quantization import QuantizationReport, build_bnb_config, quantization_report
-from qlora_studio.core.model.sources import ModelSource, first_line, resolve_model_source
+from qlora_studio.core.model.sources import ModelSource, Progress, first_line, resolve_model_source
 
 
 @dataclass
@@ -159,22 +159,32 @@ def prepare_for_adapter_training(model: torch.nn.Module) -> None:
 
 
 def load_for_training(config: RunConfig, *, note: Callable[[str], None] | None = None,
-                      device_map: Any = "auto", quant_storage: torch.dtype | None = None) -> LoadedModel:
+                      device_map: Any = "auto", quant_storage: torch.dtype | None = None,
+                      progress: Progress | None = None) -> LoadedModel:
+    """The quantized base model with LoRA adapters; `progress(stage, message)` hears each stage."""
+    say = progress or (lambda stage, message: None)
     device = resolve_device(config.train.device)
     compute_dtype = resolve_compute_dtype(config.quantization.compute_dtype, device)
     if device.type == "cpu" and compute_dtype != torch.float32 and config.quantization.mode == "8bit":
         raise ModelLoadError("quantization.compute_dtype: 8-bit on CPU needs float32 (or auto)")
-    source = resolve_model_source(config.model)
+    say("model", f"finding {config.model.name_or_path}")
+    source = resolve_model_source(config.model, progress=say)
     if source.note and note:
         note(source.note)
     check_remote_code(source.path, config.model, note)
     if config.model.random_init and note:
         note("model.random_init is on: the weights are random, so only memory and speed mean anything")
     tokenizer = load_tokenizer(source, config.model)
+    say("model", f"loading the weights{_QUANTIZING[config.quantization.mode]} on {device.type.upper()}")
     model = load_base_model(config, source, device, compute_dtype, quant_storage=quant_storage, device_map=device_map)
     report = quantization_report(model, config.quantization, compute_dtype)
+    say("adapters", f"adding LoRA adapters (rank {config.lora.r})")
     peft_model, targets = apply_lora(model, config.lora)
     return LoadedModel(peft_model, tokenizer, source, device, compute_dtype, report, targets)
+
+
+_QUANTIZING = {"4bit": " and quantizing them to 4-bit", "8bit": " and quantizing them to 8-bit",
+               "none": " (not quantized)"}
 
 
 def stop_token_ids(tokenizer, source_path: str | None) -> list[int]:

@@ -68,7 +68,9 @@ def _layer_index(name: str) -> int | None:
 
 
 def load_model_config(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
-    """config.json of a local folder (weights not needed), a .gguf file, or a Hub id."""
+    """config.json of a local folder (weights not needed), a .gguf file, or a Hub id. A popular
+    Hub model that cannot be had yet (offline, not downloaded, gated) gets its shape from the
+    built-in table; `builtin_shape_note(config)` says so."""
     from transformers import AutoConfig
 
     path = Path(name_or_path).expanduser()
@@ -81,12 +83,47 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False, revisi
         from qlora_studio.core.model.sources import resolve_model_source
 
         settings = ModelSettings(name_or_path=name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-        source = resolve_model_source(settings)
+        try:
+            source = resolve_model_source(settings)
+        except ModelLoadError as exc:
+            config = builtin_config(name_or_path)
+            if config is None:
+                raise
+            setattr(config, UNAVAILABLE, str(exc).removeprefix("model.name_or_path: "))
+            return config
         check_remote_code(source.path, settings, None)
         return AutoConfig.from_pretrained(source.path, revision=revision if source.kind == "hub" else None,
                                           trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.name_or_path: cannot read the config of {name_or_path}: {str(exc).splitlines()[0]}") from None
+
+
+UNAVAILABLE = "qlora_studio_unavailable"  # set on a built-in config: why the model's own could not be read
+
+
+@lru_cache(maxsize=1)
+def _builtin_table() -> dict[str, dict]:
+    from qlora_studio.resources import MODEL_SHAPES
+
+    families = json.loads(MODEL_SHAPES.read_text(encoding="utf-8"))["families"]
+    return {model_id.lower(): family["config"] for family in families for model_id in family["ids"]}
+
+
+def builtin_config(name: str):
+    """The built-in shape of a popular Hub model (resources/model_shapes.json), or None."""
+    from transformers import AutoConfig
+
+    fields = _builtin_table().get(name.strip().lower())
+    if fields is None:
+        return None
+    fields = dict(fields)
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def builtin_shape_note(config) -> str | None:
+    """What to say about a config that came from the built-in table instead of the model."""
+    reason = getattr(config, UNAVAILABLE, None)
+    return f"shape from the built-in table ({reason})" if reason else None
 
 
 @lru_cache(maxsize=16)
@@ -154,6 +191,7 @@ def _shape_from_json(config_json: str, trust_remote_code: bool) -> ModelShape:
 def model_shape(config) -> ModelShape:
     """Shape of a transformers config (instantiated on the meta device, cached)."""
     data = config.to_dict()
+    data.pop(UNAVAILABLE, None)
     data.pop("quantization_config", None)
     data.pop("transformers_version", None)
     return _shape_from_json(json.dumps(data, sort_keys=True, default=str), False)

@@ -51,14 +51,18 @@ class ModelSource:
     note: str | None = None  # said to the user when the source is not what they asked for
 
 
-def resolve_model_source(settings: ModelSettings, *, allow_download: bool = True) -> ModelSource:
+Progress = Callable[[str, str], None]  # (stage, message): said before a stage that takes a while
+
+
+def resolve_model_source(settings: ModelSettings, *, allow_download: bool = True,
+                         progress: Progress | None = None) -> ModelSource:
     """Find the weights: a local folder, a converted .gguf, the Hub cache, the Hub, or an offline fallback."""
     asked = settings.name_or_path.strip()
     path = Path(asked).expanduser()
     if asked.lower().endswith(".gguf"):
         if not path.is_file():
             raise ModelLoadError(f"model.name_or_path: {asked}: no such .gguf file")
-        return ModelSource(str(convert_gguf(path)), "gguf", asked)
+        return ModelSource(str(convert_gguf(path, progress)), "gguf", asked)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"model.name_or_path: {asked} is a folder without config.json, so not a model folder")
@@ -72,14 +76,14 @@ def resolve_model_source(settings: ModelSettings, *, allow_download: bool = True
         raise ModelLoadError(f"model.name_or_path: {asked} is a file; give a model folder, a .gguf file or a Hub id")
     if asked.startswith((".", "/", "~")) or asked.count("/") > 1 or "\\" in asked:
         raise ModelLoadError(f"model.name_or_path: {asked}: no such folder (and not a Hub id like org/name)")
-    return _resolve_hub(asked, settings.revision, allow_download)
+    return _resolve_hub(asked, settings.revision, allow_download, progress)
 
 
 def _has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin")) or any(folder.glob("*.safetensors.index.json"))
 
 
-def _resolve_hub(repo_id: str, revision: str | None, allow_download: bool) -> ModelSource:
+def _resolve_hub(repo_id: str, revision: str | None, allow_download: bool, progress: Progress | None) -> ModelSource:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -105,7 +109,7 @@ def _resolve_hub(repo_id: str, revision: str | None, allow_download: bool) -> Mo
     gguf = fallback() if fallback else None
     if gguf is not None:
         note = f"{repo_id}: {problem}; using the bundled offline copy {gguf.name}"
-        return ModelSource(str(convert_gguf(gguf)), "gguf", repo_id, note=note)
+        return ModelSource(str(convert_gguf(gguf, progress)), "gguf", repo_id, note=note)
     reach = "unset HF_HUB_OFFLINE to download it" if _offline() else "connect to the internet"
     raise ModelLoadError(
         f"model.name_or_path: cannot get '{repo_id}': {problem}. {reach[0].upper() + reach[1:]}, or point to a local "
@@ -136,19 +140,77 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def convert_gguf(gguf_path: Path) -> Path:
-    """Dequantize a .gguf once into a normal model folder in our cache, so later loads are fast."""
+def convert_gguf(gguf_path: Path, progress: Progress | None = None) -> Path:
+    """Dequantize a .gguf once into a normal model folder in our cache, so later loads are fast.
+
+    One conversion at a time per file, whoever asks: the window's model line, X-ray and memory
+    estimate all ask at once on a first start, and a CLI run may ask beside the window. A file
+    lock (works across threads and processes) makes the others wait and then take the finished
+    folder. Staging folders left by a killed conversion are removed by the next one."""
+    from filelock import FileLock
+
+    gguf_path = gguf_path.resolve()
+    target = converted_folder(gguf_path)
+    if _complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.with_name(target.name + ".lock"))):
+        if _complete(target):  # converted by whoever held the lock before us
+            return target
+        _remove_stale_staging(target.parent)
+        if progress:
+            progress("convert", f"converting {gguf_path.name} into a model folder (once; about a minute)")
+        staging = target.with_name(target.name + f"{STAGING_MARK}{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            _dequantize_into(gguf_path, staging)
+            (staging / ".complete").write_text(str(gguf_path), encoding="utf-8")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def converted_folder(gguf_path: Path) -> Path:
+    """Where the conversion of this version of the file lives in our cache."""
+    stat = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
+
+
+STAGING_MARK = ".tmp"  # <folder>.tmp<pid>: a conversion in progress (or killed) in process <pid>
+
+
+def _complete(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / ".complete").is_file()
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Staging folders whose process is gone (killed mid-conversion); a live one's is left alone."""
+    for child in folder.glob(f"*{STAGING_MARK}*"):
+        pid = child.name.rsplit(STAGING_MARK, 1)[-1]
+        if child.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process holds the lock now: its own leftovers are stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _dequantize_into(gguf_path: Path, folder: Path) -> None:
+    """The GGUF's weights as plain bf16 safetensors and its tokenizer, written to `folder`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_path = gguf_path.resolve()
-    stat = gguf_path.stat()
-    key = hashlib.sha1(f"{gguf_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
-    if (target / "config.json").is_file() and (target / ".complete").is_file():
-        return target
-    staging = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     try:
         from transformers import GgufConfig
 
@@ -166,13 +228,8 @@ def convert_gguf(gguf_path: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / ".complete").write_text(str(gguf_path), encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, target)
-    return target
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def first_line(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.data.packing import packing_plan, tokens_per_batch
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.model.devices import expandable_segments_expected, liger_applies
-from qlora_studio.core.model.shape import ModelShape, load_model_config, model_shape
+from qlora_studio.core.model.shape import ModelShape, builtin_shape_note, load_model_config, model_shape
 from qlora_studio.core.planner.estimate import CHUNK_TOKENS_MAX, GIB, Estimate, estimate, liger_chunk_tokens
 
 CHUNKED_LOSS_MIN_VOCAB = 32_000
@@ -172,7 +172,10 @@ def estimate_config(config: RunConfig, budget_gb: float | None = None) -> Estima
     shape = model_shape(model_config)
     budget = int(budget_gb * GIB) if budget_gb else None
     a = assume(config, model_config, shape, budget_bytes=budget)
-    return with_reasons(estimate_for(shape, config, a), a)
+    result = with_reasons(estimate_for(shape, config, a), a)
+    if builtin_shape_note(model_config):
+        result.notes.append(builtin_shape_note(model_config))
+    return result
 
 
 def with_reasons(e: Estimate, a: Assumptions) -> Estimate:

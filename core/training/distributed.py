@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def run_distributed(config: RunConfig | None, emit, control, resume_from=None):
     bridge = threading.Thread(target=_forward_control, args=(control, files, done), daemon=True)
     bridge.start()
     last = None
+    started = False
     try:
         for line in process.stdout:
             if not line.startswith("{"):
@@ -96,6 +98,7 @@ def run_distributed(config: RunConfig | None, emit, control, resume_from=None):
                 continue
             if isinstance(event, (ev.Finished, ev.Failed)):
                 last = event
+            started = started or isinstance(event, ev.RunStarted)
             emit(event)
         code = process.wait()
     except BaseException:  # a second Ctrl+C, or the caller going away: take the workers down too
@@ -109,6 +112,9 @@ def run_distributed(config: RunConfig | None, emit, control, resume_from=None):
     if isinstance(last, ev.Finished):
         return ev.RunResult(last.status, str(folder.path), last.step, last.final_loss, last.adapter_dir,
                             adapter_digest=digest)
+    if isinstance(last, ev.Failed) and not started and resume_from is None:
+        shutil.rmtree(folder.path, ignore_errors=True)  # it never trained: no run folder to leave behind
+        return ev.RunResult(last.status, None, 0, None, None, error=last.reason, cause=last.cause, details=last.details)
     if isinstance(last, ev.Failed):
         return ev.RunResult(last.status, str(folder.path), last.step or 0, None, None, error=last.reason,
                             cause=last.cause, details=last.details)

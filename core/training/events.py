@@ -79,6 +79,23 @@ class RunStarted(Event):
 
 
 @dataclass
+class Preparing(Event):
+    """A stage before the first step (converting, loading and quantizing the model, adding the
+    adapters, reading and tokenizing the data, the first step), with progress where it is counted."""
+
+    stage: str  # convert | model | adapters | data | tokenize | first_step
+    message: str
+    done: int | None = None
+    total: int | None = None
+    type: str = field(init=False, default="preparing")
+
+    @property
+    def is_tick(self) -> bool:
+        """A progress update within a stage already announced (not its start, not its end)."""
+        return self.total is not None and 0 < (self.done or 0) < self.total
+
+
+@dataclass
 class StepLogged(Event):
     metrics: StepMetrics
     total_steps: int
@@ -173,8 +190,8 @@ Emit = Callable[[Event], None]
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__dataclass_fields__["type"].default: cls
-    for cls in (RunStarted, StepLogged, EvalLogged, CheckpointSaved, Paused, Resumed, SettingsChanged, NonFiniteStep,
-                Warning, Finished, Failed)
+    for cls in (RunStarted, Preparing, StepLogged, EvalLogged, CheckpointSaved, Paused, Resumed, SettingsChanged,
+                NonFiniteStep, Warning, Finished, Failed)
 }
 
 

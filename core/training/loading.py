@@ -14,12 +14,15 @@ import torch
 from qlora_studio.core.atomic import replace_dir
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import OutOfMemoryStop, UserError
+from qlora_studio.core.training import events as ev
 from qlora_studio.core.training.arguments import is_fsdp
 
 
-def load_inputs(config: RunConfig, warn: Callable[[str], None], world_size: int):
+def load_inputs(config: RunConfig, warn: Callable[[str], None], world_size: int, emit: ev.Emit | None = None):
     """(loaded model, prepared data); with several processes rank 0 converts, downloads and
-    tokenizes first and the others read its caches."""
+    tokenizes first and the others read its caches. Each stage is announced as a `Preparing`
+    event through `emit`."""
+    emit = emit or (lambda event: None)
     from transformers import set_seed
 
     from qlora_studio.core.model.devices import resolve_compute_dtype, resolve_device
@@ -36,25 +39,34 @@ def load_inputs(config: RunConfig, warn: Callable[[str], None], world_size: int)
             device = resolve_device(config.train.device)
             kwargs = {"device_map": None, "quant_storage": resolve_compute_dtype(config.quantization.compute_dtype, device)}
         try:
-            loaded = load_for_training(config, note=warn, **kwargs)
+            loaded = load_for_training(config, note=warn, **kwargs,
+                                       progress=lambda stage, message: emit(ev.Preparing(stage, message)))
         except torch.OutOfMemoryError:
             raise OutOfMemoryStop(
                 "the model does not fit in GPU memory: use quantization.mode 4bit, a smaller model, or free the GPU"
             ) from None
-        data = prepare_run_data(config, loaded, warn)
+        data = prepare_run_data(config, loaded, warn, emit)
     if loaded.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(loaded.device)
     return loaded, data
 
 
-def prepare_run_data(config: RunConfig, loaded, warn: Callable[[str], None]):
+def prepare_run_data(config: RunConfig, loaded, warn: Callable[[str], None], emit: ev.Emit | None = None):
     """Tokenize for the current config (again after an out-of-memory cut of max_length); the
     tokenizer keeps the chat template training used, so the saved adapter renders prompts alike."""
     from qlora_studio.core.data.pipeline import prepare_data
     from qlora_studio.core.model.loading import stop_token_ids
 
+    def progress(stage: str, done: int, total: int) -> None:
+        if emit is None:
+            return
+        if stage == "read":
+            emit(ev.Preparing("data", f"reading {config.data.path}"))
+        else:
+            emit(ev.Preparing("tokenize", f"tokenizing {done:,} / {total:,} rows", done, total))
+
     stops = stop_token_ids(loaded.tokenizer, loaded.source.path)
-    data = prepare_data(config.data, loaded.tokenizer, stops, config.train.seed, warn=warn)
+    data = prepare_data(config.data, loaded.tokenizer, stops, config.train.seed, warn=warn, progress=progress)
     loaded.tokenizer.chat_template = data.template
     return data
 

@@ -25,6 +25,8 @@ class RunRecorder:
                 run.write_status("running", step=m.step, total_steps=total, last_loss=m.loss, elapsed_s=m.elapsed_s,
                                  peak_vram_gb=self.peak_vram_gb)
                 return
+            case ev.Preparing() if event.is_tick:
+                return  # the stage's start and end are recorded; progress in between is not
             case ev.EvalLogged():
                 run.append_jsonl(run.evals_path, {"step": event.step, "eval_loss": event.eval_loss, **event.metrics})
                 return

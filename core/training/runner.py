@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -110,7 +111,7 @@ class Session:
     def run(self) -> ev.RunResult:
         try:
             self._open()
-            self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size)
+            self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size, self.emit)
             self.speed = plan_speed(self.config, self.loaded, self.warn, fsdp=is_fsdp(self.config))
             self.guard = NanGuard(self.config.train.on_nan, self.world_size, self.loaded.device)
             self._train_segments()
@@ -125,6 +126,7 @@ class Session:
         if self.resume_from is not None:
             self.folder = RunFolder.open(self.resume_from)
             self.config = self.config or self.folder.load_config()
+            self.folder.check_resumable(self.config)  # before anything in the folder changes
             if rank0:
                 disk.check_writable(self.folder.path)
                 self.folder.repair()  # what a killed process left half written
@@ -202,6 +204,8 @@ class Session:
         ))
         if self.folder is not None:
             self.folder.save_data_report(self.data.report.to_dict())
+        first = f"step {self.start_step + 1}" if self.start_step else "the first step"
+        self.emit(ev.Preparing("first_step", f"running {first}"))
 
     def step_logged(self, state, logs: dict[str, Any]) -> None:
         bad = self.bad_step
@@ -337,6 +341,12 @@ class Session:
         elif cause is FailureCause.DISK and self.folder is not None and self.rank == 0:
             self.folder.repair()  # drop the half-written save: its space is what the status record needs
         step = self.trainer.state.global_step if self.trainer is not None else self.start_step
+        if not self.started and self.resume_from is None and self.folder is not None:
+            # it never trained (a model or dataset that cannot load): no run folder to leave behind
+            shutil.rmtree(self.folder.path, ignore_errors=True)
+            self.folder, self.sinks = None, []
+        if not self.sinks and self._emit and self.rank == 0:
+            self.sinks = [self._emit]  # failed before (or without) a run folder: the caller still hears why
         run_dir = str(self.folder.path) if self.folder else None
         failed = ev.Failed(reason.splitlines()[0] if reason else type(exc).__name__, details, run_dir, step, cause)
         for sink in self.sinks:

@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from qlora_studio.core.atomic import append_line, recover_dir, repair_tail, write_json_atomic, write_text_atomic
-from qlora_studio.core.config.files import load_config
+from qlora_studio.core.config.files import default_runs_dir, load_config, runs_dir
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import DiskError, UserError
 from qlora_studio.core.model.quantization import QuantizationReport
-from qlora_studio.core.training.events import EvalLogged, NonFiniteStep, RunStarted, StepMetrics, event_from_dict
+from qlora_studio.core.training.events import (
+    EVENT_TYPES, EvalLogged, Event, NonFiniteStep, RunStarted, StepMetrics, event_from_dict,
+)
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATUSES = ("running", "finished", "stopped", "interrupted", "failed")
@@ -85,7 +87,7 @@ class RunFolder:
     # ---- creation ----
     @classmethod
     def create(cls, config: RunConfig) -> "RunFolder":
-        root = Path(config.output_dir).expanduser()
+        root = runs_dir(config)
         name = config.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{slug(config.model.name_or_path)}"
         path = root / name
         suffix = 1
@@ -179,12 +181,20 @@ class RunFolder:
         """The recorded curves and the last start event (a resumed run starts again), for replaying."""
         started = None
         marks = []
+        log = []
         for record in read_jsonl(self.events_path):
             if record.get("type") == "run_started":
-                started = {**record, "config": {}}  # the recorder leaves the config to config.yaml
-            elif record.get("type") == "nonfinite":
-                marks.append(event_from_dict(record))
+                record = started = {**record, "config": {}}  # the recorder leaves the config to config.yaml
+            if record.get("type") in EVENT_TYPES:
+                try:
+                    event = event_from_dict(record)
+                except (KeyError, TypeError, ValueError):
+                    continue  # a record of an older or newer version: left out of the replayed log
+                log.append((record.get("time"), event))
+                if isinstance(event, NonFiniteStep):
+                    marks.append(event)
         return RunHistory(
+            log=log,
             path=self.path,
             metrics=[StepMetrics.from_dict(m) for m in self.read_metrics() if "loss" in m],
             evals=[EvalLogged(int(e["step"]), float(e["eval_loss"])) for e in read_jsonl(self.evals_path)],
@@ -223,6 +233,30 @@ class RunFolder:
         meta = read_checkpoint_meta(latest)
         return latest, int(meta.get("step") or latest.name.split("-")[-1]), float(meta.get("elapsed_s", 0.0))
 
+    def planned_steps(self, config: RunConfig) -> int | None:
+        """The run's planned total: its config's max_steps, else what its latest checkpoint planned."""
+        latest = self.latest_checkpoint()
+        return config.train.max_steps or (read_checkpoint_meta(latest).get("total_steps") if latest else None)
+
+    def check_resumable(self, config: RunConfig) -> None:
+        """A run that has trained every planned step has nothing to resume: a resume would train
+        one more step each time. Extending it is the way to train more."""
+        latest, step, _ = self.resume_point()
+        planned = self.planned_steps(config)
+        if latest is not None and planned and step >= planned:
+            raise RunFinishedError(
+                f"{self.path.name} is finished (step {step} of {planned}): nothing to resume. To train more steps, "
+                f"extend it: qlora-studio train --resume {self.path} --extend N (in the window: Train more, "
+                "on the Runs page)")
+
+    def extended_config(self, steps: int, overrides: list[str] | None = None) -> RunConfig:
+        """The run's config with `steps` more than it planned (resuming from its latest checkpoint)."""
+        config = self.load_config(overrides)
+        planned = self.planned_steps(config)
+        if not planned:
+            raise UserError("extending needs a run that has saved a checkpoint")
+        return config.with_overrides({"train.max_steps": int(planned) + steps}, str(self.config_path))
+
     def prune_checkpoints(self, keep: int | None) -> None:
         if keep is None:
             return
@@ -231,6 +265,10 @@ class RunFolder:
             trash = path.with_name(f".trash-{path.name}")
             os.replace(path, trash)
             shutil.rmtree(trash, ignore_errors=True)
+
+
+class RunFinishedError(UserError):
+    """Resuming a run that has trained all its planned steps."""
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -264,6 +302,7 @@ class RunHistory:
     started: RunStarted | None
     status: dict[str, Any]
     marks: list[NonFiniteStep] = field(default_factory=list)  # steps whose loss or gradients were NaN/Inf
+    log: list[tuple[float | None, Event]] = field(default_factory=list)  # events.jsonl: (time, event)
 
 
 @dataclass
@@ -284,9 +323,9 @@ class RunSummary:
     resumable: bool
 
 
-def list_runs(output_dir: str | Path) -> list[RunSummary]:
-    """Every run folder under `output_dir`, newest first."""
-    root = Path(output_dir).expanduser()
+def list_runs(output_dir: str | Path | None = None) -> list[RunSummary]:
+    """Every run folder under `output_dir` (default: the default runs folder), newest first."""
+    root = Path(output_dir).expanduser() if output_dir else default_runs_dir()
     if not root.is_dir():
         return []
     summaries = []

@@ -59,6 +59,15 @@ def guard_wheel(widget: QWidget) -> QWidget:
     return widget
 
 
+def fit_text_width(combo: QComboBox, characters: int) -> QComboBox:
+    """A combo box as wide as its layout gives it, at least `characters` wide: by default its
+    minimum width is that of its longest item (a Hub id, a path, a GPU name), which can push the
+    window wider than the screen."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    return combo
+
+
 class ChoiceButtons(QWidget):
     """Radio buttons for one choice; `buttons[value]` for tests and keyboard users alike."""
 

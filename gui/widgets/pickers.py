@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
+from qlora_studio.gui.widgets.form import fit_text_width
 from qlora_studio.gui.workers import DebouncedTask, TaskRunner
 
 MODEL_INFO_DEBOUNCE_MS = 400
@@ -41,11 +42,12 @@ class ModelPicker(QWidget):
     what the chosen model is (read from its config.json off the GUI thread)."""
 
     info_ready = Signal(object)  # core ModelInfo
+    info_failed = Signal(str)  # the one-line reason shown in red
 
     def __init__(self, start_folder, parent: QWidget | None = None):
         super().__init__(parent)
         self.start_folder = start_folder  # () -> str
-        self.combo = QComboBox()
+        self.combo = fit_text_width(QComboBox(), 16)
         self.combo.setEditable(True)
         self.combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
@@ -98,14 +100,16 @@ class ModelPicker(QWidget):
         if name != self._asked_for:
             return
         ctx = f"{info.context_length:,}" if info.context_length else "?"
+        note = f"<br><span style='color:#b45309'>{fmt.escape(info.note)}</span>" if info.note else ""
         self.info_label.setText(f"<b>{fmt.escape(info.architecture)}</b> · {fmt.params(info.params)} parameters · "
-                                f"{info.layers} layers · context {ctx} tokens")
+                                f"{info.layers} layers · context {ctx} tokens{note}")
         self.info_ready.emit(info)
 
     @Slot(object, object)
     def _on_info_error(self, name: str, error) -> None:
         if name == self._asked_for:
             self.info_label.setText(f"<span style='color:#b91c1c'>{fmt.escape(error.reason)}</span>")
+            self.info_failed.emit(error.reason)
 
     @Slot(object, object)
     def _on_cached(self, _tag, models: list[str]) -> None:

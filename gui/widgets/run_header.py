@@ -52,6 +52,7 @@ class RunHeader(QWidget):
         self.badge.setProperty("status", "idle")
         self.device = QLabel("")
         self.device.setObjectName("deviceLabel")
+        self.device.setWordWrap(True)
         self.progress = QProgressBar()
         self.progress.setObjectName("runProgress")
         self.progress.setRange(0, 1)
@@ -98,6 +99,12 @@ class RunHeader(QWidget):
         self.title.setText(title or "Starting…")
         self.device.setText("")
 
+    def show_stage(self, message: str, done: int | None = None, total: int | None = None) -> None:
+        """A stage before the first step, on the progress bar (counted where the stage counts)."""
+        self.progress.setRange(0, max(total or 1, 1))
+        self.progress.setValue(min(done or 0, self.progress.maximum()))
+        self.progress.setFormat(message.replace("%", "%%"))
+
     def set_status(self, status: str) -> None:
         self.status = status
         self.badge.setText(status)
@@ -118,6 +125,7 @@ class RunHeader(QWidget):
         self._wall_at_step = time.monotonic()
         if self._rate_origin is None:
             self._rate_origin = (step, elapsed_s)
+        self.progress.setFormat("step %v / %m")  # no longer "· running the first step"
         self.progress.setValue(min(step, self.progress.maximum()))
         self.update_clock()
 

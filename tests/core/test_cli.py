@@ -30,6 +30,10 @@ def test_train_command_writes_a_run_folder(tmp_path, tiny_config):
     out = cli("train", str(path))
     assert out.returncode == 0, out.stderr
     assert "finished at step 12/12" in out.stderr and "adapter" in out.stderr
+    # stages before step 1, then one line per tenth of the run; no bar redrawn into a log (issue 12)
+    assert "preparing   tokenizing 400 rows" in out.stderr and "preparing   running the first step" in out.stderr
+    assert out.stderr.count("step 12/12  loss") == 1 and "100%|" not in out.stderr
+    assert "gemm_4bit_forward" not in out.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1
     run = runs[0]
@@ -44,6 +48,11 @@ def test_train_command_writes_a_run_folder(tmp_path, tiny_config):
     assert extended.returncode == 0, extended.stderr
     steps = [json.loads(line)["metrics"]["step"] for line in extended.stdout.splitlines() if '"type": "step"' in line]
     assert steps == [13, 14, 15]
+
+    again = cli("train", "--resume", str(run))  # finished: nothing to resume, say how to train more
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"error: {run.name} is finished (step 15 of 15): nothing to resume. To train more steps, extend it: "
+        f"qlora-studio train --resume {run} --extend N (in the window: Train more, on the Runs page)"]
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -80,6 +89,28 @@ def test_init_writes_a_documented_config(tmp_path, capsys):
     assert "# Quantize the 4-bit block scales" in text and "sample:dates" in text
     assert main(["init", str(target)]) == 2  # no silent overwrite
     assert "--force" in capsys.readouterr().err
+
+
+INIT_MARKER = "<!-- the output of `qlora-studio init -` -->"
+
+
+def test_the_readme_config_block_is_what_init_writes(capsys):
+    """Issue 12: `init` wrote the demo while the README showed another config. The README's block
+    (in README.md once merged, in docs/notes/firsthour.md until then) is init's output, verbatim."""
+    from pathlib import Path
+
+    assert main(["init", "-"]) == 0
+    written = capsys.readouterr().out
+    root = Path(__file__).resolve().parents[2]
+    blocks = []
+    for doc in [root / "README.md", *sorted((root / "docs" / "notes").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8") if doc.is_file() else ""
+        if INIT_MARKER in text:
+            after = text.split(INIT_MARKER, 1)[1]
+            blocks.append((doc.name, after.split("```yaml\n", 1)[1].split("```", 1)[0]))
+    assert blocks, f"no document shows the config block after {INIT_MARKER}"
+    for name, block in blocks:
+        assert block == written, f"{name}: regenerate the block with `qlora-studio init -`"
 
 
 def test_generate_with_a_trained_adapter(tmp_path, tiny_config):

@@ -186,6 +186,24 @@ def test_bad_rows_stop_by_default_and_can_be_skipped(tmp_path, tokenizer):
     assert report.bad_examples[0]["where"].endswith("some_bad.jsonl:4")
 
 
+def test_skip_bad_rows_skips_malformed_json_lines_too(tmp_path, tokenizer, monkeypatch):
+    """Issue 12: with skip_bad_rows on, one malformed JSON line still failed the whole file
+    (`bad.jsonl:4: invalid JSON`): datasets' JSON reader rejects the file, not the line."""
+    monkeypatch.setenv("QLORA_STUDIO_CACHE", str(tmp_path / "cache"))
+    lines = [json.dumps(r) for r in MESSAGES[:3]] + ['{"messages": [broken', "[1, 2]"] + \
+        [json.dumps(r) for r in MESSAGES[3:]] + [json.dumps({"messages": []})]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:4: invalid JSON .*and 2 more bad rows.*skip_bad_rows"):
+        xray(tokenizer, path)
+    report = xray(tokenizer, path, skip_bad_rows=True)
+    assert report.rows == 7 and report.bad_rows == 3 and report.rows_read == 10
+    wheres = [b["where"].rsplit("/", 1)[-1] for b in report.bad_examples]
+    assert wheres == ["bad.jsonl:4", "bad.jsonl:5", "bad.jsonl:10"]  # line numbers still those of the file
+    assert "each line must be a JSON object" in report.bad_examples[1]["reason"]
+    assert report.preview_rows[3]["where"].endswith("bad.jsonl:6")
+
+
 # ---- lengths and splits -----------------------------------------------------------------------
 
 def test_truncate_and_drop_are_counted(tmp_path, tokenizer):
@@ -200,6 +218,21 @@ def test_truncate_and_drop_are_counted(tmp_path, tokenizer):
     dropped = xray(tokenizer, path, max_length=64, overlength="drop")
     assert dropped.dropped_rows == 1 and dropped.train_rows == 4
     assert cut.token_lengths["max"] > 64 and cut.token_lengths["p50"] > 0
+
+
+def test_tokenizing_reports_progress_in_chunks_with_the_same_result(tokenizer, monkeypatch):
+    from qlora_studio.core.data import pipeline
+
+    settings = DataSettings(path="sample:dates", validation_split=0.05, max_length=128)
+    whole = pipeline.prepare_data(settings, tokenizer, stop_token_ids(tokenizer, None), seed=3)
+    monkeypatch.setattr(pipeline, "TOKENIZE_CHUNK_MIN", 100)
+    seen = []
+    chunked = pipeline.prepare_data(settings, tokenizer, stop_token_ids(tokenizer, None), seed=3,
+                                    progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert seen[0] == ("read", 0, 0) and seen[1] == ("tokenize", 0, 400) and seen[-1] == ("tokenize", 400, 400)
+    done = [d for stage, d, _ in seen if stage == "tokenize"]
+    assert len(done) >= 5 and done == sorted(done)
+    assert chunked.train["input_ids"] == whole.train["input_ids"] and chunked.eval["labels"] == whole.eval["labels"]
 
 
 def test_validation_split_is_deterministic(tmp_path, tokenizer):
@@ -313,4 +346,5 @@ def test_inspect_data_json_and_errors(tmp_path, tiny_model):
     bad.write_text('{"text": "a"}\n{"text": \n')
     out = run_cli("--data", str(bad), "--model", str(tiny_model), "--json")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines() == [f"error: {bad}:2: invalid JSON (Expecting value, column 10)"]
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: {bad}:2: invalid JSON (Expecting value, column 10)") and "skip_bad_rows" in line

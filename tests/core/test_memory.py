@@ -140,3 +140,38 @@ def test_estimate_and_fit_commands(tmp_path):
     out = cli("fit", str(cfg), "--gpu-gb", "8", "--write", str(fitted))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "effective batch stays 16" in out.stdout and fitted.is_file()  # default grad_accum 4 x micro-batch 4
+
+
+def test_presets_plan_offline_from_the_builtin_shapes():
+    """Issue 12: the 8/12/24 GB presets showed no estimate offline (the planner needs config.json).
+    The popular families ship their shapes; the estimate and the model line say where the shape
+    came from, and an unknown id is still an error."""
+    from qlora_studio.core.config import load_config
+    from qlora_studio.core.errors import ModelLoadError
+    from qlora_studio.core.model.info import model_info
+    from qlora_studio.core.model.shape import builtin_config
+    from qlora_studio.resources import preset_paths
+
+    expected = {"8gb-qwen2.5-1.5b": 1.54e9, "12gb-mistral-7b": 7.25e9, "24gb-llama-3.1-8b": 8.03e9}
+    for name, params in expected.items():
+        config = load_config(preset_paths()[name])
+        e = estimate_config(config)
+        assert e.params == pytest.approx(params, rel=0.01)
+        assert any("shape from the built-in table" in note and "cannot get" in note for note in e.notes), e.notes
+        budget = float(name.split("gb")[0])
+        assert e.fits(budget), f"the {name} preset does not fit its own card: {e.total_bytes / GIB:.2f} GiB"
+    info = model_info("Qwen/Qwen3-8B")
+    assert info.params == pytest.approx(8.19e9, rel=0.01) and info.note.startswith("shape from the built-in table")
+    assert builtin_config("qwen/qwen2.5-7b-instruct").hidden_size == 3584  # ids match whatever the case
+    with pytest.raises(ModelLoadError, match="cannot get 'someone/unknown-model'"):
+        model_info("someone/unknown-model")
+
+
+@pytest.mark.slow
+def test_builtin_smollm2_shape_is_the_real_one(smollm2_dir):
+    from qlora_studio.core.model.shape import builtin_config, load_model_config
+
+    real = model_shape(load_model_config(str(smollm2_dir)))
+    table = model_shape(builtin_config("HuggingFaceTB/SmolLM2-135M-Instruct"))
+    assert real.total_params == table.total_params and real.max_position == table.max_position
+    assert [lin.__dict__ for lin in real.linears] == [lin.__dict__ for lin in table.linears]

@@ -119,3 +119,76 @@ def test_gradients_still_reach_early_layers_after_an_eval_pass(tiny_model):
         model(input_ids=ids, labels=ids).loss.backward()
     first_b = model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
     assert first_b.grad is not None and first_b.grad.abs().sum() > 0
+
+
+def _fake_conversion(calls: list, delay: float = 0.3):
+    def dequantize_into(gguf_path, folder):
+        import time
+
+        calls.append(folder.name)
+        folder.mkdir(parents=True)
+        time.sleep(delay)  # long enough for every other caller to arrive while this one converts
+        (folder / "config.json").write_text("{}")
+    return dequantize_into
+
+
+def test_one_gguf_conversion_whoever_asks_and_no_stale_staging(tmp_path, monkeypatch):
+    """Issue 12: a first start converted the demo GGUF three times at once into one folder, and a
+    killed conversion left a .tmp<PID> folder behind."""
+    import subprocess
+    import sys
+    import threading
+
+    from qlora_studio.core.model import sources
+
+    monkeypatch.setenv("QLORA_STUDIO_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    target = sources.converted_folder(gguf.resolve())
+    target.parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = target.with_name(target.name + f".tmp{dead.stdout.strip()}")  # a killed process's staging folder
+    stale.mkdir()
+    calls: list = []
+    monkeypatch.setattr(sources, "_dequantize_into", _fake_conversion(calls))
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(sources.convert_gguf(gguf))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(calls) == 1 and results == [target] * 3
+    assert not stale.exists() and sorted(p.name for p in target.parent.iterdir() if p.is_dir()) == [target.name]
+
+
+def test_gguf_conversion_waits_for_another_process(tmp_path, monkeypatch):
+    """The lock holds across processes: a conversion in another process (a CLI run beside the
+    window) is waited for and its folder taken, not converted again."""
+    import subprocess
+    import sys
+
+    from qlora_studio.core.model import sources
+
+    monkeypatch.setenv("QLORA_STUDIO_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    target = sources.converted_folder(gguf.resolve())
+    target.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from pathlib import Path
+from filelock import FileLock
+target = Path({str(target)!r})
+with FileLock(str(target) + ".lock"):
+    print("locked", flush=True)
+    time.sleep(1.0)
+    target.mkdir()
+    (target / "config.json").write_text("{{}}")
+    (target / ".complete").write_text("other process")
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    calls: list = []
+    monkeypatch.setattr(sources, "_dequantize_into", _fake_conversion(calls))
+    assert sources.convert_gguf(gguf) == target
+    assert holder.wait(30) == 0
+    assert calls == [] and (target / ".complete").read_text() == "other process"

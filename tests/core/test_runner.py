@@ -3,10 +3,12 @@
 import json
 import queue
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
+from qlora_studio.core.errors import FailureCause
 from qlora_studio.core.training.control import TrainControl
 from qlora_studio.core.training.runner import run_training
 from qlora_studio.core.training.store import RunFolder, list_runs, read_jsonl
@@ -42,9 +44,20 @@ def test_run_folder_contract(tiny_config):
     assert json.loads((checkpoint / "qlora_studio.json").read_text())["tokens"] == tokens[-1]
 
     kinds = [e["type"] for e in events]
+    # the stages before step 1 (issue 12: nothing moved for ~45 s), then the run
+    stages = [e["stage"] for e in events if e["type"] == "preparing"]
+    assert [s for i, s in enumerate(stages) if s not in stages[:i]] == \
+        ["model", "adapters", "data", "tokenize", "first_step"]
+    tokenize = [(e["done"], e["total"]) for e in events if e["type"] == "preparing" and e["stage"] == "tokenize"]
+    assert tokenize[0] == (0, 400) and tokenize[-1] == (400, 400)
+    first_step = next(i for i, e in enumerate(events) if e["type"] == "preparing" and e["stage"] == "first_step")
+    assert kinds.index("run_started") < first_step < kinds.index("step")
+    recorded = [r for r in read_jsonl(run.events_path) if r["type"] == "preparing"]
+    assert recorded and all(r["done"] in (None, 0, r["total"]) for r in recorded)  # no progress ticks in the log
+    kinds = [k for k in kinds if k != "preparing"]
     assert kinds[0] == "run_started" and kinds[-1] == "finished"
     assert kinds.count("step") == 12 and kinds.count("checkpoint") == 3 and "eval" in kinds
-    started = events[0]
+    started = next(e for e in events if e["type"] == "run_started")
     assert started["quantization"]["mode"] == "4bit" and started["quantization"]["double_quant"] is True
     assert (run.path / "evals.jsonl").is_file()
 
@@ -166,6 +179,28 @@ def test_resume_continues_the_step_count_exactly(tiny_config):
     assert metrics[4]["elapsed_s"] >= metrics[3]["elapsed_s"]
     started = [e for e in events if e["type"] == "run_started"][0]
     assert started["start_step"] == 4
+
+    # Issue 12: resuming a finished run trained one more step each time. It must say it is finished.
+    adapter = (run.adapter_dir / "adapter_model.safetensors").read_bytes()
+    again = []
+    refused = run_training(None, collect(again), resume_from=stopped.run_dir)
+    assert refused.status == "failed" and refused.cause is FailureCause.USER
+    assert "is finished (step 10 of 10)" in refused.error and "--extend N" in refused.error
+    assert [e["type"] for e in again] == ["failed"]
+    assert run.read_status()["status"] == "finished" and len(run.read_metrics()) == 10
+    assert (run.adapter_dir / "adapter_model.safetensors").read_bytes() == adapter
+
+
+def test_a_run_that_never_starts_leaves_no_run_folder(tiny_config, tmp_path):
+    """Issue 12: a broken dataset (or model) left a failed run folder at each try."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json at all\n")
+    events = []
+    result = run_training(tiny_config.with_overrides({"data.path": str(broken)}), collect(events))
+    assert result.status == "failed" and result.cause is FailureCause.DATA and result.run_dir is None
+    assert "broken.jsonl" in result.error
+    assert [e["type"] for e in events][-1] == "failed" and events[-1]["run_dir"] is None
+    assert not Path(tiny_config.output_dir).exists() or not any(Path(tiny_config.output_dir).iterdir())
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_config):

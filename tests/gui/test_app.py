@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from gui_helpers import close_window
@@ -143,3 +144,15 @@ def test_task_runner_keeps_the_newest_request_and_reports_errors_as_data(qtbot):
     qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
     runner.shutdown()
     assert runner.wait(0)
+
+
+def test_window_tasks_starting_at_once_all_import_transformers(tmp_path):
+    """Issue 12: on every start the model line or the X-ray showed "cannot import name 'AutoConfig'
+    from 'transformers'": worker threads raced on transformers' first import. A fresh interpreter
+    starts four tasks at once; each must get its name (and the import stays quiet)."""
+    script = Path(__file__).with_name("concurrent_imports.py")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.stdout.count(": ok") == 4, done.stdout
+    assert "gemm_4bit_forward" not in done.stderr, done.stderr[-2000:]

@@ -51,6 +51,18 @@ def test_replay_loads_a_run_folder_into_the_monitor(window, qtbot, two_runs):
     assert len(x) == 12
     assert monitor.header.title.text() == "dq-on" and monitor.status == "finished"
     assert monitor.header.progress.value() == 12 and "4-bit nf4 + double quant" in monitor.header.device.text()
+    # Issue 12: a replay logged "Training on CPU" stamped with the current time; it shows the run's
+    # own recorded lines with the times they happened
+    import json
+    import time
+
+    started = next(json.loads(line) for line in (Path(dirs[0]) / "events.jsonl").read_text().splitlines()
+                   if '"run_started"' in line)
+    lines = monitor.log_text().splitlines()
+    training = next(line for line in lines if "Training on" in line)
+    assert training.startswith(time.strftime("%H:%M:%S", time.localtime(started["time"])))
+    assert any("Finished at step 12 of 12" in line for line in lines)
+    assert runs.resume_button.text() == "Train more…"  # finished: nothing to resume, more steps to train
 
 
 def test_overlay_compares_two_runs_loss_curves(window, qtbot, two_runs):

@@ -61,19 +61,42 @@ def test_pickers_and_toggles_build_the_config(window, qtbot, tmp_path, tiny_mode
     assert setup.config.train.max_steps is None
 
 
-def test_a_value_core_rejects_is_flagged_and_blocks_start(window):
-    setup = window.setup
+def test_start_waits_while_setup_shows_an_error(window, qtbot, tmp_path):
+    """Issue 12: Start was allowed while Setup showed an error (a rejected value, an unreachable
+    model, a broken dataset); each try opened a dialog and left a failed run folder. Start is
+    disabled with the reason as its tooltip, and comes back when the error is gone."""
+    setup, start = window.setup, window.start_action
     targets = setup.widget("lora.target_modules")
     targets.setCurrentText(" , ")
     assert not setup.valid
     assert setup.problem_label.isVisibleTo(window) and "empty" in setup.problem_label.text()
     assert targets.property("invalid") is True
     assert setup.config.lora.target_modules == "all-linear"  # the last good value is kept
-    assert window.start_training() is False
-    assert window.last_error_box is not None and "empty" in window.last_error_box.text()
-    window.last_error_box.close()
+    assert not start.isEnabled() and "empty" in start.toolTip()
+    assert window.start_training() is False and window.last_error_box is None  # no dialog
     targets.setCurrentText("mlp")
-    assert setup.valid and setup.config.lora.target_modules == "mlp"
+    assert setup.valid and setup.config.lora.target_modules == "mlp" and start.isEnabled()
+
+    bad_rows = tmp_path / "bad.jsonl"
+    bad_rows.write_text('{"text": "fine"}\n{"text": broken\n{"text": "fine too"}\n')
+    with qtbot.waitSignal(setup.xray.report_ready, timeout=60_000, check_params_cb=lambda r: r.source == str(bad_rows)):
+        setup.widget("data.path").setText(str(bad_rows))
+    assert not start.isEnabled() and "1 bad row" in start.toolTip() and "Skip bad rows" in start.toolTip()
+    setup.widget("data.skip_bad_rows").setChecked(True)
+    assert start.isEnabled()
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json at all\n")
+    with qtbot.waitSignal(setup.xray.report_failed, timeout=60_000, check_params_cb=lambda why: "broken" in why):
+        setup.widget("data.path").setText(str(broken))
+    assert not start.isEnabled() and "the dataset cannot be read" in start.toolTip()
+    assert setup.xray.tabs.tabText(1) == "Rows"  # not the last readable dataset's "Rows (3 of 3)"
+    setup.widget("data.path").setText("sample:dates")
+    with qtbot.waitSignal(setup.model.info_failed, timeout=60_000):
+        setup.widget("model.name_or_path").setCurrentText(str(tmp_path / "no-such-model"))
+    qtbot.waitUntil(lambda: not start.isEnabled(), timeout=60_000)
+    assert "no such folder" in start.toolTip()
+    assert window.start_training() is False and not (tmp_path / "runs").exists()
 
 
 def test_model_info_reads_config_json_without_weights(window, qtbot, tiny_model):

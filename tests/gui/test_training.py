@@ -225,6 +225,16 @@ def test_resume_a_stopped_run_from_the_runs_page(window, qtbot, tiny_config):
     assert runs.model.runs[0].status == "finished"
     # the monitor drew the steps before the checkpoint too: one continuous curve
     assert list(window.monitor.loss_chart.series["raw"].x) == list(range(1, 9))
+    # and the log goes on from the first session (issue 12: a resume cleared it)
+    log = window.monitor.log_text()
+    assert "checkpoint saved (stop)" in log and log.index("checkpoint saved (stop)") < log.index("Finished at step 8")
+
+    # a finished run has nothing to resume: "Train more…" adds steps (issue 12: a resume trained one more)
+    runs.select_paths([first.run_dir])
+    assert runs.resume_button.text() == "Train more…"
+    third = run_to_end(qtbot, window, lambda: window.resume_run(first.run_dir, extend=2))
+    assert third.status == "finished" and third.step == 10
+    assert [m["step"] for m in read_metrics(first.run_dir)] == list(range(1, 11))
 
 
 def test_gpu_selector_starts_several_processes(window, qtbot, tiny_config):

@@ -6,6 +6,7 @@ dispatches on their class; `load_history` replays a run folder through the same 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import singledispatchmethod
 
 from PySide6.QtCore import Qt, Signal
@@ -159,6 +160,16 @@ class MonitorPage(QWidget):
         self.header.stat_eta.set("–")
 
     # ---- events ----
+    @contextmanager
+    def batch(self):
+        """Events handled in a row repaint the header once, after them: a progress bar repaints
+        at once on each new value, in Python's time, which the thread that trains shares."""
+        self.header.setUpdatesEnabled(False)
+        try:
+            yield
+        finally:
+            self.header.setUpdatesEnabled(True)
+
     @singledispatchmethod
     def handle_event(self, event: ev.Event) -> None:
         """Events with nothing to show (the runs page and the window react to them)."""

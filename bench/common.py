@@ -45,7 +45,7 @@ def gpu_name() -> str:
 
 
 def gpu_slug() -> str:
-    return gpu_name().lower().replace("nvidia ", "").replace(" ", "-").split("-hbm")[0]
+    return gpu_name().lower().replace("nvidia ", "").replace(" ", "-").replace("(", "").replace(")", "").split("-hbm")[0]
 
 
 def environment() -> dict:

@@ -23,10 +23,12 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -67,13 +69,31 @@ def throughput(run_dir: str, warmup: int) -> dict:
             "peak_vram_gb": max((r.get("vram_peak_gb") or 0 for r in rows), default=None)}
 
 
+def cpu_marks(marks: dict, warmup: int, last: int):
+    """An event sink that notes the process's CPU time at the first and the last measured step."""
+    from qlora_studio.core.training import events as ev
+
+    def note(event) -> None:
+        if isinstance(event, ev.StepLogged) and event.metrics.step in (warmup, last):
+            marks["first" if event.metrics.step == warmup else "last"] = (
+                time.thread_time(), time.monotonic(), time.process_time(), event.metrics.tokens)
+
+    return note
+
+
+def cpu_per_token(marks: dict) -> float:
+    """Process CPU seconds per 1,000 measured tokens (all threads: training, GUI, torch's pool)."""
+    (_, _, p0, t0), (_, _, p1, t1) = marks["first"], marks["last"]
+    return 1000 * (p1 - p0) / max(t1 - t0, 1)
+
+
 def headless_arm(config, warmup: int) -> dict:
     from qlora_studio.core.training.runner import run_training
 
-    events: list = []
-    result = run_training(config, events.append)
+    marks: dict = {}
+    result = run_training(config, cpu_marks(marks, warmup, config.train.max_steps))
     assert result.status == "finished", result.error
-    return {"arm": "headless", **throughput(result.run_dir, warmup)}
+    return {"arm": "headless", **throughput(result.run_dir, warmup), "cpu_s_per_1k_tokens": cpu_per_token(marks)}
 
 
 class WindowDriver:
@@ -124,13 +144,14 @@ class WindowDriver:
         window, board = self.window, self.window.monitor.board
         window.setup.set_config(config)
         self.settle_setup()
-        marks: dict[str, tuple[float, float, int]] = {}
-        last_step = config.train.max_steps
+        marks: dict = {}
+        note = cpu_marks(marks, warmup, config.train.max_steps)
+        frames: dict = {}
 
-        def on_event(event) -> None:
-            if isinstance(event, ev.StepLogged) and event.metrics.step in (warmup, last_step):
-                marks["first" if event.metrics.step == warmup else "last"] = (
-                    time.thread_time(), time.monotonic(), board.frames)
+        def on_event(event) -> None:  # on the GUI thread: its CPU time, the frames it drew
+            note(event)
+            if isinstance(event, ev.StepLogged):
+                frames[event.metrics.step] = board.frames
 
         results: list = []
         loop = QEventLoop()
@@ -145,10 +166,10 @@ class WindowDriver:
         window.run_ended.disconnect(loop.quit)
         result = results[0]
         assert result.status == "finished", result.error
-        (cpu0, wall0, frames0), (cpu1, wall1, frames1) = marks["first"], marks["last"]
-        return {"arm": "window", **throughput(result.run_dir, warmup),
+        (cpu0, wall0, _, _), (cpu1, wall1, _, _) = marks["first"], marks["last"]
+        return {"arm": "window", **throughput(result.run_dir, warmup), "cpu_s_per_1k_tokens": cpu_per_token(marks),
                 "gui_busy_fraction": (cpu1 - cpu0) / (wall1 - wall0),
-                "frames_per_s": (frames1 - frames0) / (wall1 - wall0),
+                "frames_per_s": (frames[config.train.max_steps] - frames[warmup]) / (wall1 - wall0),
                 "vram_points": window.monitor.vram_chart.series["allocated"].n,
                 "predicted_peak_shown": window.monitor.vram_chart.predicted_peak_gb}
 
@@ -178,9 +199,9 @@ def summarize_profile(path: Path, gui_thread: int, top: int = 12) -> dict:
         total += n
         thread = frames[0]
         samples[thread] += n
-        if f"{gui_thread:#x}" in thread or str(gui_thread) in thread:
+        if f"({gui_thread})" in thread:
             functions[frames[-1]] += n
-    gui = sum(n for t, n in samples.items() if f"{gui_thread:#x}" in t or str(gui_thread) in t)
+    gui = sum(n for t, n in samples.items() if f"({gui_thread})" in t)
     return {"gil_samples": total, "gui_thread_share": gui / total if total else None,
             "threads": dict(samples.most_common(6)), "gui_hot": functions.most_common(top)}
 
@@ -214,6 +235,10 @@ def main() -> int:
     warnings.filterwarnings("ignore", message=r"bitsandbytes::.*autograd kernel")  # CPU 4-bit backward, each step
     from tiny import build_tokenizer
 
+    if args.cpu:
+        import torch
+
+        torch.set_num_threads(1)  # one training thread, as on a GPU: what the GUI thread takes shows, not OpenMP's spinning
     work = Path(args.work or tempfile.mkdtemp(prefix="window-vs-headless-"))
     work.mkdir(parents=True, exist_ok=True)
     shapes = ["tiny"] if args.cpu else args.shapes.split(",")
@@ -221,7 +246,7 @@ def main() -> int:
     warmup = args.warmup if args.warmup is not None else (20 if args.cpu else 5)
     data = fixed_length_rows(work / f"rows-{seq}.jsonl", 256 if args.cpu else 96, seq, build_tokenizer())
     driver = WindowDriver(work)
-    gui_thread = __import__("threading").get_native_id()
+    gui_thread = threading.get_native_id()
     results: dict = {"method": "ABBA alternation in one process; tokens/s by wall clock after warm-up",
                      "cpu": cpu_model(), "seq_len": seq, "micro_batch": batch, "warmup_steps": warmup, "shapes": {}}
     began = time.time()
@@ -239,15 +264,18 @@ def main() -> int:
             started = time.time()
             run = headless_arm(config, warmup) if arm == "headless" else driver.arm(config, warmup)
             if profiler is not None:
-                profiler.terminate()
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its samples on Ctrl+C
                 profiler.wait()
             run["run_s"] = round(time.time() - started, 1)
             runs.append(run)
             print(json.dumps({"shape": shape, **run}), flush=True)
         head = [r["tokens_per_s"] for r in runs if r["arm"] == "headless"]
         win = [r["tokens_per_s"] for r in runs if r["arm"] == "window"]
+        cpu_head = statistics.mean(r["cpu_s_per_1k_tokens"] for r in runs if r["arm"] == "headless")
+        cpu_win = statistics.mean(r["cpu_s_per_1k_tokens"] for r in runs if r["arm"] == "window")
         entry = {"runs": runs, "steps": steps, "headless_tokens_per_s": statistics.mean(head),
                  "window_tokens_per_s": statistics.mean(win), "ratio": statistics.mean(win) / statistics.mean(head),
+                 "cpu_ratio": cpu_head / cpu_win,
                  "gui_busy_fraction": statistics.mean(r["gui_busy_fraction"] for r in runs if r["arm"] == "window"),
                  "frames_per_s": statistics.mean(r["frames_per_s"] for r in runs if r["arm"] == "window")}
         if args.profile:
@@ -255,12 +283,17 @@ def main() -> int:
             print(json.dumps(entry["profile"], indent=1), flush=True)
         results["shapes"][shape] = entry
     results["total_s"] = round(time.time() - began, 1)
+    from common import gpu_name
+
+    results["environment_gpu"] = gpu_name() + ("" if not args.cpu else f", {results['cpu']}")
     save("window-vs-headless" + ("-cpu" if args.cpu else ""), results)
     driver.window.close()
-    print(f"\n{'shape':14} {'headless tok/s':>15} {'window tok/s':>13} {'ratio':>7} {'GUI busy':>9} {'frames/s':>9}")
+    print(f"\n{results['environment_gpu']}")
+    print(f"{'shape':14} {'headless tok/s':>15} {'window tok/s':>13} {'ratio':>7} {'CPU ratio':>9} {'GUI busy':>9} "
+          f"{'frames/s':>9}")
     for shape, e in results["shapes"].items():
         print(f"{shape:14} {e['headless_tokens_per_s']:15,.0f} {e['window_tokens_per_s']:13,.0f} {e['ratio']:7.3f} "
-              f"{e['gui_busy_fraction']:9.2%} {e['frames_per_s']:9.1f}")
+              f"{e['cpu_ratio']:9.3f} {e['gui_busy_fraction']:9.2%} {e['frames_per_s']:9.2f}")
     return 0
 
 

@@ -28,7 +28,7 @@ from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signa
 from qlora_studio.core.errors import FailureCause, cause_of
 
 Answerer = Callable[[str, list[str]], str]
-EVENT_BATCH_MS = 100
+EVENT_BATCH_MS = 200
 
 
 @dataclass

@@ -251,8 +251,9 @@ class ChartBoard(QObject):
     """Buffers points for many charts and redraws the changed curves of the visible ones, paced
     so that drawing takes at most `budget` of the GUI thread's time.
 
-    `flush()` draws now (a run ended, a replay loaded); the timer's frames wait until the time
-    the last frame cost, divided by the budget, has passed (at least `interval_ms`, at most
+    `flush()` draws now (a run ended, a replay loaded); otherwise a change schedules one frame (a
+    single-shot timer: no wake-ups while nothing changes), no sooner than the time the last frames
+    cost divided by the budget after the last one (at least `interval_ms`, at most
     `max_interval_ms`). A chart that is hidden (another page) keeps its changes until it is shown.
     """
 
@@ -267,16 +268,24 @@ class ChartBoard(QObject):
         self.max_interval = max(max_interval_ms, interval_ms) / 1000
         self.spent = 0.0  # GUI-thread seconds spent on charts (setData and painting) since the last frame
         self.frame_cost = 0.0  # of the last frames, smoothed
-        self._last_frame = float("-inf")
+        self._last_frame = -1e9  # long ago
+        self.auto = True  # frames follow changes by themselves (tests drive them by hand: stop())
         self.timer = QTimer(self)
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self.tick)
-        self.timer.start()
+        self.timer.setSingleShot(True)
+        self.timer.timeout.connect(self.flush)
         self.frames = 0
 
     def touch(self, chart: LiveChart, key: str) -> None:
         chart.board = self
         self._dirty.setdefault(chart, set()).add(key)
+        if self.auto and not self.timer.isActive() and chart.isVisible():
+            wait = self._last_frame + self.interval - time.monotonic()
+            self.timer.start(max(int(wait * 1000), 0))
+
+    def stop(self) -> None:
+        """No more frames by timer: only `flush()` draws."""
+        self.auto = False
+        self.timer.stop()
 
     def add(self, chart: LiveChart, key: str, x: float, y: float | None) -> None:
         if y is None or not np.isfinite(y):
@@ -292,10 +301,6 @@ class ChartBoard(QObject):
     def interval(self) -> float:
         """Seconds between live frames now: the last frames' cost over the budget, clamped."""
         return min(max(self.frame_cost / self.budget, self.min_interval), self.max_interval)
-
-    def tick(self) -> None:
-        if self._dirty and time.monotonic() - self._last_frame >= self.interval:
-            self.flush()
 
     def flush(self) -> None:
         """Redraw the changed curves of the visible charts now."""

@@ -36,10 +36,12 @@ def test_redraws_are_paced_and_wait_for_hidden_charts(qtbot):
         pass
     assert board.frames == 1 and len(chart.curves["loss"].getData()[0]) == 1000
     board.flush()
-    assert board.frames == 1  # no new data, no redraw
+    assert board.frames == 1 and not board.timer.isActive()  # no new data: no redraw, no wake-ups
     board.add(chart, "loss", 1000, 1.0)
-    board.tick()
-    assert board.frames == 1  # the next frame waits for its turn
+    assert board.timer.isActive() and board.timer.remainingTime() > 50  # the next frame waits for its turn
+    with qtbot.waitSignal(board.redrawn, timeout=3000):
+        pass
+    assert board.frames == 2 and len(chart.curves["loss"].getData()[0]) == 1001
     # the frame interval is the measured cost of a frame over the budget, within [0.1 s, 2 s]
     board.frame_cost = 0.004
     assert board.interval == 0.4
@@ -47,11 +49,12 @@ def test_redraws_are_paced_and_wait_for_hidden_charts(qtbot):
     assert board.interval == 2.0
 
     chart.hide()  # another page is shown: its charts wait, and are drawn once they are shown again
+    board.add(chart, "loss", 1001, 1.0)
     board.flush()
-    assert len(chart.curves["loss"].getData()[0]) == 1000 and board.pending
+    assert len(chart.curves["loss"].getData()[0]) == 1001 and board.pending
     chart.show()
-    assert len(chart.curves["loss"].getData()[0]) == 1001 and not board.pending
-    board.timer.stop()
+    assert len(chart.curves["loss"].getData()[0]) == 1002 and not board.pending
+    board.stop()
 
 
 def run_started(device: str = "cuda:0", predicted: float | None = 5.5) -> ev.RunStarted:
@@ -67,7 +70,7 @@ def test_the_monitor_stays_smooth_at_100k_points(qtbot):
     qtbot.addWidget(monitor)
     monitor.resize(1400, 800)
     monitor.show()
-    monitor.board.timer.stop()  # frames are driven by hand here
+    monitor.board.stop()  # frames are driven by hand here
     monitor.set_gpu_capacity(80.0)
     monitor.begin_live("big", predicted_peak_gb=5.5)
     monitor.handle_event(run_started())

@@ -41,7 +41,7 @@ from common import fixed_length_rows, save, shape_folder  # noqa: E402
 
 GPU_SHAPES = ("llama-3.2-1b", "llama-3.1-8b")
 # steps per run on the GPU: enough after warm-up for a stable rate, few enough that 8 runs fit ~6 minutes
-GPU_STEPS = {"llama-3.2-1b": 45, "llama-3.1-8b": 24}
+GPU_STEPS = {"llama-3.2-1b": 40, "llama-3.1-8b": 20}
 
 
 def run_config(folder: Path, data: Path, runs: Path, name: str, *, seq: int, batch: int, steps: int, cpu: bool):
@@ -176,7 +176,9 @@ class WindowDriver:
 
 def py_spy_gui_share(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
     """py-spy sampling this process (threads that hold the GIL only, without pausing it)."""
-    exe = shutil.which("py-spy")
+    # pip --target installs (bench/gpu_setup.sh) put the binary in <site>/bin, off PATH
+    exe = shutil.which("py-spy") or next((str(Path(p) / "bin" / "py-spy") for p in sys.path
+                                         if p and (Path(p) / "bin" / "py-spy").is_file()), None)
     if exe is None:
         print("py-spy not found: pip install py-spy (profiling skipped)")
         return None
@@ -222,7 +224,7 @@ def main() -> int:
     parser.add_argument("--shapes", default=",".join(GPU_SHAPES))
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds: each gives one run of each arm")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default: per shape)")
-    parser.add_argument("--warmup", type=int, default=None, help="steps left out of the rate (default 5 GPU, 20 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="steps left out of the rate (default 4 GPU, 20 CPU)")
     parser.add_argument("--profile", action="store_true", help="py-spy the last window run of each shape")
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
@@ -243,7 +245,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     shapes = ["tiny"] if args.cpu else args.shapes.split(",")
     seq, batch = (128, 4) if args.cpu else (2048, 4)
-    warmup = args.warmup if args.warmup is not None else (20 if args.cpu else 5)
+    warmup = args.warmup if args.warmup is not None else (20 if args.cpu else 4)
     data = fixed_length_rows(work / f"rows-{seq}.jsonl", 256 if args.cpu else 96, seq, build_tokenizer())
     driver = WindowDriver(work)
     gui_thread = threading.get_native_id()
@@ -286,7 +288,9 @@ def main() -> int:
     from common import gpu_name
 
     results["environment_gpu"] = gpu_name() + ("" if not args.cpu else f", {results['cpu']}")
-    save("window-vs-headless" + ("-cpu" if args.cpu else ""), results)
+    saved = save("window-vs-headless" + ("-cpu" if args.cpu else ""), results)
+    if os.environ.get("OUT"):  # the device tool brings back what lies under $OUT
+        shutil.copy(saved, os.environ["OUT"])
     driver.window.close()
     print(f"\n{results['environment_gpu']}")
     print(f"{'shape':14} {'headless tok/s':>15} {'window tok/s':>13} {'ratio':>7} {'CPU ratio':>9} {'GUI busy':>9} "

@@ -235,7 +235,7 @@ class MainWindow(QMainWindow):
         self.controller.control.extend(steps)
         self.statusBar().showMessage(f"Adding {steps} steps after the current one", 4000)
 
-    @Slot(list)
+    @Slot(object)
     def _on_events(self, batch: list[ev.Event]) -> None:
         with self.monitor.batch():
             for event in batch:

@@ -257,7 +257,7 @@ class TrainController(QObject):
     """Starts, steers and ends one run at a time; every core event is re-emitted as `event`."""
 
     started = Signal()
-    events = Signal(list)  # a batch of core events, oldest first
+    events = Signal(object)  # a batch of core events (a list), oldest first
     event = Signal(object)  # each core event, after the batch it came in
     finished = Signal(object)  # the RunResult
     busy_changed = Signal(bool)

@@ -20,6 +20,7 @@ Prints a short table last and saves bench/results/window-vs-headless[-cpu]-<gpu>
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -91,7 +92,15 @@ def headless_arm(config, warmup: int) -> dict:
     from qlora_studio.core.training.runner import run_training
 
     marks: dict = {}
-    result = run_training(config, cpu_marks(marks, warmup, config.train.max_steps))
+    # as in the CLI: Python's automatic garbage collection on (the window's QApplication turned it
+    # off in favour of its GUI-thread collector, whose timer does not run while this arm trains)
+    collecting = gc.isenabled()
+    gc.enable()
+    try:
+        result = run_training(config, cpu_marks(marks, warmup, config.train.max_steps))
+    finally:
+        if not collecting:
+            gc.disable()
     assert result.status == "finished", result.error
     return {"arm": "headless", **throughput(result.run_dir, warmup), "cpu_s_per_1k_tokens": cpu_per_token(marks)}
 
@@ -113,6 +122,7 @@ class WindowDriver:
         self.window = MainWindow(settings)
         self.window.resize(*size)
         self.window.show()
+        self.settle_setup()  # its start-up work (GPU probe, the demo's X-ray and estimate) is over
 
     def wait(self, done, timeout_s: float = 600) -> None:
         """Run the event loop until `done()` (polled every 50 ms; a bench, not a test)."""
@@ -247,13 +257,15 @@ def main() -> int:
     seq, batch = (128, 4) if args.cpu else (2048, 4)
     warmup = args.warmup if args.warmup is not None else (20 if args.cpu else 4)
     data = fixed_length_rows(work / f"rows-{seq}.jsonl", 256 if args.cpu else 96, seq, build_tokenizer())
+    folders = {shape: shape_folder(shape, work) for shape in shapes}
+    from qlora_studio.core.training.runner import run_training  # noqa: F401 - imported here, before the window's threads do
     driver = WindowDriver(work)
     gui_thread = threading.get_native_id()
     results: dict = {"method": "ABBA alternation in one process; tokens/s by wall clock after warm-up",
                      "cpu": cpu_model(), "seq_len": seq, "micro_batch": batch, "warmup_steps": warmup, "shapes": {}}
     began = time.time()
     for shape in shapes:
-        folder = shape_folder(shape, work)
+        folder = folders[shape]
         steps = args.steps or (120 if args.cpu else GPU_STEPS.get(shape, 30))
         runs = []
         order = [a for r in range(args.rounds) for a in (("headless", "window") if r % 2 == 0 else ("window", "headless"))]

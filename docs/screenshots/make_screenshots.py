@@ -149,6 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     from qlora_studio.gui.app import create_app
     from qlora_studio.resources import PRESETS
 
+    # models first: transformers' lazy modules imported here, before the window's worker threads import them
+    from qlora_studio.core.training.runner import run_training  # noqa: F401
+
+    if args.gpu:
+        from shapes import shape_folder
+
+        small = Path(args.model) if args.model else shape_folder("llama-3.2-1b", work)
+        large = Path(args.model) if args.model else shape_folder("llama-3.1-8b", work)
+    else:
+        from tiny import build_tiny_llama
+
+        model = build_tiny_llama(work / "tiny-llama", hidden=128, layers=4)
     app = create_app()
     from qlora_studio.gui.main_window import MainWindow
     from qlora_studio.gui.settings import Settings
@@ -161,14 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     window.resize(*size)
     window.show()
     wait_until(lambda: window.gpus is not None)
+    setup_idle(window)
     if args.gpu and not window.gpus:
         raise SystemExit("--gpu: the window found no NVIDIA GPU")
 
     if args.gpu:
-        from shapes import shape_folder
-
-        small = Path(args.model) if args.model else shape_folder("llama-3.2-1b", work)
-        large = Path(args.model) if args.model else shape_folder("llama-3.1-8b", work)
         random_init = not args.model
         base = RunConfig.model_validate({
             "model": {"name_or_path": str(small), "random_init": random_init},
@@ -190,9 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         window.setup.set_config(big)
         setup_idle(window)
     else:
-        from tiny import build_tiny_llama
-
-        model = build_tiny_llama(work / "tiny-llama", hidden=128, layers=4)
         base = RunConfig.model_validate({
             "model": {"name_or_path": str(model)},
             "data": {"path": "sample:dates", "max_length": 128, "validation_split": 0.05},

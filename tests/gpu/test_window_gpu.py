@@ -45,6 +45,10 @@ def test_the_window_trains_on_the_gpu_and_draws_real_vram(tmp_path):
     from qlora_studio.gui.settings import Settings
     from shapes import shape_folder
 
+    # transformers' lazy modules, imported here before the window's worker threads import them too
+    from qlora_studio.core.training.runner import run_training  # noqa: F401
+
+    folder = shape_folder("smollm2-135m", tmp_path)
     app = create_app()
     from qlora_studio.gui.main_window import MainWindow
     from qlora_studio.gui.workers import DebouncedTask, TaskRunner
@@ -60,7 +64,7 @@ def test_the_window_trains_on_the_gpu_and_draws_real_vram(tmp_path):
     assert window.monitor.vram_chart.capacity_gb == pytest.approx(capacity)
 
     config = RunConfig.model_validate({
-        "model": {"name_or_path": str(shape_folder("smollm2-135m", tmp_path)), "random_init": True},
+        "model": {"name_or_path": str(folder), "random_init": True},
         "data": {"path": "sample:dates", "max_length": 256, "validation_split": 0},
         "train": {"max_steps": STEPS, "micro_batch_size": 8, "grad_accum": 1, "save_every_steps": 1000,
                   "warmup_ratio": 0.0},

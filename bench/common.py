@@ -87,7 +87,8 @@ def cpu_name() -> str:
 
 
 def gpu_slug(name: str | None = None) -> str:
-    return (name or gpu_name()).lower().replace("nvidia ", "").replace(" ", "-").split("-hbm")[0]
+    slug = (name or gpu_name()).lower().replace("nvidia ", "").replace(" ", "-").replace("(", "").replace(")", "")
+    return slug.split("-hbm")[0]
 
 
 def environment() -> dict:

@@ -73,7 +73,7 @@ class MainWindow(QMainWindow):
 
         self.controller = TrainController(self)
         self.controller.answer_question = self.ask_user
-        self.controller.event.connect(self._on_event)
+        self.controller.events.connect(self._on_events)
         self.controller.finished.connect(self._on_run_finished)
 
         self.setup = SetupPage(self.settings)
@@ -293,6 +293,11 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Adding {steps} steps after the current one", 4000)
 
     @Slot(object)
+    def _on_events(self, batch: list[ev.Event]) -> None:
+        with self.monitor.batch():
+            for event in batch:
+                self._on_event(event)
+
     def _on_event(self, event: ev.Event) -> None:
         self.monitor.handle_event(event)
         match event:

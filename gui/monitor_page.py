@@ -6,6 +6,7 @@ dispatches on their class; `load_history` replays a run folder through the same 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import singledispatchmethod
 
 from PySide6.QtCore import Qt, Signal
@@ -38,6 +39,7 @@ class MonitorPage(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.board = ChartBoard(self)
+        self._batching = 0
         self.run_dir: str | None = None
         self.header = RunHeader()
 
@@ -168,6 +170,19 @@ class MonitorPage(QWidget):
             self.log.add_event(event, at)
 
     # ---- events ----
+    @contextmanager
+    def batch(self):
+        """Events handled in a row repaint the header once, after them: a progress bar repaints
+        at once on each new value, in Python's time, which the thread that trains shares."""
+        self._batching += 1
+        self.header.setUpdatesEnabled(False)
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            if not self._batching:
+                self.header.setUpdatesEnabled(True)
+
     @singledispatchmethod
     def handle_event(self, event: ev.Event) -> None:
         """Events with nothing to show (the runs page and the window react to them)."""
@@ -301,12 +316,13 @@ class MonitorPage(QWidget):
     # ---- replay ----
     def prefill(self, history: RunHistory, upto_step: int) -> None:
         """A resumed run: draw the steps before its checkpoint, so its curves continue."""
-        for m in history.metrics:
-            if m.step <= upto_step:
-                self.add_step(m)
-        for e in history.evals:
-            if e.step <= upto_step:
-                self.add_eval(e.step, e.eval_loss)
+        with self.batch():
+            for m in history.metrics:
+                if m.step <= upto_step:
+                    self.add_step(m)
+            for e in history.evals:
+                if e.step <= upto_step:
+                    self.add_eval(e.step, e.eval_loss)
         self.header.forget_rate()  # speed and ETA are measured on this session's steps
 
     def load_history(self, history: RunHistory) -> None:
@@ -318,12 +334,13 @@ class MonitorPage(QWidget):
             self._show_started(history.started)  # the header; its log line comes from the record below
         self.replay_log(history)
         self.header.set_plan(0, int(status.get("total_steps") or self.header.total_steps or 0))
-        for m in history.metrics:
-            self.add_step(m)
-        for e in history.evals:
-            self.add_eval(e.step, e.eval_loss)
-        for mark in history.marks:  # their log lines came with replay_log
-            self._mark_nonfinite(mark)
+        with self.batch():
+            for m in history.metrics:
+                self.add_step(m)
+            for e in history.evals:
+                self.add_eval(e.step, e.eval_loss)
+            for mark in history.marks:  # their log lines came with replay_log
+                self._mark_nonfinite(mark)
         self.header.title.setText(name)
         self._stop_live(status.get("status", "finished"))
         self.header.stat_elapsed.set(fmt.duration(status.get("elapsed_s")))

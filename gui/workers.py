@@ -9,12 +9,16 @@ and dropped on the GUI thread, so nothing is destroyed while it still runs.
   `DebouncedTask` also waits a moment for the next request, so a burst of edits costs one run.
 - `TrainController`: one training run through `run_training(config, emit, control)`; steering
   goes through core's thread-safe `TrainControl` (`controller.control`), questions from the run
-  (`control.asker`) are answered on the GUI thread while the training thread waits.
+  (`control.asker`) are answered on the GUI thread while the training thread waits. Events cross
+  in batches: the training thread queues them and wakes the GUI thread once per batch, which
+  takes them at most every `EVENT_BATCH_MS` (the GUI thread shares the interpreter with the
+  thread that trains; each wake-up costs that thread its turn).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,10 +26,11 @@ from typing import Any, Callable
 from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, QTimer, Signal, Slot
 
 from qlora_studio.core.errors import FailureCause, cause_of
-from qlora_studio.core.redact import redact
 from qlora_studio.core.libraries import import_libraries
+from qlora_studio.core.redact import redact
 
 Answerer = Callable[[str, list[str]], str]
+EVENT_BATCH_MS = 200
 
 
 @dataclass
@@ -201,7 +206,7 @@ class DebouncedTask(TaskRunner):
 # ---- training ---------------------------------------------------------------------------------
 
 class TrainWorker(_Worker):
-    event = Signal(object)  # each core event, as the dataclass itself
+    ready = Signal()  # events are waiting in the queue (once per batch)
     returned = Signal(object)  # the RunResult
 
     def __init__(self, config: Any, control: Any, resume_from: str | None):
@@ -209,6 +214,22 @@ class TrainWorker(_Worker):
         self.config = config
         self.control = control
         self.resume_from = resume_from
+        self._lock = threading.Lock()
+        self._queue: list[Any] = []
+
+    def post(self, event: Any) -> None:
+        """run_training's emit, on the training thread: queue the event, wake the GUI once."""
+        with self._lock:
+            first = not self._queue
+            self._queue.append(event)
+        if first:
+            self.ready.emit()
+
+    def take(self) -> list[Any]:
+        """The events queued so far, oldest first (GUI thread)."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        return batch
 
     @Slot()
     def run(self) -> None:
@@ -218,7 +239,7 @@ class TrainWorker(_Worker):
             import_libraries()
             from qlora_studio.core.training.runner import run_training
 
-            result = run_training(self.config, self.event.emit, self.control, resume_from=self.resume_from)
+            result = run_training(self.config, self.post, self.control, resume_from=self.resume_from)
         except Exception as exc:  # noqa: BLE001 - run_training never raises by contract; a bug still reaches the user
             error = TaskError.of(exc)
             result = ev.RunResult("failed", None, 0, None, None, error=error.reason, cause=error.cause,
@@ -239,7 +260,8 @@ class TrainController(QObject):
     """Starts, steers and ends one run at a time; every core event is re-emitted as `event`."""
 
     started = Signal()
-    event = Signal(object)  # core events, as they arrive
+    events = Signal(object)  # a batch of core events (a list), oldest first
+    event = Signal(object)  # each core event, after the batch it came in
     finished = Signal(object)  # the RunResult
     busy_changed = Signal(bool)
     _asked = Signal(str, list, object)  # training thread -> GUI thread
@@ -255,6 +277,10 @@ class TrainController(QObject):
         self._worker: TrainWorker | None = None
         self._result: Any = None
         self._asked.connect(self._on_asked)
+        self._batch_timer = QTimer(self)
+        self._batch_timer.setSingleShot(True)
+        self._batch_timer.timeout.connect(self.deliver)
+        self._delivered_at = float("-inf")
 
     # ---- state ----
     @property
@@ -282,7 +308,7 @@ class TrainController(QObject):
         self._thread = QThread(self)
         self._thread.setObjectName("training")
         _wire(self._worker, self._thread)
-        self._worker.event.connect(self.event)
+        self._worker.ready.connect(self._on_ready)
         self._worker.returned.connect(self._on_returned)
         self._thread.finished.connect(self._on_thread_finished)
         self._thread.start()
@@ -308,6 +334,7 @@ class TrainController(QObject):
 
     @Slot(str, list, object)
     def _on_asked(self, question: str, options: list[str], reply: _Reply) -> None:
+        self.deliver()  # what happened before the question is shown before it
         try:
             if self.control.stop_requested:
                 reply.answer = "stop" if "stop" in options else options[-1]
@@ -317,6 +344,26 @@ class TrainController(QObject):
             reply.done.set()
 
     # ---- from the worker ----
+    @Slot()
+    def _on_ready(self) -> None:
+        wait_ms = EVENT_BATCH_MS - (time.monotonic() - self._delivered_at) * 1000
+        if wait_ms <= 0:
+            self.deliver()
+        elif not self._batch_timer.isActive():
+            self._batch_timer.start(int(wait_ms) + 1)
+
+    def deliver(self) -> None:
+        """Hand the queued events to the window now (also before a question and at the end)."""
+        self._batch_timer.stop()
+        worker = self._worker
+        batch = worker.take() if worker is not None else []
+        if not batch:
+            return
+        self._delivered_at = time.monotonic()
+        self.events.emit(batch)
+        for event in batch:
+            self.event.emit(event)
+
     @Slot(object)
     def _on_returned(self, result: Any) -> None:
         self._result = result
@@ -327,6 +374,7 @@ class TrainController(QObject):
         if thread is None:
             return
         thread.wait()
+        self.deliver()  # the last events before the result
         thread.deleteLater()
         if self._worker is not None:
             self._worker.deleteLater()

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
+from qlora_studio.gui.widgets.axes import IntegerAxis
 from qlora_studio.gui.workers import DebouncedTask
 
 DEBOUNCE_MS = 500
@@ -82,7 +83,8 @@ class DataXRay(QGroupBox):
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
-        self.histogram = pg.PlotWidget()
+        # token counts and example counts are whole numbers: no "1.5 examples" on the axes
+        self.histogram = pg.PlotWidget(axisItems={"left": IntegerAxis("left"), "bottom": IntegerAxis("bottom")})
         self.histogram.setObjectName("xrayHistogram")
         plot = self.histogram.getPlotItem()
         plot.setLabel("bottom", "tokens per example")

@@ -1,25 +1,35 @@
-"""Screenshots of the three pages from the real window, after real tiny-model training runs.
+"""Screenshots of the three pages from the real window, after real training runs through it.
 
-    QT_QPA_PLATFORM=offscreen python docs/screenshots/make_screenshots.py [OUT_DIR] [--only divergence]
+    QT_QPA_PLATFORM=offscreen python docs/screenshots/make_screenshots.py [OUT_DIR] [--gpu] [--size 1600x1000]
 
-Trains a tiny random Llama (tests/tiny.py) three times through the window: double quant on,
-double quant off, and a longer run that is paused for the monitor shot and then stopped. The
-setup page is shown on the demo preset (SmolLM2-135M-Instruct, from the bundled GGUF when
-offline). A fourth run diverges (NaN): its marks on the loss chart and its dialog are shot too.
+CPU (default): a tiny random Llama (tests/tiny.py) is trained three times through the window:
+double quant on, double quant off, and a longer run that is paused for the monitor shot and then
+stopped; the setup page shows the demo preset (SmolLM2-135M-Instruct, from the bundled GGUF).
+A run that diverges (NaN batches injected) is shot first: its marks on the loss chart and its
+dialog (`--only divergence` stops there).
+
+GPU (--gpu, ~2 minutes on an H100; on the GPU machine after ../shared/tools/qt-on-gpu.sh's first
+two calls: `source /tmp/qt/env.sh && source bench/gpu_setup.sh`): random-weight models of
+public shapes (tests/shapes.py) on the bundled date rows: two Llama-3.2-1B runs (double quant on
+and off) for the runs page, and a Llama-3.1-8B run paused mid-way for the monitor (real VRAM
+curves against the detected card); the setup page shows that 8B config with the card detected.
+`--model PATH` trains a real model (folder or .gguf) instead of the shapes.
+
 Settings and runs go to a temporary folder; nothing of the user's is touched.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
-SIZE = (1400, 900)
-TIMEOUT_MS = 300_000
+TIMEOUT_MS = 600_000
 
 
 def wait_for(signal, accept: Callable[..., bool] = lambda *a: True, timeout_ms: int = TIMEOUT_MS) -> tuple[Any, ...]:
@@ -46,6 +56,20 @@ def wait_for(signal, accept: Callable[..., bool] = lambda *a: True, timeout_ms: 
     return got[0]
 
 
+def wait_until(done: Callable[[], bool], timeout_ms: int = TIMEOUT_MS) -> None:
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    poll = QTimer()
+    poll.timeout.connect(lambda: done() and loop.quit())
+    poll.start(50)
+    QTimer.singleShot(timeout_ms, loop.quit)
+    loop.exec()
+    poll.stop()
+    if not done():
+        raise TimeoutError(f"not done within {timeout_ms} ms")
+
+
 def settle(ms: int = 400) -> None:
     from PySide6.QtCore import QEventLoop, QTimer
 
@@ -54,24 +78,31 @@ def settle(ms: int = 400) -> None:
     loop.exec()
 
 
+def setup_idle(window) -> None:
+    """The Setup page's background work (X-ray, estimate, model info) is done."""
+    from qlora_studio.gui.workers import DebouncedTask, TaskRunner
+
+    runners = window.findChildren(TaskRunner)
+    wait_until(lambda: not any(r.busy or (isinstance(r, DebouncedTask) and r.scheduled) for r in runners))
+
+
 def shoot(window, page, path: Path) -> None:
     window.tabs.setCurrentWidget(page)
     settle()
     window.monitor.board.flush()
     settle(200)
     window.grab().save(str(path), "PNG")
-    print(f"{path}: {path.stat().st_size / 1024:.0f} KiB")
+    print(f"{path}: {path.stat().st_size / 1024:.0f} KiB", flush=True)
 
 
-def train(window, config, steer: Callable[[dict], None] | None = None) -> dict:
-    if steer is not None:
-        window.controller.event.connect(steer)
+def train(window, config, expect: str = "finished") -> Any:
     window.setup.set_config(config)
+    setup_idle(window)
+    began = time.time()
     window.start_training()
     (result,) = wait_for(window.run_ended)
-    if steer is not None:
-        window.controller.event.disconnect(steer)
-    print(f"run {config.run_name}: {result.status} at step {result.step}")
+    print(f"run {config.run_name}: {result.status} at step {result.step} ({time.time() - began:.0f} s)", flush=True)
+    assert result.status == expect, result.error
     return result
 
 
@@ -91,7 +122,7 @@ def shoot_divergence(window, base, out_dir: Path, model: Path) -> None:
     try:
         train(window, base.with_overrides({"run_name": "dates-nan", "train.on_nan": "skip_step",
                                            "model.name_or_path": str(model),
-                                           "train.max_steps": 60, "train.save_every_steps": 10}))
+                                           "train.max_steps": 60, "train.save_every_steps": 10}), expect="failed")
     finally:
         StudioTrainer.compute_loss = real
     box = window.last_error_box
@@ -101,7 +132,37 @@ def shoot_divergence(window, base, out_dir: Path, model: Path) -> None:
     box.close()
 
 
-def main(out_dir: Path, only: str | None = None) -> int:
+def pause_and_shoot(window, config, at_step: int, path: Path) -> None:
+    """A longer run, paused at `at_step` for the monitor shot, then stopped (it stays resumable)."""
+    from qlora_studio.core.training import events as ev
+
+    def steer(event) -> None:
+        if isinstance(event, ev.StepLogged) and event.metrics.step >= at_step and not window.pause_action.isChecked():
+            window.pause_action.trigger()
+
+    window.setup.set_config(config)
+    setup_idle(window)
+    window.controller.event.connect(steer)
+    window.start_training()
+    wait_for(window.controller.event, lambda e: isinstance(e, ev.Paused))
+    window.controller.event.disconnect(steer)
+    shoot(window, window.monitor, path)
+    window.stop_training()
+    wait_for(window.run_ended)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", default=str(Path(__file__).resolve().parent))
+    parser.add_argument("--gpu", action="store_true", help="train model shapes on the GPU (see above)")
+    parser.add_argument("--model", help="with --gpu: a real model (folder or .gguf) instead of random-weight shapes")
+    parser.add_argument("--size", default="1600x1000", help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--only", choices=["divergence"], help="shoot only this (CPU)")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -112,74 +173,87 @@ def main(out_dir: Path, only: str | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="qlora-studio-shots-"))
     os.environ["QLORA_STUDIO_SETTINGS"] = str(work / "settings.ini")
     sys.path.insert(0, str(ROOT / "tests"))
-    from tiny import build_tiny_llama
 
     from qlora_studio.core.config import RunConfig, load_config
     from qlora_studio.core.training import events as ev
     from qlora_studio.gui.app import create_app
     from qlora_studio.resources import PRESETS
 
+    # models first: transformers' lazy modules imported here, before the window's worker threads import them
+    from qlora_studio.core.training.runner import run_training  # noqa: F401
+
+    if args.gpu:
+        from shapes import shape_folder
+
+        small = Path(args.model) if args.model else shape_folder("llama-3.2-1b", work)
+        large = Path(args.model) if args.model else shape_folder("llama-3.1-8b", work)
+    else:
+        from tiny import build_tiny_llama
+
+        model = build_tiny_llama(work / "tiny-llama", hidden=128, layers=4)
     app = create_app()
     from qlora_studio.gui.main_window import MainWindow
     from qlora_studio.gui.settings import Settings
 
-    model = build_tiny_llama(work / "tiny-llama", hidden=128, layers=4)
     runs_dir = work / "runs"
     settings = Settings()
     settings.set("setup/output_dir", str(runs_dir))
-    settings.set("memory/budget", 8.0)
+    settings.set("memory/budget", "auto" if args.gpu else 8.0)
     window = MainWindow(settings)
-    window.resize(*SIZE)
+    window.resize(*size)
     window.show()
-    settle()
+    wait_until(lambda: window.gpus is not None)
+    setup_idle(window)
+    if args.gpu and not window.gpus:
+        raise SystemExit("--gpu: the window found no NVIDIA GPU")
 
-    base = RunConfig.model_validate({
-        "model": {"name_or_path": str(model)},
-        "data": {"path": "sample:dates", "max_length": 128, "validation_split": 0.05},
-        "lora": {"r": 8, "alpha": 16},
-        "train": {"max_steps": 120, "micro_batch_size": 4, "grad_accum": 2, "learning_rate": 1e-2,
-                  "save_every_steps": 40, "eval_every_steps": 10, "warmup_ratio": 0.05},
-        "output_dir": str(runs_dir),
-    })
-    shoot_divergence(window, base, out_dir, build_tiny_llama(work / "tiny-llama-small"))  # the smallest: quick steps
-    if only == "divergence":
-        window.close()
-        return 0
-    dq_on = train(window, base.with_overrides({"run_name": "dates-r8-dq-on"}))
-    dq_off = train(window, base.with_overrides({"run_name": "dates-r8-dq-off", "quantization.double_quant": False}))
-
-    # a longer run, paused for the monitor shot, then stopped (it stays resumable)
-    def pause_at(step: int) -> Callable[[dict], None]:
-        def steer(event: dict) -> None:
-            if isinstance(event, ev.StepLogged) and event.metrics.step >= step and not window.pause_action.isChecked():
-                window.pause_action.trigger()
-        return steer
-
-    longer = base.with_overrides({"run_name": "dates-r16-lr5e-3", "lora.r": 16, "lora.alpha": 32,
-                                  "train.learning_rate": 5e-3, "train.max_steps": 300})
-    window.setup.set_config(longer)
-    steer = pause_at(170)
-    window.controller.event.connect(steer)
-    window.start_training()
-    wait_for(window.controller.event, lambda e: isinstance(e, ev.Paused))
-    window.controller.event.disconnect(steer)
-    shoot(window, window.monitor, out_dir / "monitor.png")
-    window.stop_training()
-    wait_for(window.run_ended)
-
-    # runs page: compare double quant on and off
-    window.runs.refresh()
-    window.runs.select_paths([dq_on.run_dir, dq_off.run_dir])
-    shoot(window, window.runs, out_dir / "runs.png")
-
-    # setup page: the demo preset, with its X-ray and memory estimate
-    window.setup.apply_preset("demo")
-    demo = load_config(PRESETS / "demo.yaml")
-    wait_for(window.setup.xray.report_ready, lambda r: r.source == demo.data.path)
-    if window.setup.memory.estimate is None or window.setup.memory.estimate.model != demo.model.name_or_path:
-        wait_for(window.setup.memory.estimate_ready, lambda e: e.model == demo.model.name_or_path)
-    if "parameters" not in window.setup.model_info_label.text():
-        wait_for(window.setup.model_info_runner.result)
+    if args.gpu:
+        random_init = not args.model
+        base = RunConfig.model_validate({
+            "model": {"name_or_path": str(small), "random_init": random_init},
+            "data": {"path": "sample:dates", "max_length": 256, "validation_split": 0.05},
+            "lora": {"r": 16, "alpha": 32},
+            "train": {"max_steps": 40, "micro_batch_size": 8, "grad_accum": 1, "learning_rate": 2e-3,
+                      "save_every_steps": 20, "eval_every_steps": 10, "warmup_ratio": 0.05},
+            "output_dir": str(runs_dir),
+        })
+        first = train(window, base.with_overrides({"run_name": "1b-r16-dq-on"}))
+        second = train(window, base.with_overrides({"run_name": "1b-r16-dq-off", "quantization.double_quant": False}))
+        big = base.with_overrides({"run_name": "8b-r16-dates", "model.name_or_path": str(large),
+                                   "train.max_steps": 150, "train.save_every_steps": 50, "train.eval_every_steps": 25,
+                                   "train.learning_rate": 1e-3})
+        pause_and_shoot(window, big, 90, out_dir / "monitor.png")
+        window.runs.refresh()
+        window.runs.select_paths([first.run_dir, second.run_dir])
+        shoot(window, window.runs, out_dir / "runs.png")
+        window.setup.set_config(big)
+        setup_idle(window)
+    else:
+        base = RunConfig.model_validate({
+            "model": {"name_or_path": str(model)},
+            "data": {"path": "sample:dates", "max_length": 128, "validation_split": 0.05},
+            "lora": {"r": 8, "alpha": 16},
+            "train": {"max_steps": 120, "micro_batch_size": 4, "grad_accum": 2, "learning_rate": 1e-2,
+                      "save_every_steps": 40, "eval_every_steps": 10, "warmup_ratio": 0.05},
+            "output_dir": str(runs_dir),
+        })
+        shoot_divergence(window, base, out_dir, build_tiny_llama(work / "tiny-llama-small"))  # the smallest: quick
+        if args.only == "divergence":
+            window.close()
+            return 0
+        dq_on = train(window, base.with_overrides({"run_name": "dates-r8-dq-on"}))
+        dq_off = train(window, base.with_overrides({"run_name": "dates-r8-dq-off", "quantization.double_quant": False}))
+        longer = base.with_overrides({"run_name": "dates-r16-lr5e-3", "lora.r": 16, "lora.alpha": 32,
+                                      "train.learning_rate": 5e-3, "train.max_steps": 300})
+        pause_and_shoot(window, longer, 170, out_dir / "monitor.png")
+        window.runs.refresh()
+        window.runs.select_paths([dq_on.run_dir, dq_off.run_dir])
+        shoot(window, window.runs, out_dir / "runs.png")
+        # setup page: the demo preset, with its X-ray and memory estimate
+        window.setup.apply_preset("demo")
+        demo = load_config(PRESETS / "demo.yaml")
+        setup_idle(window)
+        assert window.setup.config.model.name_or_path == demo.model.name_or_path
     window.setup.xray.tabs.setCurrentIndex(0)
     shoot(window, window.setup, out_dir / "setup.png")
 
@@ -189,7 +263,4 @@ def main(out_dir: Path, only: str | None = None) -> int:
 
 
 if __name__ == "__main__":
-    positional = [a for a in sys.argv[1:] if not a.startswith("--") and a != "divergence"]
-    target = Path(positional[0]) if positional else Path(__file__).resolve().parent
-    target.mkdir(parents=True, exist_ok=True)
-    sys.exit(main(target, "divergence" if "--only" in sys.argv else None))
+    sys.exit(main())

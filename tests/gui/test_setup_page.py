@@ -138,6 +138,8 @@ def test_dataset_xray_shows_format_rows_example_histogram_and_bad_rows(window, q
     assert trained.startswith("0")  # the reply, and only the reply, is trained
     heights = xray.bars.opts["height"]
     assert sum(heights) == report.rows
+    counts = xray.histogram.getPlotItem().getAxis("left")
+    assert all(float(v).is_integer() for _, level in counts.tickValues(0, 3, 200) for v in level)  # whole examples
     assert "math.jsonl:8" in xray.problems.toPlainText() and "no assistant turn" in xray.problems.toPlainText()
     assert xray.alert.isVisibleTo(window)  # training would stop on the bad row...
     window.setup.widget("data.skip_bad_rows").setChecked(True)

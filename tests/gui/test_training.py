@@ -101,10 +101,10 @@ def test_save_now_and_more_steps_while_training(window, qtbot, tiny_config):
     window.extend_spin.setValue(4)
     events = collect_events(window)
 
-    def steer(e):
+    def steer(e):  # events reach the window in batches: each request waits for the last one's answer
         if isinstance(e, ev.StepLogged) and e.metrics.step == 1:
             window.save_action.trigger()
-        if isinstance(e, ev.StepLogged) and e.metrics.step == 3:
+        if isinstance(e, ev.CheckpointSaved) and e.reason == "requested":
             window.extend_button.click()
 
     window.controller.event.connect(steer)

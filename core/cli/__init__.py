@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default="qlora-studio.yaml")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
+    p = command("import-config", c.cmd_import_config,
+                "convert an axolotl or LLaMA-Factory QLoRA config, listing every key not carried over", (debug,))
+    p.add_argument("file", help="the axolotl or LLaMA-Factory YAML file")
+    p.add_argument("--out", metavar="my.yaml", help="write the config here (default: print it)")
+    p.add_argument("--tool", choices=("axolotl", "llamafactory"), help="which tool wrote it (default: detected)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+
     command("env", c.cmd_env, "show the GPU, driver and library versions this install sees")
     return parser
 

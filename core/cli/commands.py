@@ -208,6 +208,24 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_config(args: argparse.Namespace) -> int:
+    from qlora_studio.core.config.importers import import_config
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    imported = import_config(args.file, args.tool)
+    print(imported.summary(), file=sys.stderr)
+    for line in imported.dropped_lines():
+        print(f"  not carried: {line}", file=sys.stderr)
+    if out is None:
+        sys.stdout.write(imported.to_yaml())
+        return 0
+    out.write_text(imported.to_yaml(), encoding="utf-8")
+    print(f"wrote {out}; check data.path and model.name_or_path, then: qlora-studio train {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:  # noqa: ARG001
     import importlib.metadata as md
 

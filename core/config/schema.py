@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from qlora_studio.core.config.choices import CHAT_TEMPLATES, LORA_TARGET_GROUPS, OPTIMIZERS
+from qlora_studio.core.config.choices import CHAT_TEMPLATES, LORA_TARGET_GROUPS, OPTIMIZERS, REPORTERS
 from qlora_studio.core.errors import ConfigError
 
 DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -23,6 +23,7 @@ DEMO_DATA = f"{SAMPLE_PREFIX}dates"
 
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
 ChatTemplateName = Literal[("auto", *CHAT_TEMPLATES)]  # type: ignore[valid-type]
+ReporterName = Literal[tuple(REPORTERS)]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -151,6 +152,13 @@ class TrainSettings(_Section):
     """On CUDA out-of-memory: adapt (halve micro-batch, double grad_accum, go on) or stop with a checkpoint."""
     oom_last_resort: Literal["ask", "shrink", "stop"] = "ask"
     """At micro-batch 1: ask (the window asks; the CLI stops), shrink (turn on checkpointing, then halve max_length), or stop."""
+    report_to: list[ReporterName] = Field(default_factory=list)
+    """Also send the metrics (loss, learning rate, real tokens/s, VRAM) to tensorboard (<run folder>/tensorboard) and/or wandb (offline without network or login; `wandb sync` uploads later). Needs pip install "qlora-studio[tensorboard]" or "[wandb]"."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
 
 class DistributedSettings(_Section):

@@ -32,6 +32,7 @@ from qlora_studio.core.training.checkpoints import CheckpointStore
 from qlora_studio.core.training.control import TrainControl
 from qlora_studio.core.training.loading import load_inputs, predicted_peak_gb, prepare_run_data, save_adapter
 from qlora_studio.core.training.recorder import RunRecorder
+from qlora_studio.core.training.reporting import Reporting
 from qlora_studio.core.training.store import RunFolder, checkpoint_name
 from qlora_studio.core.training.trainer import build_trainer
 
@@ -89,6 +90,7 @@ class Session:
         self.save_reason = "scheduled"
         self.pending_extension = 0
         self.last_loss: float | None = None
+        self.reporting: Reporting | None = None  # rank 0: TensorBoard / W&B beside the run folder
 
     def emit(self, event: ev.Event) -> None:
         for sink in self.sinks:
@@ -125,6 +127,7 @@ class Session:
         if rank0:
             self.sinks = [RunRecorder(self.folder)] + ([self._emit] if self._emit else [])
             self.folder.mark_running(self.start_step)
+            self.reporting = Reporting(self.config, self.folder.path, self.warn)
         self.checkpoints = CheckpointStore(self.folder, writer=rank0)
 
     def _train_segments(self) -> None:
@@ -257,6 +260,8 @@ class Session:
             save_adapter(self.loaded, None, self.folder, self.config, self.rank)  # what was trained stays usable
         step = self.trainer.state.global_step if self.trainer is not None else self.start_step
         run_dir = str(self.folder.path) if self.folder else None
+        if self.reporting is not None:
+            self.reporting.close(failed=True)
         self.emit(ev.Failed(reason.splitlines()[0] if reason else type(exc).__name__, details, run_dir, step, cause))
         return ev.RunResult(cause.run_status, run_dir, step, self.last_loss, None, error=reason, cause=cause,
                             details=details)
@@ -280,6 +285,8 @@ class Session:
 
     def _release(self) -> None:
         """Free the model and the GPU memory, so many runs in one sitting do not leak."""
+        if self.reporting is not None:
+            self.reporting.close()
         self.trainer = self.loaded = self.data = None
         gc.collect()
         if torch.cuda.is_available():

@@ -26,6 +26,7 @@ from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.charts import PALETTE, ChartBoard, LiveChart, LossChart
 from qlora_studio.gui.widgets.run_log import RunLog
 from qlora_studio.gui.widgets.run_header import RunHeader
+from qlora_studio.gui.widgets.tensorboard_hint import TensorBoardHint
 from qlora_studio.gui.widgets.vram_chart import VramChart
 
 
@@ -39,6 +40,7 @@ class MonitorPage(QWidget):
         self.board = ChartBoard(self)
         self.run_dir: str | None = None
         self.header = RunHeader()
+        self.tensorboard = TensorBoardHint()  # shown for runs that report to TensorBoard
 
         # ---- chart options ----
         self.smoothing = QSlider(Qt.Orientation.Horizontal)
@@ -99,6 +101,7 @@ class MonitorPage(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
         layout.addWidget(self.header)
+        layout.addWidget(self.tensorboard)
         layout.addLayout(options)
         layout.addWidget(self.splitter, 1)
 
@@ -140,6 +143,7 @@ class MonitorPage(QWidget):
         self.smoothed.rebuild(self.loss_chart.series["raw"])
         self.log.clear()
         self.run_dir = None
+        self.tensorboard.show_for(None, False)
         self.header.reset(title)
         self.vram_chart.reset(predicted_peak_gb)
         self._show_vram()
@@ -177,6 +181,7 @@ class MonitorPage(QWidget):
             f"{fmt.params(e.total_params)} · {e.train_rows:,} train / {e.eval_rows:,} eval rows")
         header.set_plan(e.start_step, e.total_steps)
         header.set_status("running")
+        self.tensorboard.show_for(e.run_dir, "tensorboard" in e.config.get("train", {}).get("report_to", []))
         resumed = f" from step {e.start_step}" if e.start_step else ""
         self.append_log("info", f"Training{resumed} on {e.device_name}: {e.total_steps} steps, run folder {self.run_dir}")
         vram.set_message("" if vram.on_cuda else "CPU run: no VRAM to measure")
@@ -294,6 +299,7 @@ class MonitorPage(QWidget):
         for e in history.evals:
             self.add_eval(e.step, e.eval_loss)
         self.header.title.setText(name)
+        self.tensorboard.show_for(str(history.path), False)  # the folder as it is now (runs can be moved)
         self._stop_live(status.get("status", "finished"))
         self.header.stat_elapsed.set(fmt.duration(status.get("elapsed_s")))
         self.vram_chart.note_peak(status.get("peak_vram_gb"))
@@ -313,3 +319,6 @@ class MonitorPage(QWidget):
 
     def log_text(self) -> str:
         return self.log.toPlainText()
+
+    def shutdown(self) -> None:
+        self.tensorboard.stop_server()

@@ -31,6 +31,7 @@ from qlora_studio.gui.memory_panel import MemoryPanel
 from qlora_studio.gui.settings import Settings
 from qlora_studio.gui.setup_groups import build_groups
 from qlora_studio.gui.widgets.form import Binding, Form, guard_wheel
+from qlora_studio.gui.widgets.model_library import LibraryContext
 from qlora_studio.gui.xray import DataXRay
 
 
@@ -54,6 +55,7 @@ class SetupPage(QWidget):
         self.form = Form()
         self.groups = build_groups(self.form, self._start_folder)
         self.model = self.groups.model_picker
+        self.model.set_library_context(LibraryContext.for_setup_page(self))
         left = QWidget()
         left.setObjectName("setupForm")
         column = QVBoxLayout(left)

@@ -72,7 +72,8 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False, revisi
     path = Path(name_or_path).expanduser()
     try:
         if path.is_file() and path.suffix.lower() == ".gguf":
-            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            stat = path.stat()
+            return _gguf_config(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if path.is_dir():
             return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         from qlora_studio.core.config.schema import ModelSettings
@@ -84,6 +85,15 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False, revisi
                                           trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model.name_or_path: cannot read the config of {name_or_path}: {str(exc).splitlines()[0]}") from None
+
+
+@lru_cache(maxsize=16)
+def _gguf_config(path: str, size: int, mtime_ns: int):
+    """A .gguf file's config, read once per file version: transformers parses every metadata array of
+    the file (the whole vocabulary) to get it, seconds each time."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(Path(path).parent, gguf_file=Path(path).name)
 
 
 @lru_cache(maxsize=16)

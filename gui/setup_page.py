@@ -124,6 +124,7 @@ class SetupPage(QWidget):
         self.preset_combo.activated.connect(lambda _: self.apply_preset(self.preset_combo.currentText()))
         row.addWidget(self.preset_combo, 1)
         for name, text, slot in (("loadConfigButton", "Load config…", self._browse_load),
+                                 ("importConfigButton", "Import…", self.import_config),
                                  ("saveConfigButton", "Save config…", self._browse_save)):
             button = QPushButton(text)
             button.setObjectName(name)
@@ -242,6 +243,12 @@ class SetupPage(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Load config", self._start_folder(), "Config (*.yaml *.yml)")
         if path:
             self.load_config_file(path)
+
+    def import_config(self, path: str | Path | None = None):
+        """An axolotl or LLaMA-Factory config: what carries over, and what does not, in a dialog."""
+        from qlora_studio.gui.import_dialog import import_config_file
+
+        return import_config_file(self, path or None)
 
     def _browse_save(self) -> None:
         start = str(Path(self._start_folder()) / "qlora-studio.yaml")

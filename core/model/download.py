@@ -104,12 +104,16 @@ def download_model(repo_id: str, *, cache_dir: str | Path | None = None, revisio
     Hub errors become LibraryError with a message the window can show as it is.
     """
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import DryRunError
 
     where = {"revision": revision, "cache_dir": str(cache_dir) if cache_dir else None, "allow_patterns": allow_patterns,
              "endpoint": endpoint}
     try:
-        plan = snapshot_download(repo_id, dry_run=True, tqdm_class=progress_class(lambda p: None), **where)
-        todo = sum(f.file_size for f in plan if f.will_download)
+        try:
+            plan = snapshot_download(repo_id, dry_run=True, tqdm_class=progress_class(lambda p: None), **where)
+            todo = sum(f.file_size for f in plan if f.will_download)
+        except DryRunError:
+            todo = 0  # offline or refused: the download itself raises the error that says which
         path = snapshot_download(repo_id, tqdm_class=progress_class(on_progress, cancel, todo),
                                  max_workers=max_workers, **where)
     except DownloadCancelled:

@@ -118,7 +118,7 @@ def test_download_progress_cancel_and_gated(hub_cache, online, monkeypatch):
     assert "hf_NeverShowThisToken" not in str(gated.value)
 
 
-def test_download_process_finishes_and_cancels(hub_cache, online):
+def test_download_process_cancels_and_the_download_command_finishes(hub_cache, online, monkeypatch, capsys):
     big = {**FILES, "model.safetensors": os.urandom(24_000_000)}  # the child reads 10 MiB at a time
     with FakeHub({"org/tiny": big}, chunk=256 * 1024, delay=0.02) as hub:
         job = dl.DownloadProcess("org/tiny", cache_dir=str(hub_cache), endpoint=hub.endpoint).start()
@@ -130,8 +130,14 @@ def test_download_process_finishes_and_cancels(hub_cache, online):
         assert lib.delete_incomplete() > 0  # a killed child leaves its partial file: removed here
         assert lib.scan_library().incomplete_bytes == 0
         shutil.rmtree(hub_cache / "models--org--tiny")
+    from qlora_studio.core.cli import main
+
     with FakeHub({"org/tiny": FILES}) as hub:
-        job = dl.DownloadProcess("org/tiny", cache_dir=str(hub_cache), endpoint=hub.endpoint).start()
-        assert job.wait(timeout=120)
-    assert job.error is None and Path(job.result) == hub_cache / "models--org--tiny" / "snapshots" / COMMIT
-    assert job.progress.fraction == 1.0
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)  # read by the download's own process
+        assert main(["download", "org/tiny"]) == 0
+    out = capsys.readouterr()
+    assert f"downloaded org/tiny into {hub_cache / 'models--org--tiny' / 'snapshots' / COMMIT}" in out.out
+    assert "org/tiny: 100.0% of 1.4 MiB, 3/3 files" in out.err
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in listed["models"]] == ["org/tiny"] and listed["models"][0]["problem"] is None

@@ -89,3 +89,25 @@ def test_model_library_lists_fits_uses_deletes_and_downloads(window, qtbot, tmp_
         pass
     assert dialog.selected().name == "org/small" and dialog.selected().trainable
     dialog.close()
+
+
+def test_import_an_axolotl_config_into_the_setup_page(window, qtbot, tmp_path):
+    example = Path(__file__).parents[1] / "core" / "import_examples" / "axolotl_llama3_qlora.yml"
+    output_dir = window.setup.config.output_dir
+    dialog = window.setup.import_config(example)
+    table = dialog.dropped_table
+    keys = [table.item(row, 0).text() for row in range(table.rowCount())]
+    assert "sample_packing" in keys and "special_tokens" in keys
+    assert dialog.save(tmp_path / "imported.yaml").read_text().startswith("# Imported from axolotl_llama3_qlora.yml")
+    qtbot.mouseClick(dialog.open_button, Qt.MouseButton.LeftButton)
+    config = window.setup.config
+    assert (config.model.name_or_path, config.lora.r, config.lora.alpha) == ("NousResearch/Meta-Llama-3-8B", 32, 16.0)
+    assert (config.data.format, config.train.optimizer) == ("alpaca", "paged_adamw_32bit")
+    assert config.output_dir == output_dir  # runs stay in the user's folder
+    assert window.setup.widget("lora.r").value() == 32
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("foo: 1\n")
+    with qtbot.waitSignal(window.setup.error) as error:
+        assert window.setup.import_config(bad) is None
+    assert error.args[0] == "Import config" and "cannot tell" in error.args[1]

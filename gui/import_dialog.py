@@ -20,7 +20,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
 from qlora_studio.gui import fmt
 
 IMPORT_FILTER = "axolotl / LLaMA-Factory config (*.yaml *.yml *.json);;All files (*)"
@@ -59,6 +58,7 @@ class ImportConfigDialog(QDialog):
         header = self.dropped_table.horizontalHeader()
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Interactive)
+        header.resizeSection(1, 200)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.carried_text = QPlainTextEdit("\n".join(imported.carried))
         self.carried_text.setObjectName("carriedText")

@@ -1,6 +1,10 @@
 """Screenshots of the three pages from the real window, after real tiny-model training runs.
 
     QT_QPA_PLATFORM=offscreen python docs/screenshots/make_screenshots.py [OUT_DIR]
+    QT_QPA_PLATFORM=offscreen python docs/screenshots/make_screenshots.py [OUT_DIR] --only ecosystem
+
+`--only ecosystem` shoots the model library, the import dialog and the monitor's TensorBoard hint
+(library.png, import.png, tensorboard.png) after one short run.
 
 Trains a tiny random Llama (tests/tiny.py) three times through the window: double quant on,
 double quant off, and a longer run that is paused for the monitor shot and then stopped. The
@@ -62,7 +66,7 @@ def shoot(window, page, path: Path) -> None:
     print(f"{path}: {path.stat().st_size / 1024:.0f} KiB")
 
 
-def train(window, config, steer: Callable[[dict], None] | None = None) -> dict:
+def train(window, config, steer: Callable[[Any], None] | None = None):
     if steer is not None:
         window.controller.event.connect(steer)
     window.setup.set_config(config)
@@ -70,11 +74,52 @@ def train(window, config, steer: Callable[[dict], None] | None = None) -> dict:
     (result,) = wait_for(window.run_ended)
     if steer is not None:
         window.controller.event.disconnect(steer)
-    print(f"run {config.run_name}: {result['status']} at step {result['step']}")
+    print(f"run {config.run_name}: {result.status} at step {result.step}")
     return result
 
 
-def main(out_dir: Path) -> int:
+def ecosystem_shots(window, work: Path, out_dir: Path, model: Path, base) -> None:
+    """The model library (a temporary Hugging Face cache holding the tiny model, and the bundled GGUF's
+    folder), the import dialog on an axolotl example, and a replayed run with its TensorBoard hint."""
+    import huggingface_hub
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fakehub import cache_model
+
+    from qlora_studio.core.model.sources import bundled_smollm2_gguf
+
+    cache = work / "hub"
+    huggingface_hub.constants.HF_HUB_CACHE = str(cache)
+    files = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    cache_model(cache, "you/tiny-llama-4l", files)
+    gguf = bundled_smollm2_gguf()
+    if gguf is not None:
+        window.settings.set("library/gguf_folders", str(gguf.parent))
+    dialog = window.setup.model.open_library()
+    wait_for(dialog.fitted)
+    dialog.select("you/tiny-llama-4l")
+    dialog.downloads.repo_edit.setText("Qwen/Qwen2.5-0.5B-Instruct")
+    dialog.resize(1100, 420)
+    settle()
+    dialog.grab().save(str(out_dir / "library.png"), "PNG")
+    print(f"{out_dir / 'library.png'}")
+    dialog.close()
+
+    imported = window.setup.import_config(ROOT / "tests" / "core" / "import_examples" / "axolotl_llama3_qlora.yml")
+    imported.resize(1000, 480)
+    settle()
+    imported.grab().save(str(out_dir / "import.png"), "PNG")
+    print(f"{out_dir / 'import.png'}")
+    imported.reject()
+
+    run = train(window, base.with_overrides({"run_name": "dates-tensorboard", "train.max_steps": 40,
+                                             "train.report_to": ["tensorboard"]}))
+    window.history_loader.request(run.run_dir, tag=run.run_dir)
+    wait_for(window.monitor.history_loaded)
+    shoot(window, window.monitor, out_dir / "tensorboard.png")
+
+
+def main(out_dir: Path, only: str | None = None) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -113,13 +158,18 @@ def main(out_dir: Path) -> int:
                   "save_every_steps": 40, "eval_every_steps": 10, "warmup_ratio": 0.05},
         "output_dir": str(runs_dir),
     })
+    if only == "ecosystem":
+        ecosystem_shots(window, work, out_dir, model, base)
+        window.close()
+        app.processEvents()
+        return 0
     dq_on = train(window, base.with_overrides({"run_name": "dates-r8-dq-on"}))
     dq_off = train(window, base.with_overrides({"run_name": "dates-r8-dq-off", "quantization.double_quant": False}))
 
     # a longer run, paused for the monitor shot, then stopped (it stays resumable)
-    def pause_at(step: int) -> Callable[[dict], None]:
-        def steer(event: dict) -> None:
-            if event["type"] == "step" and event["metrics"]["step"] >= step and not window.pause_action.isChecked():
+    def pause_at(step: int) -> Callable[[Any], None]:
+        def steer(event) -> None:
+            if event.type == "step" and event.metrics.step >= step and not window.pause_action.isChecked():
                 window.pause_action.trigger()
         return steer
 
@@ -129,7 +179,7 @@ def main(out_dir: Path) -> int:
     steer = pause_at(170)
     window.controller.event.connect(steer)
     window.start_training()
-    wait_for(window.controller.event, lambda e: e["type"] == "paused")
+    wait_for(window.controller.event, lambda e: e.type == "paused")
     window.controller.event.disconnect(steer)
     shoot(window, window.monitor, out_dir / "monitor.png")
     window.stop_training()
@@ -137,7 +187,7 @@ def main(out_dir: Path) -> int:
 
     # runs page: compare double quant on and off
     window.runs.refresh()
-    window.runs.select_paths([dq_on["run_dir"], dq_off["run_dir"]])
+    window.runs.select_paths([dq_on.run_dir, dq_off.run_dir])
     shoot(window, window.runs, out_dir / "runs.png")
 
     # setup page: the demo preset, with its X-ray and memory estimate
@@ -146,8 +196,8 @@ def main(out_dir: Path) -> int:
     wait_for(window.setup.xray.report_ready, lambda r: r.source == demo.data.path)
     if window.setup.memory.estimate is None or window.setup.memory.estimate.model != demo.model.name_or_path:
         wait_for(window.setup.memory.estimate_ready, lambda e: e.model == demo.model.name_or_path)
-    if "parameters" not in window.setup.model_info_label.text():
-        wait_for(window.setup.model_info_runner.result)
+    if "parameters" not in window.setup.model.info_label.text():
+        wait_for(window.setup.model.info_task.result)
     window.setup.xray.tabs.setCurrentIndex(0)
     shoot(window, window.setup, out_dir / "setup.png")
 
@@ -157,6 +207,10 @@ def main(out_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
+    args = [a for a in sys.argv[1:] if not a.startswith("--only")]
+    only = next((a.split("=", 1)[1] if "=" in a else sys.argv[sys.argv.index(a) + 1]
+                 for a in sys.argv[1:] if a.startswith("--only")), None)
+    args = [a for a in args if a != only]
+    target = Path(args[0]) if args else Path(__file__).resolve().parent
     target.mkdir(parents=True, exist_ok=True)
-    sys.exit(main(target))
+    sys.exit(main(target, only))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -21,22 +21,19 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
     QMessageBox,
-    QProgressBar,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
-
 from qlora_studio.gui import fmt
+from qlora_studio.gui.widgets.model_download import DownloadPanel
 from qlora_studio.gui.workers import TaskRunner
 
 COLUMNS = ["Model", "Source", "Size", "Architecture", "Parameters", "Fits"]
 FIT_COLORS = {"fits": "#15803d", "fits with changes": "#b45309", "too big": "#b91c1c"}
-POLL_MS = 150
 
 
 @dataclass
@@ -99,8 +96,6 @@ class ModelLibraryDialog(QDialog):
         self.models: list[Any] = []
         self.fits: dict[str, Any] = {}
         self._fit_queue: list[str] = []
-        self.job = None  # the running DownloadProcess
-        self._download_id = ""
 
         self.where = QLabel("")
         self.where.setObjectName("libraryWhere")
@@ -141,37 +136,15 @@ class ModelLibraryDialog(QDialog):
         actions.addStretch(1)
         actions.addWidget(self.refresh_button)
 
-        self.repo_edit = QLineEdit()
-        self.repo_edit.setObjectName("downloadRepo")
-        self.repo_edit.setPlaceholderText("Hub model id, e.g. Qwen/Qwen2.5-1.5B-Instruct")
-        self.download_button = QPushButton("Download")
-        self.download_button.setObjectName("downloadButton")
-        self.download_button.setToolTip("Config, tokenizer and safetensors weights into the Hugging Face cache.\n"
-                                        "Gated models (Llama, Gemma, ...) need their terms accepted on the Hub and "
-                                        "`hf auth login` in a terminal first.")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setObjectName("cancelDownloadButton")
-        self.cancel_button.hide()
-        self.progress = QProgressBar()
-        self.progress.setObjectName("downloadProgress")
-        self.progress.hide()
-        self.download_status = QLabel("")
-        self.download_status.setObjectName("downloadStatus")
-        self.download_status.setWordWrap(True)
-        self.download_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        download_row = QHBoxLayout()
-        download_row.addWidget(QLabel("Download"))
-        download_row.addWidget(self.repo_edit, 1)
-        download_row.addWidget(self.download_button)
-        download_row.addWidget(self.cancel_button)
+        self.downloads = DownloadPanel(lambda: self.library.cache_dir if self.library else None)
+        self.downloads.finished.connect(self._on_downloaded)
+        self.downloads.started.connect(lambda _repo: self._update_buttons())
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.where)
         layout.addWidget(self.table, 1)
         layout.addLayout(actions)
-        layout.addLayout(download_row)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.download_status)
+        layout.addWidget(self.downloads)
 
         self.use_button.clicked.connect(self.use_selected)
         self.delete_button.clicked.connect(lambda: self.delete_selected())
@@ -179,9 +152,6 @@ class ModelLibraryDialog(QDialog):
         self.remove_folder_button.clicked.connect(self._forget_folders)
         self.refresh_button.clicked.connect(self.refresh)
         self.cleanup_button.clicked.connect(self._clean_up)
-        self.download_button.clicked.connect(lambda: self.start_download())
-        self.repo_edit.returnPressed.connect(lambda: self.start_download())
-        self.cancel_button.clicked.connect(self.cancel_download)
 
         self.scanner = TaskRunner(_scan, self)
         self.scanner.result.connect(self._on_scanned)
@@ -192,9 +162,6 @@ class ModelLibraryDialog(QDialog):
         self.deleter = TaskRunner(_delete, self)
         self.deleter.result.connect(self._on_deleted)
         self.deleter.error.connect(lambda _tag, error: self._say(f"Not deleted: {error.reason}", error=True))
-        self.poller = QTimer(self)
-        self.poller.setInterval(POLL_MS)
-        self.poller.timeout.connect(self._poll_download)
         self._update_buttons()
         self.refresh()
 
@@ -282,7 +249,7 @@ class ModelLibraryDialog(QDialog):
     def _update_buttons(self) -> None:
         model = self.selected()
         self.use_button.setEnabled(model is not None and model.trainable)
-        self.delete_button.setEnabled(model is not None and model.kind == "hub" and self.job is None)
+        self.delete_button.setEnabled(model is not None and model.kind == "hub" and self.downloads.job is None)
         self.remove_folder_button.setEnabled(bool(self.context.gguf_folders()))
 
     def use_selected(self) -> None:
@@ -332,87 +299,22 @@ class ModelLibraryDialog(QDialog):
         self.refresh()
 
     def _say(self, text: str, error: bool = False) -> None:
-        self.download_status.setText(text)
-        self.download_status.setStyleSheet("color:#b91c1c" if error else "")
+        self.downloads.say(text, error)
 
-    # ---- downloading ----
-    def start_download(self, repo_id: str | None = None, **download_args: Any) -> bool:
-        """Download `repo_id` (default: the line edit) in a child process; `download_args` go to
-        `download_model` (tests point `endpoint` at a local server)."""
-        from qlora_studio.core.model.download import RECOMMENDED_PATTERNS, DownloadProcess
-
-        repo_id = (repo_id or self.repo_edit.text()).strip()
-        if self.job is not None or repo_id.count("/") != 1 or " " in repo_id:
-            if self.job is None:
-                self._say("Give a Hub model id as org/name, e.g. Qwen/Qwen2.5-0.5B-Instruct", error=True)
-            return False
-        self.repo_edit.setText(repo_id)
-        self._download_id = repo_id
-        args = {"allow_patterns": RECOMMENDED_PATTERNS, **download_args}
-        if self.library is not None and "cache_dir" not in args:
-            args["cache_dir"] = str(self.library.cache_dir)
-        self.job = DownloadProcess(repo_id, **args).start()
-        self.progress.setRange(0, 0)  # busy until the first sizes arrive
-        self.progress.show()
-        self.cancel_button.show()
-        self.download_button.setEnabled(False)
-        self._say(f"Downloading {repo_id}…")
+    def _on_downloaded(self, repo_id: str | None) -> None:
         self._update_buttons()
-        self.poller.start()
-        return True
-
-    def _poll_download(self) -> None:
-        job = self.job
-        if job is None:
-            return
-        running = job.poll()
-        p = job.progress
-        if p.bytes_total:
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(int(p.fraction * 1000))
-            self.progress.setFormat(f"{fmt.size(p.bytes_done)} of {fmt.size(p.bytes_total)} · "
-                                    f"{p.files_done} of {p.files_total} files")
-        if not running:
-            self._end_download()
-
-    def cancel_download(self) -> None:
-        from qlora_studio.core.model.library import delete_incomplete
-
-        job = self.job
-        if job is None:
-            return
-        job.cancel()
-        delete_incomplete(self.library.cache_dir if self.library else None)  # a killed child cannot clean up
-        self._end_download()
-
-    def _end_download(self) -> None:
-        job, self.job = self.job, None
-        self.poller.stop()
-        self.progress.hide()
-        self.cancel_button.hide()
-        self.download_button.setEnabled(True)
-        repo_id = self._download_id
-        if job.cancelled:
-            self._say(f"Download of {repo_id} cancelled; its partial files were removed")
-        elif job.error:
-            self._say(job.error, error=True)
-        else:
-            self._say(f"Downloaded {repo_id}")
-        done = not job.cancelled and not job.error
-        self._update_buttons()
-        if done:
+        if repo_id is not None:  # list it, and select it once listed
             self.scanned.connect(self._select_downloaded)
             self.refresh()
-        self.download_finished.emit(repo_id if done else None)
+        self.download_finished.emit(repo_id)
 
     def _select_downloaded(self) -> None:
         self.scanned.disconnect(self._select_downloaded)
-        self.select(self._download_id)
+        self.select(self.downloads.repo_id)
 
     def shutdown(self) -> None:
         """The window is closing: cancel a download, wait for the running task. (Closing the dialog
         only hides it: a download goes on, and the picker shows the dialog again.)"""
-        if self.job is not None:
-            self.cancel_download()
+        self.downloads.cancel()
         for runner in (self.scanner, self.fitter, self.deleter):
             runner.shutdown()

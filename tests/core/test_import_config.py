@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from qlora_studio.core.cli import main
 from qlora_studio.core.config import load_config, validate_config
-from qlora_studio.core.config.importers import EMPTY, ConfigImportError, detect_tool, import_config, import_dict
+from qlora_studio.core.config.importers import (
+    EMPTY,
+    ConfigImportError,
+    detect_tool,
+    import_config,
+    import_dict,
+)
 from qlora_studio.core.training.runner import run_training
 
 EXAMPLES = Path(__file__).parent / "import_examples"

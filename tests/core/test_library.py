@@ -12,7 +12,6 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 from fakehub import COMMIT, FakeHub, cache_model
-
 from qlora_studio.core.model import download as dl
 from qlora_studio.core.model import library as lib
 

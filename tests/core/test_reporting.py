@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 
 import pytest
-
 from qlora_studio.core.errors import ConfigError
 from qlora_studio.core.training import reporting
 from qlora_studio.core.training.runner import run_training

@@ -82,9 +82,9 @@ def test_model_library_lists_fits_uses_deletes_and_downloads(window, qtbot, tmp_
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the download's own process reads the variable
     with FakeHub({"org/small": files}) as hub:
         with qtbot.waitSignal(dialog.download_finished, timeout=120_000) as finished:
-            assert dialog.start_download("org/small", endpoint=hub.endpoint)
-            assert dialog.progress.isVisible() and dialog.cancel_button.isVisible()
-    assert finished.args == ["org/small"] and "Downloaded org/small" in dialog.download_status.text()
+            assert dialog.downloads.start("org/small", endpoint=hub.endpoint)
+            assert dialog.downloads.progress.isVisible() and dialog.downloads.cancel_button.isVisible()
+    assert finished.args == ["org/small"] and "Downloaded org/small" in dialog.downloads.status.text()
     with qtbot.waitSignal(dialog.scanned, timeout=60_000):
         pass
     assert dialog.selected().name == "org/small" and dialog.selected().trainable

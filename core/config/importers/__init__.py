@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from qlora_studio.core.config.importers import axolotl, llamafactory
-from qlora_studio.core.config.importers.common import EMPTY, ConfigImportError, Draft, Dropped, Tool, show
+from qlora_studio.core.config.importers.common import (
+    EMPTY,
+    ConfigImportError,
+    Draft,
+    Dropped,
+    Tool,
+    show,
+)
 from qlora_studio.core.config.schema import RunConfig, validate_config
 
 __all__ = ["EMPTY", "ConfigImportError", "ImportedConfig", "Tool", "detect_tool", "import_config", "import_dict",

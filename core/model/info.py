@@ -1,4 +1,4 @@
-"""What a model is, read from config.json without loading weights (the models already on disk: `library`)."""
+"""What a model is, read from config.json without loading weights; models already on disk."""
 
 from __future__ import annotations
 
@@ -39,3 +39,14 @@ def model_info(name_or_path: str, trust_remote_code: bool = False) -> ModelInfo:
         vocab=shape.vocab,
         context_length=shape.max_position,
     )
+
+
+def cached_hub_models() -> list[str]:
+    """Hub model ids already in the local Hugging Face cache (for completion in pickers)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception:  # noqa: BLE001 - no cache folder yet, or an unreadable one: nothing to offer
+        return []
+    return sorted(repo.repo_id for repo in info.repos if repo.repo_type == "model")

@@ -112,7 +112,7 @@ def ecosystem_shots(window, work: Path, out_dir: Path, model: Path, base) -> Non
     print(f"{out_dir / 'import.png'}")
     imported.reject()
 
-    run = train(window, base.with_overrides({"run_name": "dates-tensorboard", "train.max_steps": 40,
+    run = train(window, base.with_overrides({"run_name": "dates-tensorboard", "train.max_steps": 16,
                                              "train.report_to": ["tensorboard"]}))
     window.history_loader.request(run.run_dir, tag=run.run_dir)
     wait_for(window.monitor.history_loaded)

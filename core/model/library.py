@@ -12,6 +12,7 @@ import json
 import mmap
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from qlora_studio.core.errors import UserError
@@ -159,7 +160,8 @@ def safetensors_params(paths: list[Path]) -> int | None:
 def describe_gguf(path: Path, last_used: float = 0.0, origin: str | None = None) -> LibraryModel:
     path = Path(path)
     try:
-        summary = gguf_header(path)
+        stat = path.stat()
+        summary = _cached_gguf_header(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         problem = None
     except (OSError, ValueError, struct.error) as exc:
         summary, problem = {}, f"not a readable GGUF file ({exc})"
@@ -169,6 +171,12 @@ def describe_gguf(path: Path, last_used: float = 0.0, origin: str | None = None)
         architecture=summary.get("architecture"), params=summary.get("params"),
         last_used=last_used or (path.stat().st_mtime if path.exists() else 0.0), problem=problem, notes=notes,
     )
+
+
+@lru_cache(maxsize=256)
+def _cached_gguf_header(path: str, size: int, mtime_ns: int) -> dict:
+    """Read once per file version: the picker and the library list the same folders again and again."""
+    return gguf_header(Path(path))
 
 
 # GGUF value types (ggml's gguf.h): fixed sizes, 8 = string, 9 = array.

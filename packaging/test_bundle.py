@@ -44,7 +44,8 @@ def folder_size(folder: Path) -> tuple[int, int]:
 
 def largest_parts(folder: Path, n: int = 8) -> list[tuple[str, int]]:
     internal = folder / "_internal" if (folder / "_internal").is_dir() else folder
-    sizes = [(child.name, folder_size(child)[0] if child.is_dir() else child.stat().st_size) for child in internal.iterdir()]
+    sizes = [(child.name, folder_size(child)[0] if child.is_dir() else child.stat().st_size)
+             for child in internal.iterdir() if not child.is_symlink()]
     return sorted(sizes, key=lambda item: -item[1])[:n]
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = (1400, 900)
-TIMEOUT_MS = 300_000
+TIMEOUT_MS = int(os.environ.get("SHOTS_TIMEOUT_MS", "300000"))
 
 
 def wait_for(signal, accept: Callable[..., bool] = lambda *a: True, timeout_ms: int = TIMEOUT_MS) -> tuple[Any, ...]:
@@ -70,7 +70,9 @@ def train(window, config, steer: Callable[[Any], None] | None = None):
     if steer is not None:
         window.controller.event.connect(steer)
     window.setup.set_config(config)
-    window.start_training()
+    if not window.start_training():
+        raise RuntimeError(f"the run did not start: {window.setup.problem_label.text()} "
+                           f"{window.last_error_box.text() if window.last_error_box else ''}")
     (result,) = wait_for(window.run_ended)
     if steer is not None:
         window.controller.event.disconnect(steer)
@@ -112,7 +114,7 @@ def ecosystem_shots(window, work: Path, out_dir: Path, model: Path, base) -> Non
     print(f"{out_dir / 'import.png'}")
     imported.reject()
 
-    run = train(window, base.with_overrides({"run_name": "dates-tensorboard", "train.max_steps": 16,
+    run = train(window, base.with_overrides({"run_name": "dates-tensorboard", "train.max_steps": 8, "train.eval_every_steps": 4,
                                              "train.report_to": ["tensorboard"]}))
     window.history_loader.request(run.run_dir, tag=run.run_dir)
     wait_for(window.monitor.history_loaded)

@@ -272,9 +272,9 @@ def import_axolotl(raw: dict[str, Any], imp: Draft) -> None:
             imp.drop("gradient_checkpointing", gc, "not true or false")
     imp.default("train.gradient_checkpointing", False, "axolotl default")
     carry_number(imp, keys, "save_steps", "train.save_every_steps", integer=True, check=lambda v: v >= 1,
-                  rule="of at least 1 (a fraction of the run is not supported)")
+                 rule="of at least 1 (a fraction of the run is not supported)")
     carry_number(imp, keys, "eval_steps", "train.eval_every_steps", integer=True, check=lambda v: v >= 1,
-                  rule="of at least 1 (a fraction of the run is not supported)")
+                 rule="of at least 1 (a fraction of the run is not supported)")
     carry_number(imp, keys, "save_total_limit", "train.keep_checkpoints", integer=True, check=lambda v: v >= 1, rule="of at least 1")
     carry_number(imp, keys, "seed", "train.seed", integer=True)
     split_output_dir(imp, keys, "output_dir")

@@ -138,7 +138,7 @@ def as_int(value: Any) -> int | None:
 
 
 def carry_number(imp: Draft, keys: Keys, key: str, dotted: str, *, integer: bool = False,
-                  check: Callable[[float], bool] = lambda v: True, rule: str = "") -> Any:
+                 check: Callable[[float], bool] = lambda v: True, rule: str = "") -> Any:
     value = keys.take(key)
     if value is None:
         return None

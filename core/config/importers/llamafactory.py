@@ -254,10 +254,10 @@ def import_llamafactory(raw: dict[str, Any], imp: Draft) -> None:
     if not imp.has("train.gradient_checkpointing"):  # TrainingArguments' own switch, passed through by LLaMA-Factory
         carry_bool(imp, keys, "gradient_checkpointing", "train.gradient_checkpointing")
     carry_number(imp, keys, "save_steps", "train.save_every_steps", integer=True, check=lambda v: v >= 1,
-                  rule="of at least 1 (a fraction of the run is not supported)")
+                 rule="of at least 1 (a fraction of the run is not supported)")
     imp.default("train.save_every_steps", 500, "TrainingArguments default")
     carry_number(imp, keys, "eval_steps", "train.eval_every_steps", integer=True, check=lambda v: v >= 1,
-                  rule="of at least 1 (a fraction of the run is not supported)")
+                 rule="of at least 1 (a fraction of the run is not supported)")
     carry_number(imp, keys, "save_total_limit", "train.keep_checkpoints", integer=True, check=lambda v: v >= 1, rule="of at least 1")
     carry_number(imp, keys, "seed", "train.seed", integer=True)
     split_output_dir(imp, keys, "output_dir")

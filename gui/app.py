@@ -29,6 +29,19 @@ def apply_style(app) -> None:
         app.setStyleSheet(sheet.read_text(encoding="utf-8"))
 
 
+def app_icon():
+    """The icon in every size the app ships (the SVG needs Qt's SVG plugin, which a bundle may lack)."""
+    from PySide6.QtGui import QIcon
+
+    from qlora_studio.resources import ICONS
+
+    icon = QIcon()
+    for png in sorted(ICONS.glob("hicolor/*/apps/qlora-studio.png")):
+        icon.addFile(str(png))
+    icon.addFile(str(ICONS / "qlora-studio.svg"))
+    return icon
+
+
 def create_app(argv: list[str] | None = None):
     from PySide6.QtWidgets import QApplication
 
@@ -46,6 +59,8 @@ def create_app(argv: list[str] | None = None):
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
     app.setApplicationDisplayName("QLoRA Studio")
+    app.setDesktopFileName("qlora-studio")  # Wayland and docks match the window to the installed .desktop entry
+    app.setWindowIcon(app_icon())
     configure_pyqtgraph()
     if not hasattr(app, "_studio_gc"):
         from qlora_studio.gui.gc_guard import GuiThreadGarbageCollector

@@ -389,6 +389,7 @@ class MainWindow(QMainWindow):
             return
         self.save_state()
         self.setup.shutdown()
+        self.monitor.shutdown()
         for runner in (self.gpu_probe, self.history_loader):
             runner.shutdown()
         event.accept()

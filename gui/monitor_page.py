@@ -27,7 +27,7 @@ from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.charts import PALETTE, ChartBoard, LiveChart, LossChart
 from qlora_studio.gui.widgets.run_log import RunLog
 from qlora_studio.gui.widgets.run_header import RunHeader
-from qlora_studio.gui.widgets.step_marks import StepMarks
+from qlora_studio.gui.widgets.tensorboard_hint import TensorBoardHint
 from qlora_studio.gui.widgets.vram_chart import VramChart
 
 
@@ -42,6 +42,7 @@ class MonitorPage(QWidget):
         self._batching = 0
         self.run_dir: str | None = None
         self.header = RunHeader()
+        self.tensorboard = TensorBoardHint()  # shown for runs that report to TensorBoard
 
         # ---- chart options ----
         self.smoothing = QSlider(Qt.Orientation.Horizontal)
@@ -103,6 +104,7 @@ class MonitorPage(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
         layout.addWidget(self.header)
+        layout.addWidget(self.tensorboard)
         layout.addLayout(options)
         layout.addWidget(self.splitter, 1)
 
@@ -145,6 +147,7 @@ class MonitorPage(QWidget):
         self.nan_marks.clear()
         self.log.clear()
         self.run_dir = None
+        self.tensorboard.show_for(None, False)
         self.header.reset(title)
         self.vram_chart.reset(predicted_peak_gb)
         self._show_vram()
@@ -205,6 +208,7 @@ class MonitorPage(QWidget):
             f"{fmt.params(e.total_params)} · {e.train_rows:,} train / {e.eval_rows:,} eval rows")
         header.set_plan(e.start_step, e.total_steps)
         header.set_status("running")
+        self.tensorboard.show_for(e.run_dir, "tensorboard" in e.config.get("train", {}).get("report_to", []))
         vram.set_message("" if vram.on_cuda else "CPU run: no VRAM to measure")
         self._show_vram()
 
@@ -342,6 +346,7 @@ class MonitorPage(QWidget):
             for mark in history.marks:  # their log lines came with replay_log
                 self._mark_nonfinite(mark)
         self.header.title.setText(name)
+        self.tensorboard.show_for(str(history.path), False)  # the folder as it is now (runs can be moved)
         self._stop_live(status.get("status", "finished"))
         self.header.stat_elapsed.set(fmt.duration(status.get("elapsed_s")))
         self.vram_chart.note_peak(status.get("peak_vram_gb"))
@@ -361,3 +366,6 @@ class MonitorPage(QWidget):
 
     def log_text(self) -> str:
         return self.log.toPlainText()
+
+    def shutdown(self) -> None:
+        self.tensorboard.stop_server()

@@ -122,10 +122,13 @@ class RunsPage(QWidget):
         self.resume_button.setToolTip("Continue the selected run from its latest checkpoint")
         self.folder_button = QPushButton("Show folder")
         self.folder_button.setObjectName("showFolderButton")
+        self.csv_button = QPushButton("Export CSV…")
+        self.csv_button.setObjectName("exportCsvButton")
+        self.csv_button.setToolTip("Save the selected run's metrics (one row per step, with its eval loss) as a CSV file")
         top = QHBoxLayout()
         top.addWidget(QLabel("Runs in"))
         top.addWidget(self.folder_label, 1)
-        for button in (self.refresh_button, self.replay_button, self.resume_button, self.folder_button):
+        for button in (self.refresh_button, self.replay_button, self.resume_button, self.folder_button, self.csv_button):
             top.addWidget(button)
 
         self.model = RunsModel(self)
@@ -178,6 +181,7 @@ class RunsPage(QWidget):
         self.replay_button.clicked.connect(self._replay)
         self.resume_button.clicked.connect(self._resume)
         self.folder_button.clicked.connect(self._show_folder)
+        self.csv_button.clicked.connect(lambda: self.export_csv())
         self.table.selectionModel().selectionChanged.connect(self._on_selection)
         self._update_buttons()
 
@@ -270,8 +274,7 @@ class RunsPage(QWidget):
         self.replay_button.setEnabled(one is not None and not self.busy)
         self.resume_button.setEnabled(one is not None and one.resumable and one.status != "running" and not self.busy)
         self.folder_button.setEnabled(one is not None)
-        finished = one is not None and one.status == "finished"
-        self.resume_button.setText("Train more…" if finished else "Resume")  # a finished run has nothing to resume
+        self.csv_button.setEnabled(one is not None)
         if one is not None and not one.resumable:
             self.resume_button.setToolTip("This run has no checkpoint to resume from")
         elif self.busy:
@@ -291,6 +294,29 @@ class RunsPage(QWidget):
         if len(runs) == 1 and runs[0].resumable and not self.busy:
             signal = self.extend_requested if runs[0].status == "finished" else self.resume_requested
             signal.emit(str(runs[0].path))
+
+    def export_csv(self, path: str | None = None) -> str | None:
+        """The selected run's metrics as CSV at `path` (asked for when not given); returns where it went."""
+        from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+        from qlora_studio.core.training.reporting import export_metrics_csv
+
+        runs = self.selected_runs()
+        if len(runs) != 1:
+            return None
+        run = runs[0]
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export metrics", str(run.path / f"{run.name}-metrics.csv"),
+                                                  "CSV (*.csv)")
+            if not path:
+                return None
+        try:
+            rows = export_metrics_csv(run.path, path)
+        except OSError as exc:
+            QMessageBox.warning(self, "Export metrics", f"{path}: {exc.strerror or exc}")
+            return None
+        self.hint.setText(f"Saved {rows} steps of {run.name} to {path}")
+        return path
 
     def _show_folder(self) -> None:
         runs = self.selected_runs()

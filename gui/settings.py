@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "setup/output_dir": "",  # empty: default_output_dir()
     "setup/config_folder": "",  # where the last config was loaded from or saved to
     "memory/budget": "auto",  # auto (the detected GPU) or a size in GB
+    "library/gguf_folders": "",  # folders whose .gguf files the model library lists, one per line
     "monitor/smoothing": 0.6,
     "monitor/log_scale": False,
     "monitor/extend_steps": 100,

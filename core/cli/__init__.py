@@ -116,6 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default="qlora-studio.yaml", help="where to write it; - prints it")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
+    p = command("models", c.cmd_models, "list the models on this computer (Hugging Face cache, .gguf files) with "
+                "size, architecture and parameters", (as_json,))
+    p.add_argument("--gguf-folder", action="append", default=[], metavar="DIR", help="also list the .gguf files here")
+    p = command("download", c.cmd_download, "download a Hub model into the Hugging Face cache, with progress", (debug,))
+    p.add_argument("repo_id", help="org/name")
+    p.add_argument("--revision", help="branch, tag or commit (default: main)")
+    p.add_argument("--all-files", action="store_true",
+                   help="every file of the repo, not only config, tokenizer and safetensors weights")
+
+    p = command("import-config", c.cmd_import_config,
+                "convert an axolotl or LLaMA-Factory QLoRA config, listing every key not carried over", (debug,))
+    p.add_argument("file", help="the axolotl or LLaMA-Factory YAML file")
+    p.add_argument("--out", metavar="my.yaml", help="write the config here (default: print it)")
+    p.add_argument("--tool", choices=("axolotl", "llamafactory"), help="which tool wrote it (default: detected)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+
     command("env", c.cmd_env, "show the GPU, driver and library versions this install sees")
     return parser
 

@@ -218,6 +218,74 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from qlora_studio.core.model.library import scan_library
+
+    library = scan_library(args.gguf_folder)
+    if args.json:
+        print(json.dumps({"cache_dir": str(library.cache_dir), "incomplete_bytes": library.incomplete_bytes,
+                          "models": [{**m.__dict__, "path": str(m.path)} for m in library.models]}, default=str))
+        return 0
+    print(f"Hugging Face cache: {library.cache_dir}")
+    if not library.models:
+        print("no models yet: qlora-studio download org/name")
+    for m in library.models:
+        params = f"{m.params / 1e9:.2f}B" if m.params else "?"
+        print(f"  {m.size_bytes / 2**30:7.2f} GiB {params:>7}  {(m.architecture or '?')[:28]:28} {m.name}"
+              + (f"  ({m.problem})" if m.problem else ""))
+    if library.incomplete_bytes:
+        print(f"{library.incomplete_bytes / 2**20:.0f} MiB of interrupted downloads are left in the cache")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    import time
+
+    from qlora_studio.core.model.download import RECOMMENDED_PATTERNS, DownloadProcess
+    from qlora_studio.core.model.library import LibraryError, delete_incomplete
+
+    def show(p) -> None:
+        if p.bytes_total:
+            print(f"\r{args.repo_id}: {p.fraction:6.1%} of {p.bytes_total / 2**20:,.1f} MiB, "
+                  f"{p.files_done}/{p.files_total} files", end="", file=sys.stderr, flush=True)
+
+    job = DownloadProcess(args.repo_id, revision=args.revision,
+                          allow_patterns=None if args.all_files else RECOMMENDED_PATTERNS).start()
+    try:
+        while job.poll():
+            show(job.progress)
+            time.sleep(0.25)
+        show(job.progress)
+    except KeyboardInterrupt:
+        job.cancel()
+        delete_incomplete()
+        print(f"\ndownload of {args.repo_id} cancelled", file=sys.stderr)
+        return 130
+    print(file=sys.stderr)
+    if job.error:
+        raise LibraryError(job.error)
+    print(f"downloaded {args.repo_id} into {job.result}")
+    return 0
+
+
+def cmd_import_config(args: argparse.Namespace) -> int:
+    from qlora_studio.core.config.importers import import_config
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    imported = import_config(args.file, args.tool)
+    print(imported.summary(), file=sys.stderr)
+    for line in imported.dropped_lines():
+        print(f"  not carried: {line}", file=sys.stderr)
+    if out is None:
+        sys.stdout.write(imported.to_yaml())
+        return 0
+    out.write_text(imported.to_yaml(), encoding="utf-8")
+    print(f"wrote {out}; check data.path and model.name_or_path, then: qlora-studio train {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:  # noqa: ARG001
     import importlib.metadata as md
 

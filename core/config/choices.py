@@ -28,6 +28,19 @@ OPTIMIZERS: dict[str, OptimizerChoice] = {
                                          "32-bit states in unified memory, moved to CPU RAM under pressure"),
 }
 
+@dataclass(frozen=True)
+class ReporterChoice:
+    module: str  # what must be importable (transformers' integration checks the same)
+    extra: str  # the pip extra that installs it: pip install "qlora-studio[<extra>]"
+    doc: str
+
+
+# Where metrics go besides the run folder (transformers' `report_to` names).
+REPORTERS: dict[str, ReporterChoice] = {
+    "tensorboard": ReporterChoice("tensorboard", "tensorboard", "event files in <run folder>/tensorboard"),
+    "wandb": ReporterChoice("wandb", "wandb", "Weights & Biases; offline in <run folder>/wandb without network or login"),
+}
+
 # LoRA target groups: substrings of a linear layer's full name that put it in the group
 # (empty: every linear layer but the output head).
 LORA_TARGET_GROUPS: dict[str, tuple[str, ...]] = {

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qlora_studio.core.atomic import write_text_atomic
-from qlora_studio.core.config.choices import CHAT_TEMPLATES, LORA_TARGET_GROUPS, OPTIMIZERS
+from qlora_studio.core.config.choices import CHAT_TEMPLATES, LORA_TARGET_GROUPS, OPTIMIZERS, REPORTERS
 from qlora_studio.core.errors import ConfigError
 
 DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -24,6 +24,7 @@ DEMO_DATA = f"{SAMPLE_PREFIX}dates"
 
 OptimizerName = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
 ChatTemplateName = Literal[("auto", *CHAT_TEMPLATES)]  # type: ignore[valid-type]
+ReporterName = Literal[tuple(REPORTERS)]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -171,6 +172,13 @@ class TrainSettings(_Section):
     """At micro-batch 1: ask (the window asks; the CLI stops), shrink (turn on checkpointing, then halve max_length), or stop."""
     on_nan: Literal["stop", "skip_step"] = "stop"
     """When the loss or the gradients turn NaN/Inf: stop (the last good checkpoint stays), or skip_step (that batch's update is dropped; 3 bad steps in a row stop anyway)."""
+    report_to: list[ReporterName] = Field(default_factory=list)
+    """Also send the metrics (loss, learning rate, real tokens/s, VRAM) to tensorboard (<run folder>/tensorboard) and/or wandb (offline without network or login; `wandb sync` uploads later). Needs pip install "qlora-studio[tensorboard]" or "[wandb]"."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
 
 class DistributedSettings(_Section):

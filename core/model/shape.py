@@ -76,7 +76,8 @@ def load_model_config(name_or_path: str, trust_remote_code: bool = False, revisi
     path = Path(name_or_path).expanduser()
     try:
         if path.is_file() and path.suffix.lower() == ".gguf":
-            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            stat = path.stat()
+            return _gguf_config(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if path.is_dir():
             check_remote_code(str(path), ModelSettings(name_or_path=name_or_path, trust_remote_code=trust_remote_code), None)
             return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -124,6 +125,15 @@ def builtin_shape_note(config) -> str | None:
     """What to say about a config that came from the built-in table instead of the model."""
     reason = getattr(config, UNAVAILABLE, None)
     return f"shape from the built-in table ({reason})" if reason else None
+
+
+@lru_cache(maxsize=16)
+def _gguf_config(path: str, size: int, mtime_ns: int):
+    """A .gguf file's config, read once per file version: transformers parses every metadata array of
+    the file (the whole vocabulary) to get it, seconds each time."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(Path(path).parent, gguf_file=Path(path).name)
 
 
 @lru_cache(maxsize=16)

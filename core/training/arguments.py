@@ -7,6 +7,7 @@ from typing import Any
 from qlora_studio.core.config.choices import OPTIMIZERS
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.model.devices import liger_applies
+from qlora_studio.core.training.reporting import report_to
 
 
 def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str, has_eval: bool, plan=None):
@@ -62,7 +63,7 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
         remove_unused_columns=False,
         seed=t.seed,
         data_seed=t.seed,
-        report_to="none",
+        report_to=report_to(config),
         disable_tqdm=True,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,

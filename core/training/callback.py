@@ -33,12 +33,14 @@ class StepMeter:
         self.paused_total = 0.0
         self.step_started_at: float | None = None
         self.last_tokens = 0
+        self.last: ev.StepMetrics | None = None  # measured once per step: Trainer.log and on_log both ask
 
     def elapsed(self) -> float:
         return self.offset + (time.monotonic() - self.active_since) - self.paused_total
 
     def segment_began(self, tokens_seen: int) -> None:
         self.last_tokens = tokens_seen
+        self.last = None
 
     def step_began(self) -> None:
         self.step_started_at = time.monotonic()
@@ -47,6 +49,8 @@ class StepMeter:
         self.paused_total += seconds
 
     def measure(self, state, logs: dict[str, Any], train: TrainSettings, device) -> ev.StepMetrics:
+        if self.last is not None and self.last.step == state.global_step:
+            return self.last
         now = time.monotonic()
         tokens = int(state.num_input_tokens_seen)
         window = max(now - (self.step_started_at or now), 1e-9)
@@ -64,6 +68,7 @@ class StepMeter:
             **torch_memory(device),
         )
         self.last_tokens = tokens
+        self.last = metrics
         return metrics
 
 
@@ -139,6 +144,12 @@ class StudioCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.session.segment_began(state)
         return control
+
+    def log_extras(self, state, logs: dict[str, Any]) -> dict[str, float]:
+        """Our numbers for a training-step log, added before TensorBoard and W&B see it (`ReportingMixin`)."""
+        s = self.session
+        metrics = s.meter.measure(state, logs, s.config.train, s.loaded.device)
+        return {k: v for k, v in vars(metrics).items() if (k == "tokens_per_s" or k.startswith("vram_")) and v is not None}
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.session.meter.step_began()

@@ -37,6 +37,7 @@ from qlora_studio.core.training.guard import BadStep, NanGuard, diverged_message
 from qlora_studio.core.training.loading import load_inputs, prepare_run_data, run_prediction, save_adapter
 from qlora_studio.core.training.recorder import RunRecorder
 from qlora_studio.core.training.speed import plan_speed
+from qlora_studio.core.training.reporting import Reporting
 from qlora_studio.core.training.store import RunFolder, checkpoint_name
 from qlora_studio.core.training.trainer import build_trainer
 
@@ -99,6 +100,7 @@ class Session:
         self.diverged: DivergedError | None = None  # set at a NaN/Inf step that stops the run
         self.bad_step: BadStep | None = None
         self.disk_need: disk.DiskNeed | None = None
+        self.reporting: Reporting | None = None  # rank 0: TensorBoard / W&B beside the run folder
 
     def emit(self, event: ev.Event) -> None:
         for sink in self.sinks:
@@ -141,6 +143,7 @@ class Session:
         if rank0:
             self.sinks = [RunRecorder(self.folder)] + ([self._emit] if self._emit else [])
             self.folder.mark_running(self.start_step)
+            self.reporting = Reporting(self.config, self.folder.path, self.warn)
         self.checkpoints = CheckpointStore(self.folder, writer=rank0)
 
     def _train_segments(self) -> None:
@@ -348,6 +351,8 @@ class Session:
         if not self.sinks and self._emit and self.rank == 0:
             self.sinks = [self._emit]  # failed before (or without) a run folder: the caller still hears why
         run_dir = str(self.folder.path) if self.folder else None
+        if self.reporting is not None:
+            self.reporting.close(failed=True)
         failed = ev.Failed(reason.splitlines()[0] if reason else type(exc).__name__, details, run_dir, step, cause)
         for sink in self.sinks:
             try:
@@ -376,6 +381,8 @@ class Session:
 
     def _release(self) -> None:
         """Free the model and the GPU memory, so many runs in one sitting do not leak."""
+        if self.reporting is not None:
+            self.reporting.close()
         self.trainer = self.loaded = self.data = None
         gc.collect()
         if torch.cuda.is_available():

@@ -8,9 +8,10 @@ from transformers import PrinterCallback, Trainer
 
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.training.arguments import training_arguments
+from qlora_studio.core.training.reporting import ReportingMixin, trainer_environment
 
 
-class StudioTrainer(Trainer):
+class StudioTrainer(ReportingMixin, Trainer):
     """The Trainer a run uses: the place for batching and logging that differ from the stock one.
 
     `tokens_per_batch` (packed runs): training micro-batches come from a TokenBudgetBatchSampler
@@ -92,19 +93,21 @@ def build_trainer(config: RunConfig, loaded, data, folder, callback, plan=None) 
     from qlora_studio.core.data.pipeline import make_collator
 
     packed = plan is not None and plan.packed
-    trainer = StudioTrainer(
-        model=loaded.model,
-        args=training_arguments(config, loaded.device, loaded.compute_dtype,
-                                str(folder.checkpoints_dir) if folder else os.devnull, has_eval=data.eval is not None,
-                                plan=plan),
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        data_collator=(PackedCollator(flash_kwargs=plan.flash_kwargs) if packed
-                       else make_collator(loaded.tokenizer, 8 if loaded.device.type == "cuda" else None)),
-        processing_class=loaded.tokenizer,
-        callbacks=[callback],
-        tokens_per_batch=tokens_per_batch(config.train, config.data) if packed else None,
-        chunked_loss=plan is not None and plan.assumptions.loss == "chunked",
-    )
+    with trainer_environment(config, folder.path if folder else None):  # where TensorBoard writes
+        trainer = StudioTrainer(
+            model=loaded.model,
+            args=training_arguments(config, loaded.device, loaded.compute_dtype,
+                                    str(folder.checkpoints_dir) if folder else os.devnull, has_eval=data.eval is not None,
+                                    plan=plan),
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            data_collator=(PackedCollator(flash_kwargs=plan.flash_kwargs) if packed
+                           else make_collator(loaded.tokenizer, 8 if loaded.device.type == "cuda" else None)),
+            processing_class=loaded.tokenizer,
+            callbacks=[callback],
+            tokens_per_batch=tokens_per_batch(config.train, config.data) if packed else None,
+            chunked_loss=plan is not None and plan.assumptions.loss == "chunked",
+        )
     trainer.remove_callback(PrinterCallback)  # progress is ours to show
+    trainer.log_extras = callback.log_extras  # real tokens/s and VRAM into every report_to stream
     return trainer

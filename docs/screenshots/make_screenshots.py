@@ -1,6 +1,10 @@
 """Screenshots of the three pages from the real window, after real training runs through it.
 
     QT_QPA_PLATFORM=offscreen python docs/screenshots/make_screenshots.py [OUT_DIR] [--gpu] [--size 1600x1000]
+    QT_QPA_PLATFORM=offscreen python docs/screenshots/make_screenshots.py [OUT_DIR] --only ecosystem
+
+`--only ecosystem` shoots the model library, the import dialog and the monitor's TensorBoard hint
+(library.png, import.png, tensorboard.png) after one short run.
 
 CPU (default): a tiny random Llama (tests/tiny.py) is trained three times through the window:
 double quant on, double quant off, and a longer run that is paused for the monitor shot and then
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_MS = 600_000
+TIMEOUT_MS = int(os.environ.get("SHOTS_TIMEOUT_MS", "600000"))
 
 
 def wait_for(signal, accept: Callable[..., bool] = lambda *a: True, timeout_ms: int = TIMEOUT_MS) -> tuple[Any, ...]:
@@ -151,13 +155,54 @@ def pause_and_shoot(window, config, at_step: int, path: Path) -> None:
     wait_for(window.run_ended)
 
 
+def ecosystem_shots(window, work: Path, out_dir: Path, model: Path, base) -> None:
+    """The model library (a temporary Hugging Face cache holding the tiny model, and the bundled GGUF's
+    folder), the import dialog on an axolotl example, and a replayed run with its TensorBoard hint."""
+    import huggingface_hub
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fakehub import cache_model
+
+    from qlora_studio.core.model.sources import bundled_smollm2_gguf
+
+    cache = work / "hub"
+    huggingface_hub.constants.HF_HUB_CACHE = str(cache)
+    files = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    cache_model(cache, "you/tiny-llama-4l", files)
+    gguf = bundled_smollm2_gguf()
+    if gguf is not None:
+        window.settings.set("library/gguf_folders", str(gguf.parent))
+    dialog = window.setup.model.open_library()
+    wait_for(dialog.fitted)
+    dialog.select("you/tiny-llama-4l")
+    dialog.downloads.repo_edit.setText("Qwen/Qwen2.5-0.5B-Instruct")
+    dialog.resize(1100, 420)
+    settle()
+    dialog.grab().save(str(out_dir / "library.png"), "PNG")
+    print(f"{out_dir / 'library.png'}")
+    dialog.close()
+
+    imported = window.setup.import_config(ROOT / "tests" / "core" / "import_examples" / "axolotl_llama3_qlora.yml")
+    imported.resize(1000, 480)
+    settle()
+    imported.grab().save(str(out_dir / "import.png"), "PNG")
+    print(f"{out_dir / 'import.png'}")
+    imported.reject()
+
+    run = train(window, base.with_overrides({"run_name": "dates-tensorboard", "train.max_steps": 8, "train.eval_every_steps": 4,
+                                             "train.report_to": ["tensorboard"]}))
+    window.history_loader.request(run.run_dir, tag=run.run_dir)
+    wait_for(window.monitor.history_loaded)
+    shoot(window, window.monitor, out_dir / "tensorboard.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", nargs="?", default=str(Path(__file__).resolve().parent))
     parser.add_argument("--gpu", action="store_true", help="train model shapes on the GPU (see above)")
     parser.add_argument("--model", help="with --gpu: a real model (folder or .gguf) instead of random-weight shapes")
     parser.add_argument("--size", default="1600x1000", help="window size, WIDTHxHEIGHT")
-    parser.add_argument("--only", choices=["divergence"], help="shoot only this (CPU)")
+    parser.add_argument("--only", choices=["divergence", "ecosystem"], help="shoot only this (CPU)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
                       "save_every_steps": 40, "eval_every_steps": 10, "warmup_ratio": 0.05},
             "output_dir": str(runs_dir),
         })
+        if args.only == "ecosystem":
+            ecosystem_shots(window, work, out_dir, model, base)
+            window.close()
+            app.processEvents()
+            return 0
         shoot_divergence(window, base, out_dir, build_tiny_llama(work / "tiny-llama-small"))  # the smallest: quick
         if args.only == "divergence":
             window.close()

@@ -106,6 +106,32 @@ class ChoiceButtons(QWidget):
             button.setToolTip(text)
 
 
+class CheckChoices(QWidget):
+    """Check boxes for a list of choices (train.report_to); `boxes[value]` for tests and keyboard users."""
+
+    changed = Signal()
+
+    def __init__(self, options: list[tuple[str, str]], parent: QWidget | None = None):
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.boxes: dict[str, QCheckBox] = {}
+        for value, label in options:
+            box = QCheckBox(label)
+            box.setObjectName(f"check-{value}")
+            box.toggled.connect(lambda _checked: self.changed.emit())
+            self.boxes[value] = box
+            layout.addWidget(box)
+        layout.addStretch(1)
+
+    def value(self) -> list[str]:
+        return [v for v, box in self.boxes.items() if box.isChecked()]
+
+    def setValue(self, values: list[str]) -> None:  # noqa: N802 - Qt naming
+        for value, box in self.boxes.items():
+            box.setChecked(value in (values or []))
+
+
 class SciSpinBox(QDoubleSpinBox):
     """A positive float shown as 2e-04; the arrows double or halve it (learning rates)."""
 
@@ -213,7 +239,7 @@ def bind(key: str, widget: QWidget) -> Binding:
     """Getter, setter and change signal for `widget` as the editor of `key`."""
     widget.setObjectName(key)
     widget.setToolTip(field_help(key))
-    if isinstance(widget, ChoiceButtons):
+    if isinstance(widget, (ChoiceButtons, CheckChoices)):
         return Binding(key, widget, widget.value, widget.setValue, widget.changed)
     if isinstance(widget, QCheckBox):
         return Binding(key, widget, widget.isChecked, lambda v: widget.setChecked(bool(v)), widget.toggled)

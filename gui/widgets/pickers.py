@@ -31,10 +31,10 @@ def _model_info(name: str, trust_remote_code: bool):
     return model_info(name, trust_remote_code)
 
 
-def _cached_models() -> list[str]:
-    from qlora_studio.core.model.info import cached_hub_models
+def _cached_models(gguf_folders: list[str]):
+    from qlora_studio.core.model.library import scan_library
 
-    return cached_hub_models()
+    return scan_library(gguf_folders).models
 
 
 class ModelPicker(QWidget):
@@ -64,6 +64,13 @@ class ModelPicker(QWidget):
         gguf.setObjectName("modelGgufButton")
         gguf.setToolTip("A .gguf file: converted once to a model folder in the cache")
         gguf.clicked.connect(self._browse_gguf)
+        library = QPushButton("Library…")
+        library.setObjectName("modelLibraryButton")
+        library.setToolTip("Models on this computer (Hugging Face cache, GGUF folders): size, parameters, whether\n"
+                           "they fit your card; delete from the cache, or download one from the Hub")
+        library.clicked.connect(self.open_library)
+        self.library_context = None  # a LibraryContext, set by the page (config, card, GGUF folders)
+        self.library_dialog = None
         self.info_label = QLabel("")
         self.info_label.setObjectName("modelInfo")
         self.info_label.setWordWrap(True)
@@ -72,6 +79,7 @@ class ModelPicker(QWidget):
         row.addWidget(self.combo, 1)
         row.addWidget(folder)
         row.addWidget(gguf)
+        row.addWidget(library)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
@@ -82,7 +90,7 @@ class ModelPicker(QWidget):
         self.info_task.error.connect(self._on_info_error)
         self.cache_task = TaskRunner(_cached_models, self)
         self.cache_task.result.connect(self._on_cached)
-        self.cache_task.request()
+        self.cache_task.request([])
         self._asked_for: str | None = None
 
     def describe(self, name: str, trust_remote_code: bool) -> None:
@@ -112,15 +120,40 @@ class ModelPicker(QWidget):
             self.info_failed.emit(error.reason)
 
     @Slot(object, object)
-    def _on_cached(self, _tag, models: list[str]) -> None:
+    def _on_cached(self, _tag, models) -> None:
         from qlora_studio.core.config import DEMO_MODEL_ID
+        from qlora_studio.gui.widgets.model_library import describe
 
         current = self.combo.currentText()
         self.combo.blockSignals(True)
         self.combo.clear()
-        self.combo.addItems(sorted(set(models) | {DEMO_MODEL_ID}))
+        trainable = {m.name: m for m in models if m.trainable}
+        for name in sorted(set(trainable) | {DEMO_MODEL_ID}):
+            self.combo.addItem(name)
+            if name in trainable:  # size, architecture, parameters as the item's tooltip
+                self.combo.setItemData(self.combo.count() - 1, describe(trainable[name]), Qt.ItemDataRole.ToolTipRole)
         self.combo.setCurrentText(current)
         self.combo.blockSignals(False)
+
+    def set_library_context(self, context) -> None:
+        self.library_context = context
+        self.cache_task.request(context.gguf_folders())
+
+    def open_library(self):
+        """The model library dialog (made once; closing it hides it, a download goes on)."""
+        from qlora_studio.gui.widgets.model_library import ModelLibraryDialog
+
+        if self.library_context is None:
+            return None
+        if self.library_dialog is None:
+            self.library_dialog = ModelLibraryDialog(self.library_context, self)
+            self.library_dialog.model_chosen.connect(self.combo.setCurrentText)
+            self.library_dialog.scanned.connect(lambda: self._on_cached(None, self.library_dialog.models))
+        else:
+            self.library_dialog.refresh()
+        self.library_dialog.show()
+        self.library_dialog.raise_()
+        return self.library_dialog
 
     def _browse_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder", self.start_folder())
@@ -135,6 +168,8 @@ class ModelPicker(QWidget):
     def shutdown(self) -> None:
         self.info_task.shutdown()
         self.cache_task.shutdown()
+        if self.library_dialog is not None:
+            self.library_dialog.shutdown()
 
 
 class DataPicker(QWidget):

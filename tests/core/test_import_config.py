@@ -1,0 +1,193 @@
+"""`qlora-studio import-config`: axolotl and LLaMA-Factory QLoRA configs (their own example files, see
+import_examples/) become configs that validate and train, and every key not carried over is named."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from qlora_studio.core.cli import main
+from qlora_studio.core.config import load_config, validate_config
+from qlora_studio.core.config.importers import (
+    EMPTY,
+    ConfigImportError,
+    detect_tool,
+    import_config,
+    import_dict,
+)
+from qlora_studio.core.training.runner import run_training
+
+EXAMPLES = Path(__file__).parent / "import_examples"
+AXOLOTL_EXAMPLES = sorted(EXAMPLES.glob("axolotl_*.yml"))
+LLAMAFACTORY_EXAMPLES = sorted((EXAMPLES / "llamafactory").glob("*.yaml"))
+
+
+def source_keys(carried: list[str], dropped: list) -> set[str]:
+    """Top-level source keys named by the carried lines and the dropped entries."""
+    named = set()
+    for line in carried:
+        if not line.startswith("default:"):
+            for part in line.split(" -> ")[0].split("/"):
+                named.add(re.split(r"[.\[]", part.strip())[0])
+    return named | {re.split(r"[.\[]", key)[0] for key, _value, _why in dropped}
+
+
+@pytest.mark.parametrize("path", AXOLOTL_EXAMPLES + LLAMAFACTORY_EXAMPLES, ids=lambda p: p.name)
+def test_every_example_imports_validates_and_accounts_for_every_key(path):
+    raw = yaml.safe_load(path.read_text())
+    assert detect_tool(raw) == ("axolotl" if path.name.startswith("axolotl") else "llamafactory")
+    imported = import_config(path)  # validated through the schema
+    assert set(imported.raw) <= {"model", "quantization", "lora", "data", "train", "output_dir", "run_name"}
+    missing = set(raw) - source_keys(imported.carried, imported.dropped)
+    assert not missing, f"source keys neither carried nor dropped: {missing}"
+    assert all(why for _key, _value, why in imported.dropped)
+
+
+def test_axolotl_llama3_qlora_mapping():
+    imported = import_config(EXAMPLES / "axolotl_llama3_qlora.yml")
+    config = imported.raw
+    assert config["model"] == {"name_or_path": "NousResearch/Meta-Llama-3-8B", "attn_implementation": "flash_attention_2"}
+    assert config["quantization"] == {"mode": "4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}
+    assert config["lora"] == {"r": 32, "alpha": 16.0, "dropout": 0.05, "target_modules": "all-linear"}
+    data = config["data"]
+    assert (data["path"], data["format"], data["chat_template"]) == ("aaditya/alpaca_subset_1", "alpaca", "alpaca")
+    assert data["max_length"] == 4096 and data["validation_split"] == 0.0 and data["overlength"] == "drop"
+    train = imported.config.train
+    assert (train.micro_batch_size, train.grad_accum, train.epochs) == (2, 4, 4.0)
+    assert (train.optimizer, train.lr_scheduler, train.warmup_ratio) == ("paged_adamw_32bit", "cosine", 0.1)
+    assert train.learning_rate == pytest.approx(2e-4) and train.gradient_checkpointing is True
+    assert (imported.config.output_dir, imported.config.run_name) == ("outputs", "qlora-out")
+    assert {"sample_packing", "model_type", "logging_steps", "special_tokens"} <= {d[0] for d in imported.not_carried}
+    assert ("wandb_project", None, EMPTY) in imported.dropped
+
+
+def test_axolotl_gemma2_chat_template_dataset():
+    imported = import_config(EXAMPLES / "axolotl_gemma2_qlora.yml")
+    data = imported.raw["data"]
+    assert (data["format"], data["columns"], data["chat_template"]) == ("sharegpt", {"messages": "conversations"}, "gemma")
+    assert ("datasets[0].drop_system_message", True, "system messages are kept") in imported.dropped
+
+
+def test_llamafactory_defaults_are_written_out_and_dataset_info_is_followed():
+    path = EXAMPLES / "llamafactory" / "qwen3_lora_sft_bnb_npu.yaml"
+    imported = import_config(path)
+    config = imported.raw
+    assert config["quantization"] == {"mode": "4bit", "double_quant": False, "compute_dtype": "bfloat16", "quant_type": "nf4"}
+    assert config["lora"] == {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": "all-linear"}  # alpha = 2 x rank
+    assert "default: lora.alpha = 16.0 (LLaMA-Factory default: 2 x lora_rank)" in imported.carried
+    assert config["data"]["path"] == str((path.parent / "data" / "identity.json").resolve())
+    assert any(d[0] == "dataset" and d[1] == "alpaca_en_demo" for d in imported.dropped)  # one data.path
+    assert (config["output_dir"], config["run_name"]) == ("saves/qwen3-4b/lora", "sft")
+
+
+def lf(extra: dict) -> dict:
+    return {"model_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct", "stage": "sft", "finetuning_type": "lora",
+            "template": "llama3", "quantization_bit": 4, "dataset_dir": "llamafactory/data", **extra}
+
+
+def ax(extra: dict) -> dict:
+    return {"base_model": "org/model", "adapter": "qlora", "load_in_4bit": True, "learning_rate": 0.0002,
+            "datasets": [{"path": "data/train.jsonl", "type": "chat_template"}], **extra}
+
+
+def test_llamafactory_rules():
+    config, _, dropped = import_dict(lf({"dataset": "ultrachat_200k", "report_to": "wandb,swanlab"}), source_dir=EXAMPLES)
+    assert (config["data"]["path"], config["data"]["split"], config["data"]["format"]) == (
+        "HuggingFaceH4/ultrachat_200k", "train_sft", "messages")
+    assert config["train"]["report_to"] == ["wandb"] and ("report_to", "swanlab") in {d[:2] for d in dropped}
+    config, _, dropped = import_dict(lf({"dataset": "my_private_set"}), source_dir=EXAMPLES)
+    assert config["data"]["path"] == "my_private_set" and any("not an entry of" in d[2] for d in dropped)
+    config, _, _ = import_dict(lf({"dataset": "identity", "eval_dataset": "alpaca_en_demo", "lora_target": "q_proj, v_proj",
+                                   "val_size": 500, "hf_hub_token": "hf_secret"}), source_dir=EXAMPLES)
+    assert config["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert config["data"]["validation_path"].endswith("alpaca_en_demo.json") and config["data"]["validation_split"] == 0.0
+    assert "hf_secret" not in json.dumps(config)  # a token is never carried
+    validate_config(config)
+    with pytest.raises(ConfigImportError, match="supervised fine-tuning"):
+        import_dict(lf({"dataset": "identity", "stage": "dpo"}), source_dir=EXAMPLES)
+
+
+def test_axolotl_rules():
+    config, _, dropped = import_dict(ax({"datasets": [{"path": "d.jsonl", "type": "chat_template", "field_messages": "chat",
+                                                       "chat_template": "llama3", "roles_to_train": ["assistant"]}],
+                                         "use_tensorboard": True, "wandb_project": "mine"}))
+    assert (config["data"]["format"], config["data"]["columns"], config["data"]["chat_template"]) == (
+        "messages", {"messages": "chat"}, "llama3")
+    assert config["train"]["report_to"] == ["tensorboard", "wandb"]
+    config, _, dropped = import_dict(ax({"learning_rate": "2e-5", "max_steps": 200, "warmup_steps": 20,
+                                         "optimizer": "lion_8bit", "lora_target_modules": ".*(q|v)_proj",
+                                         "save_steps": 0.25, "bnb_config_kwargs": {"bnb_4bit_quant_type": "fp4"}}))
+    train = config["train"]
+    assert train["learning_rate"] == pytest.approx(2e-5) and train["warmup_ratio"] == pytest.approx(0.1)
+    assert config["quantization"]["quant_type"] == "fp4"
+    assert {"optimizer", "lora_target_modules", "save_steps"} <= {d[0] for d in dropped}  # dropped, not invented
+    assert "optimizer" not in train and "target_modules" not in config["lora"]
+    validate_config(config)
+    with pytest.raises(ConfigImportError, match="supervised"):
+        import_dict(ax({"rl": "dpo"}))
+
+
+def test_detection_and_bad_files(tmp_path):
+    with pytest.raises(ConfigImportError, match="already a QLoRA Studio config"):
+        detect_tool({"model": {"name_or_path": "x"}, "lora": {"r": 8}})
+    with pytest.raises(ConfigImportError, match="v1"):
+        detect_tool({"model": "Qwen/Qwen3-0.6B", "peft_config": {"name": "lora"}, "quant_config": {"name": "bnb"}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base_model: [unclosed\n")
+    with pytest.raises(ConfigImportError, match=r"bad.yaml:\d+: not valid YAML"):
+        import_config(bad)
+    unknown = tmp_path / "x.yaml"
+    unknown.write_text("foo: 1\n")
+    assert main(["import-config", str(unknown)]) == 2  # one line on stderr, no traceback
+
+
+def alpaca_rows(n: int = 24) -> list[dict]:
+    """The bundled date task as alpaca rows (instruction / input / output)."""
+    from qlora_studio.resources import sample_path
+
+    rows = []
+    for line in sample_path("dates").read_text(encoding="utf-8").splitlines()[:n]:
+        turns = {m["role"]: m["content"] for m in json.loads(line)["messages"]}
+        rows.append({"instruction": turns["user"], "input": "", "output": turns["assistant"]})
+    return rows
+
+
+def train_imported(path: Path, tiny_model: Path, tmp_path: Path, **overrides):
+    """Train what import-config wrote, on the tiny model, for a few steps."""
+    config = load_config(path, [f"model.name_or_path={tiny_model}", "train.max_steps=2", f"output_dir={tmp_path / 'runs'}",
+                                *[f"{key}={value}" for key, value in overrides.items()]])
+    result = run_training(config)
+    assert result.status == "finished", result.error
+    assert result.step == 2 and Path(result.adapter_dir, "adapter_model.safetensors").is_file()
+    return config
+
+
+def test_axolotl_example_trains_and_the_cli_names_what_it_dropped(tmp_path, tiny_model, capsys):
+    data = tmp_path / "alpaca.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in alpaca_rows()) + "\n")
+    out = tmp_path / "my.yaml"
+    assert main(["import-config", str(EXAMPLES / "axolotl_llama3_qlora.yml"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "axolotl config" in err and "not carried: sample_packing = true" in err and f"wrote {out}" in err
+    assert "#   sample_packing: true  -- QLoRA Studio does not pack" in out.read_text()
+    # flash-attention needs a CUDA GPU; the Hub dataset becomes a local file of the same (alpaca) format
+    config = train_imported(out, tiny_model, tmp_path, **{"data.path": data, "model.attn_implementation": "auto"})
+    assert (config.lora.r, config.lora.alpha, config.data.format, config.data.chat_template) == (32, 16.0, "alpaca", "alpaca")
+
+
+def test_llamafactory_example_trains_with_its_dataset_info(tmp_path, tiny_model, capsys):
+    source = tmp_path / "lf"
+    (source / "data").mkdir(parents=True)
+    (source / "qwen3.yaml").write_text((EXAMPLES / "llamafactory" / "qwen3_lora_sft_otfq.yaml").read_text())
+    (source / "data" / "dataset_info.json").write_text((EXAMPLES / "llamafactory" / "data" / "dataset_info.json").read_text())
+    (source / "data" / "identity.json").write_text(json.dumps(alpaca_rows()))  # LLaMA-Factory's identity set is alpaca
+    out = tmp_path / "lf.yaml"
+    assert main(["import-config", str(source / "qwen3.yaml"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "LLaMA-Factory config" in err and "not carried: max_samples = 1000" in err
+    config = train_imported(out, tiny_model, tmp_path, **{"data.num_proc": "null"})
+    assert config.data.path == str(source / "data" / "identity.json")
+    assert (config.lora.r, config.lora.alpha, config.train.grad_accum) == (8, 16.0, 8)

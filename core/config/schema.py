@@ -151,6 +151,8 @@ class TrainSettings(_Section):
     """On CUDA out-of-memory: adapt (halve micro-batch, double grad_accum, go on) or stop with a checkpoint."""
     oom_last_resort: Literal["ask", "shrink", "stop"] = "ask"
     """At micro-batch 1: ask (the window asks; the CLI stops), shrink (turn on checkpointing, then halve max_length), or stop."""
+    probe_max_new_tokens: int = Field(48, ge=1, le=2048)
+    """Longest answer to a probe prompt, in tokens (probes are answered greedily at each checkpoint)."""
 
 
 class DistributedSettings(_Section):
@@ -169,6 +171,8 @@ class RunConfig(_Section):
     data: DataSettings = Field(default_factory=DataSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)
+    probes: list[str] = Field(default_factory=list)
+    """Taste test: prompts the model answers before step 1 (the base) and at every checkpoint, into probes.jsonl and the window's grid; [] turns it off."""
     output_dir: str = "runs"
     """Folder that holds one folder per run."""
     run_name: str | None = None

@@ -98,6 +98,21 @@ class CheckpointSaved(Event):
 
 
 @dataclass
+class ProbesAnswered(Event):
+    """The probe prompts answered at a checkpoint (`base`: before step 1, the adapter switched off)."""
+
+    step: int
+    base: bool
+    answers: list[dict[str, Any]]  # prompt, reply, tokens, stopped (ended by itself)
+    seconds: float  # spent generating, between steps (not in tokens/s)
+    type: str = field(init=False, default="probes")
+
+    @property
+    def label(self) -> str:
+        return "base" if self.base else f"step {self.step}"
+
+
+@dataclass
 class Paused(Event):
     step: int
     type: str = field(init=False, default="paused")
@@ -157,7 +172,7 @@ Emit = Callable[[Event], None]
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__dataclass_fields__["type"].default: cls
-    for cls in (RunStarted, StepLogged, EvalLogged, CheckpointSaved, Paused, Resumed, SettingsChanged, Warning,
+    for cls in (RunStarted, StepLogged, EvalLogged, CheckpointSaved, ProbesAnswered, Paused, Resumed, SettingsChanged, Warning,
                 Finished, Failed)
 }
 

@@ -31,6 +31,7 @@ from qlora_studio.core.training.callback import StepMeter, Steering, StudioCallb
 from qlora_studio.core.training.checkpoints import CheckpointStore
 from qlora_studio.core.training.control import TrainControl
 from qlora_studio.core.training.loading import load_inputs, predicted_peak_gb, prepare_run_data, save_adapter
+from qlora_studio.core.training.probes import Prober
 from qlora_studio.core.training.recorder import RunRecorder
 from qlora_studio.core.training.store import RunFolder, checkpoint_name
 from qlora_studio.core.training.trainer import build_trainer
@@ -84,6 +85,7 @@ class Session:
         self.start_step = 0
         self.meter = StepMeter()
         self.loaded = self.data = self.trainer = None
+        self.prober: Prober | None = None
         self.started = False
         self.stopped = False
         self.save_reason = "scheduled"
@@ -102,6 +104,7 @@ class Session:
         try:
             self._open()
             self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size)
+            self.prober = self._prober()
             self._train_segments()
             return self._finish()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a Failed event, never a dead thread
@@ -163,6 +166,8 @@ class Session:
         ))
         if self.folder is not None:
             self.folder.save_data_report(self.data.report.to_dict())
+        if self.prober is not None and self.start_step == 0:
+            self.prober.answer(0, base=True)
 
     def step_logged(self, state, logs: dict[str, Any]) -> None:
         metrics = self.meter.measure(state, logs, self.config.train, self.loaded.device)
@@ -181,6 +186,19 @@ class Session:
         if path is not None:
             self.resume_point = path
             self.emit(ev.CheckpointSaved(step, str(path), reason))
+            if self.prober is not None and not again and reason not in ("out of memory", "error"):
+                self.prober.answer(step)
+
+    def _prober(self) -> Prober | None:
+        """Probes are answered on rank 0; FSDP ranks each hold a shard of the model, so none answers there."""
+        if not self.config.probes or self.rank != 0:
+            return None
+        if is_fsdp(self.config):
+            self.warn("probes are not answered in FSDP runs (each process holds only a shard of the model)")
+            return None
+        from qlora_studio.core.model.loading import stop_token_ids
+
+        return Prober(self.config, self.loaded, stop_token_ids(self.loaded.tokenizer, self.loaded.source.path), self.emit)
 
     # ---- settings the run changes itself ----
     def _recover_from_oom(self) -> None:
@@ -280,7 +298,7 @@ class Session:
 
     def _release(self) -> None:
         """Free the model and the GPU memory, so many runs in one sitting do not leak."""
-        self.trainer = self.loaded = self.data = None
+        self.trainer = self.loaded = self.data = self.prober = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

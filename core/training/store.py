@@ -6,6 +6,7 @@
         metrics.jsonl        one JSON object per optimizer step
         evals.jsonl          one JSON object per evaluation
         events.jsonl         every other event (start, checkpoints, warnings, changes, end)
+        probes.jsonl         the probe prompts' answers: before step 1 (base) and at each checkpoint
         checkpoints/step-000100/   adapter + optimizer + scheduler + RNG + trainer state
         adapter/             the final PEFT adapter and tokenizer
 """
@@ -18,7 +19,7 @@ import re
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from qlora_studio.core.config.files import load_config
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.model.quantization import QuantizationReport
-from qlora_studio.core.training.events import EvalLogged, RunStarted, StepMetrics, event_from_dict
+from qlora_studio.core.training.events import EvalLogged, ProbesAnswered, RunStarted, StepMetrics, event_from_dict
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 STATUSES = ("running", "finished", "stopped", "interrupted", "failed")
@@ -68,6 +69,10 @@ class RunFolder:
     @property
     def events_path(self) -> Path:
         return self.path / "events.jsonl"
+
+    @property
+    def probes_path(self) -> Path:
+        return self.path / "probes.jsonl"
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -156,11 +161,12 @@ class RunFolder:
             evals=[EvalLogged(int(e["step"]), float(e["eval_loss"])) for e in read_jsonl(self.evals_path)],
             started=event_from_dict(started) if started else None,
             status=self.read_status(),
+            probes=[event_from_dict(p) for p in read_jsonl(self.probes_path) if p.get("type") == "probes"],
         )
 
     def truncate_records(self, last_step: int) -> None:
-        """Keep only metrics and evaluations up to `last_step`, so a resumed run logs each step once."""
-        for path in (self.metrics_path, self.evals_path):
+        """Keep only metrics, evaluations and probe answers up to `last_step`, so a resumed run logs each step once."""
+        for path in (self.metrics_path, self.evals_path, self.probes_path):
             if not path.exists():
                 continue
             kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
@@ -229,6 +235,7 @@ class RunHistory:
     evals: list[EvalLogged]
     started: RunStarted | None
     status: dict[str, Any]
+    probes: list[ProbesAnswered] = field(default_factory=list)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from qlora_studio.core.training import events as ev
 from qlora_studio.core.training.store import RunHistory
 from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.charts import PALETTE, ChartBoard, LiveChart, LossChart
+from qlora_studio.gui.widgets.probe_grid import ProbeGrid
 from qlora_studio.gui.widgets.run_log import RunLog
 from qlora_studio.gui.widgets.run_header import RunHeader
 from qlora_studio.gui.widgets.vram_chart import VramChart
@@ -87,13 +88,16 @@ class MonitorPage(QWidget):
         charts.setLayout(grid)
 
         self.log = RunLog()
+        self.probes = ProbeGrid()
 
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(charts)
+        self.splitter.addWidget(self.probes)
         self.splitter.addWidget(self.log)
         self.splitter.setStretchFactor(0, 5)
-        self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([600, 150])
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setStretchFactor(2, 1)
+        self.splitter.setSizes([520, 190, 110])
         self.splitter.setChildrenCollapsible(False)
 
         layout = QVBoxLayout(self)
@@ -139,6 +143,7 @@ class MonitorPage(QWidget):
             chart.clear_data()
         self.smoothed.rebuild(self.loss_chart.series["raw"])
         self.log.clear()
+        self.probes.clear()
         self.run_dir = None
         self.header.reset(title)
         self.vram_chart.reset(predicted_peak_gb)
@@ -177,6 +182,8 @@ class MonitorPage(QWidget):
             f"{fmt.params(e.total_params)} · {e.train_rows:,} train / {e.eval_rows:,} eval rows")
         header.set_plan(e.start_step, e.total_steps)
         header.set_status("running")
+        if not e.start_step:
+            self.probes.clear(e.config.get("probes"))
         resumed = f" from step {e.start_step}" if e.start_step else ""
         self.append_log("info", f"Training{resumed} on {e.device_name}: {e.total_steps} steps, run folder {self.run_dir}")
         vram.set_message("" if vram.on_cuda else "CPU run: no VRAM to measure")
@@ -191,6 +198,11 @@ class MonitorPage(QWidget):
     @handle_event.register
     def _(self, e: ev.EvalLogged) -> None:
         self.add_eval(e.step, e.eval_loss)
+
+    @handle_event.register
+    def _(self, e: ev.ProbesAnswered) -> None:
+        self.probes.add(e)
+        self.append_log("checkpoint", f"{e.label}: {len(e.answers)} probes answered in {e.seconds:.1f} s (not in tokens/s)")
 
     @handle_event.register
     def _(self, e: ev.CheckpointSaved) -> None:
@@ -256,6 +268,7 @@ class MonitorPage(QWidget):
 
     def add_eval(self, step: int, eval_loss: float) -> None:
         self.board.add(self.loss_chart, "eval", step, eval_loss)
+        self.probes.set_eval_loss(step, eval_loss)
         self.header.stat_eval.set(fmt.loss(eval_loss))
 
     def end_live(self, status: str) -> None:
@@ -279,6 +292,9 @@ class MonitorPage(QWidget):
         for e in history.evals:
             if e.step <= upto_step:
                 self.add_eval(e.step, e.eval_loss)
+        for p in history.probes:
+            if p.step <= upto_step:
+                self.probes.add(p)
         self.header.forget_rate()  # speed and ETA are measured on this session's steps
 
     def load_history(self, history: RunHistory) -> None:
@@ -293,6 +309,8 @@ class MonitorPage(QWidget):
             self.add_step(m)
         for e in history.evals:
             self.add_eval(e.step, e.eval_loss)
+        for p in history.probes:
+            self.probes.add(p)
         self.header.title.setText(name)
         self._stop_live(status.get("status", "finished"))
         self.header.stat_elapsed.set(fmt.duration(status.get("elapsed_s")))

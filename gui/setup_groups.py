@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from qlora_studio.core.config import LORA_TARGET_GROUPS, RunConfig
 from qlora_studio.gui.widgets.form import ChoiceButtons, Form, SciSpinBox, guard_wheel
 from qlora_studio.gui.widgets.pickers import DataPicker, ModelPicker
+from qlora_studio.gui.widgets.probes_editor import ProbesEditor
 
 DATA_KEYS = [
     ("data.format", "Format"), ("data.max_length", "Max length"), ("data.chat_template", "Template"),
@@ -137,6 +138,9 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
     output_form.addRow(QLabel("Runs folder"), output_row)
     output_form.addRow(QLabel("Run name"), run_name)
 
+    probes = form.add("probes", ProbesEditor())
+    probe_grid = form.grid([("train.probe_max_new_tokens", "Answer length")], columns=1)
+
     compute_label = QLabel("Compute dtype")
     boxes = [
         _box("Model", model, _row(trust)),
@@ -144,11 +148,12 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
         _box("Quantization", quant_form, _row(double_quant, compute_label, compute, stretch_after=0)),
         _box("LoRA", lora_grid, _row(dora, rslora)),
         _box("Training", form.grid(_rows(TRAIN_KEYS)), _row(checkpointing, batch, stretch_after=0)),
+        _box("Taste test: prompts answered at every checkpoint", probes, probe_grid),
         _box("GPUs", gpu_grid, note),
         _box("Output", output_form),
     ]
     return SetupGroups(boxes, model, {"quantization.quant_type": quant_type, "quantization.double_quant": double_quant,
-                                      "effective_batch": batch})
+                                      "effective_batch": batch, "probes": probes})
 
 
 def _browse_folder(edit: QLineEdit, title: str) -> None:

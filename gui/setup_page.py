@@ -50,6 +50,8 @@ class SetupPage(QWidget):
         self.memory.fitted.connect(lambda config, _message: self.set_config(config))
         self.xray.report_ready.connect(lambda report: self.memory.set_longest_tokens(report.token_lengths.get("max")))
         self.xray.report_failed.connect(lambda _reason: self.memory.set_longest_tokens(None))
+        self.xray.report_ready.connect(lambda report: self.groups.dependents["probes"].set_suggestions(
+            report.validation_prompts))
 
         self.form = Form()
         self.groups = build_groups(self.form, self._start_folder)

@@ -42,6 +42,28 @@ class TaskError:
         return cls(reason.splitlines()[0] if reason else type(exc).__name__, details, cause)
 
 
+_IMPORT_LOCK = threading.Lock()
+_imported = threading.Event()
+
+
+def import_heavy_libraries() -> None:
+    """Import torch, transformers' auto classes and peft once, one thread at a time.
+
+    Worker threads start together (model info, memory estimate, X-ray, a run, the playground);
+    when two import transformers' lazy submodules at once, Python's deadlock avoidance can hand one
+    of them a half-initialised module ("cannot import name 'AutoTokenizer' from 'transformers'").
+    """
+    if _imported.is_set():
+        return
+    with _IMPORT_LOCK:
+        if not _imported.is_set():
+            import peft  # noqa: F401
+            import torch  # noqa: F401
+            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+            _imported.set()
+
+
 class _Worker(QObject):
     finished = Signal()
 
@@ -65,6 +87,7 @@ class FunctionWorker(_Worker):
     @Slot()
     def run(self) -> None:
         try:
+            import_heavy_libraries()
             value = self.fn(*self.args)
         except Exception as exc:  # noqa: BLE001 - travels to the GUI as data
             self.errored.emit(TaskError.of(exc))
@@ -214,6 +237,7 @@ class TrainWorker(_Worker):
             from qlora_studio.core.quiet import quiet_libraries
             from qlora_studio.core.training.runner import run_training
 
+            import_heavy_libraries()
             quiet_libraries()
             result = run_training(self.config, self.event.emit, self.control, resume_from=self.resume_from)
         except Exception as exc:  # noqa: BLE001 - run_training never raises by contract; a bug still reaches the user
@@ -338,3 +362,48 @@ class TrainController(QObject):
         self._result = None
         self.busy_changed.emit(False)
         self.finished.emit(result)
+
+
+# ---- jobs with progress (evaluation, export) ---------------------------------------------------
+
+class ProgressTask(QObject):
+    """Runs `fn(*args, progress=..., cancel=...)` off the GUI thread, one at a time: core's plain
+    progress callback becomes the `progress` signal, `cancel()` sets the flag core polls."""
+
+    progress = Signal(float, str)
+    result = Signal(object)
+    error = Signal(object)  # TaskError (a cancel arrives as one whose reason says so)
+    busy_changed = Signal(bool)
+
+    def __init__(self, fn: Callable[..., Any], parent: QObject | None = None):
+        super().__init__(parent)
+        self.fn = fn
+        self._cancel = threading.Event()
+        self._runner = TaskRunner(self._call, self)
+        self._runner.result.connect(lambda _tag, value: self.result.emit(value))
+        self._runner.error.connect(lambda _tag, error: self.error.emit(error))
+        self._runner.busy_changed.connect(self.busy_changed)
+
+    @property
+    def running(self) -> bool:
+        return self._runner.busy
+
+    def start(self, *args: Any) -> bool:
+        if self.running:
+            return False
+        self._cancel.clear()
+        self._runner.request(*args)
+        return True
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def _call(self, *args: Any) -> Any:  # on the worker thread
+        return self.fn(*args, progress=self.progress.emit, cancel=self._cancel.is_set)
+
+    def wait(self, msecs: int = -1) -> bool:
+        return self._runner.wait(msecs)
+
+    def shutdown(self) -> None:
+        self.cancel()
+        self._runner.shutdown()

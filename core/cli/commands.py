@@ -181,13 +181,11 @@ def _progress_printer():
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from qlora_studio.core.after.evaluation import evaluate, save_evaluation
     from qlora_studio.core.after.inference import load_session
-    from qlora_studio.core.data.sources import resolve_data_path
     from qlora_studio.core.quiet import quiet_libraries
 
     quiet_libraries()
     session = load_session(args.run_dir, args.checkpoint)
-    data = resolve_data_path(args.data) if args.data else None
-    result = evaluate(session, data, limit=args.limit, max_new_tokens=args.max_new_tokens,
+    result = evaluate(session, args.data, limit=args.limit, max_new_tokens=args.max_new_tokens,
                       progress=None if args.json else _progress_printer())
     saved = save_evaluation(result)
     if args.json:

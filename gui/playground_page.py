@@ -65,7 +65,7 @@ class Transcript(QTextBrowser):
         """The reply ended: keep the clean text (stop tokens removed) and say how it ended."""
         self.messages.append({"role": "assistant", "content": reply.text})
         how = "stopped" if reply.cancelled else "ended by itself" if reply.stopped else "hit the token limit"
-        self.notes[len(self.messages) - 1] = f"{reply.new_tokens} tokens in {reply.seconds:.1f} s, {how}"
+        self.notes[len(self.messages) - 1] = f"{reply.new_tokens} token{'' if reply.new_tokens == 1 else 's'} in {reply.seconds:.1f} s, {how}"
         self.streaming = None
         self._render()
 

@@ -1,4 +1,4 @@
-"""Screenshots of the three pages from the real window, after real tiny-model training runs.
+"""Screenshots of the pages from the real window, after real tiny-model training runs.
 
     QT_QPA_PLATFORM=offscreen python docs/screenshots/make_screenshots.py [OUT_DIR]
 
@@ -151,6 +151,9 @@ def main(out_dir: Path) -> int:
     window.setup.xray.tabs.setCurrentIndex(0)
     shoot(window, window.setup, out_dir / "setup.png")
 
+    from after_shots import shoot_after  # the probe grid, the playground, evaluation, export (beside this file)
+
+    shoot_after(window, model, runs_dir, out_dir)
     window.close()
     app.processEvents()
     return 0

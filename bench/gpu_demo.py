@@ -20,7 +20,8 @@ def main() -> None:
     import torch
 
     from qlora_studio.core.config import load_config
-    from qlora_studio.core.after.inference import evaluate, load_for_inference
+    from qlora_studio.core.after.evaluation import evaluate, save_evaluation
+    from qlora_studio.core.after.inference import load_session
     from qlora_studio.core.quiet import quiet_libraries
     from qlora_studio.core.training.runner import run_training
     from qlora_studio.core.training.store import RunFolder
@@ -43,13 +44,17 @@ def main() -> None:
     evals = [e.eval_loss for e in events if e.type == "eval"]
     gc.collect()
     torch.cuda.empty_cache()
-    scores = {}
-    for label, with_adapter in (("base", False), ("tuned", True)):
-        loaded = load_for_inference(result.run_dir, with_adapter=with_adapter)
-        scores[label] = evaluate(loaded, str(sample_path("dates-eval"))).to_dict()
-        del loaded
-        gc.collect()
-        torch.cuda.empty_cache()
+    # base and tuned on one copy of the base (the adapter switched off for base), as the window's Evaluate does
+    session = load_session(result.run_dir)
+    evaluation = evaluate(session, str(sample_path("dates-eval")), max_new_tokens=32)
+    save_evaluation(evaluation)
+    validation = evaluate(session, None, max_new_tokens=32)  # the run's own validation split: its loss, base vs tuned
+    del session
+    examples = evaluation.to_dict()["examples"]
+    scores = {side: {**getattr(evaluation, side).__dict__, "examples": [{k: e[k] for k in ("prompt", "reference", side)}
+                                                                        for e in examples]} for side in ("base", "tuned")}
+    for side in ("base", "tuned"):
+        scores[side]["val_loss"] = getattr(validation, side).eval_loss
     payload = {
         "config": config.model_dump(mode="json"),
         "steps": result.step,
@@ -67,13 +72,16 @@ def main() -> None:
         "exact_match_tuned": scores["tuned"]["exact_match"],
         "stopped_base": scores["base"]["stopped"],
         "stopped_tuned": scores["tuned"]["stopped"],
+        "val_loss_base": scores["base"]["val_loss"],
+        "val_loss_tuned": scores["tuned"]["val_loss"],
         "examples_tuned": scores["tuned"]["examples"],
         "examples_base": scores["base"]["examples"],
     }
     save("demo", payload, Path(args.work) if args.set else None)
     print("\nmetric                 value")
     for key in ("steps", "train_s", "tokens_per_s_median", "peak_allocated_gb", "predicted_peak_gb", "loss_first",
-                "loss_last", "exact_match_base", "exact_match_tuned", "stopped_base", "stopped_tuned"):
+                "loss_last", "exact_match_base", "exact_match_tuned", "stopped_base", "stopped_tuned", "val_loss_base",
+                "val_loss_tuned"):
         print(f"{key:22} {payload[key]}")
 
 

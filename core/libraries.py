@@ -34,5 +34,7 @@ def import_libraries() -> None:
             return
         quiet_libraries()  # imports transformers (and datasets), their chatter turned down before it starts
         import transformers  # noqa: F401 - the import itself is the point (see the module docstring)
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401 - their lazy submodules too
+        import peft  # noqa: F401 - imports transformers' submodules of its own
 
         _done = True

@@ -1,4 +1,4 @@
-"""The main window: Setup, Monitor and Runs pages around one `TrainController`."""
+"""The main window: Setup, Monitor, Runs and Playground pages around one `TrainController`."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ from PySide6.QtWidgets import (
 from qlora_studio.core.errors import FailureCause, UserError
 from qlora_studio.core.training import events as ev
 from qlora_studio.gui.monitor_page import MonitorPage
+from qlora_studio.gui.playground_page import PlaygroundPage
 from qlora_studio.gui.runs_page import RunsPage
 from qlora_studio.gui.settings import Settings
 from qlora_studio.gui.setup_page import SetupPage
 from qlora_studio.gui.widgets.training_toolbar import TrainingToolbar
 from qlora_studio.gui.workers import TaskRunner, TrainController
 
-SETUP, MONITOR, RUNS = range(3)
+SETUP, MONITOR, RUNS, PLAYGROUND = range(4)
 FAILURE_TITLES = {FailureCause.OOM: "Out of GPU memory", FailureCause.NAN: "Training diverged (NaN/Inf)",
                   FailureCause.DISK: "Disk full or not writable"}
 
@@ -68,6 +69,7 @@ class MainWindow(QMainWindow):
             self.setWindowIcon(QIcon(str(icon)))
         self.gpus: list[Any] | None = None
         self.last_error_box: QMessageBox | None = None
+        self.export_dialog = None
         self._close_after_run = False
         self._run_config = None
 
@@ -79,12 +81,14 @@ class MainWindow(QMainWindow):
         self.setup = SetupPage(self.settings)
         self.monitor = MonitorPage()
         self.runs = RunsPage()
+        self.playground = PlaygroundPage()
         self.tabs = QTabWidget()
         self.tabs.setObjectName("pages")
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.setup, "Setup")
         self.tabs.addTab(self.monitor, "Monitor")
         self.tabs.addTab(self.runs, "Runs")
+        self.tabs.addTab(self.playground, "Playground")
 
         self.banner = QLabel("")
         self.banner.setObjectName("noGpuBanner")
@@ -109,6 +113,11 @@ class MainWindow(QMainWindow):
         self.runs.replay_requested.connect(self.replay_run)
         self.runs.resume_requested.connect(self.resume_run)
         self.runs.extend_requested.connect(self._ask_extend)
+        self.runs.playground_requested.connect(self.open_playground)
+        self.runs.export_requested.connect(self.open_export)
+        self.runs.error.connect(lambda title, reason, details: self.report_error(title, reason, details))
+        self.playground.export_requested.connect(self.open_export)
+        self.playground.error.connect(lambda title, reason, details: self.report_error(title, reason, details))
         self.monitor.smoothing_changed.connect(lambda w: self.settings.set("monitor/smoothing", w))
         self.monitor.log_scale_changed.connect(lambda on: self.settings.set("monitor/log_scale", on))
 
@@ -123,6 +132,7 @@ class MainWindow(QMainWindow):
         if config_path:
             self.setup.load_config_file(config_path)
         self.runs.set_output_dir(self.setup.config.output_dir)
+        self.playground.set_output_dir(self.setup.config.output_dir)
         self.gpu_probe.request()
         self._update_actions()
 
@@ -152,7 +162,7 @@ class MainWindow(QMainWindow):
         splitter = self.settings.get("window/splitter")
         if not splitter.isEmpty():
             self.setup.splitter.restoreState(splitter)
-        self.tabs.setCurrentIndex(min(max(self.settings.get("window/page"), 0), RUNS))
+        self.tabs.setCurrentIndex(min(max(self.settings.get("window/page"), 0), PLAYGROUND))
         self.monitor.set_smoothing(self.settings.get("monitor/smoothing"))
         self.monitor.log_scale.setChecked(self.settings.get("monitor/log_scale"))
         self.setup.memory.select_budget(self.settings.get("memory/budget"))
@@ -167,6 +177,7 @@ class MainWindow(QMainWindow):
     def _update_actions(self) -> None:
         self.toolbar.set_state(self.controller.running, self.controller.stopping, self.setup.start_blocker)
         self.runs.set_busy(self.controller.running)
+        self.playground.set_training(self.controller.running)
 
     # ---- GPU ----
     @Slot(object, object)
@@ -327,6 +338,7 @@ class MainWindow(QMainWindow):
         self.monitor.end_live(result.status)
         self._update_actions()
         self.runs.refresh()
+        self.playground.refresh()
         if result.status == "finished" or result.cause is None:
             self.state_label.setText(f"{result.status.capitalize()} at step {result.step}")
             self.statusBar().showMessage(f"Run {result.status}: {result.run_dir}", 8000)
@@ -349,6 +361,25 @@ class MainWindow(QMainWindow):
     # ---- runs ----
     def _on_config_changed(self, config) -> None:
         self.runs.set_output_dir(config.output_dir)
+        self.playground.set_output_dir(config.output_dir)
+
+    def open_playground(self, run_dir: str, adapter: str = "final") -> bool:
+        """Show the playground on `run_dir` and load its adapter (a checkpoint when it has no final one)."""
+        if self.controller.running or not self.playground.select(run_dir, adapter):
+            return False
+        self.tabs.setCurrentIndex(PLAYGROUND)
+        return self.playground.load_selected()
+
+    def open_export(self, run_dir: str, adapter: str = "final"):
+        from qlora_studio.gui.export_dialog import ExportDialog
+
+        if self.controller.running:
+            return None
+        dialog = ExportDialog(run_dir, adapter, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        self.export_dialog = dialog
+        return dialog
 
     def replay_run(self, run_dir: str) -> None:
         if self.controller.running:
@@ -388,6 +419,8 @@ class MainWindow(QMainWindow):
             event.ignore()
             return
         self.save_state()
+        self.runs.save_notes()
+        self.playground.shutdown()
         self.setup.shutdown()
         self.monitor.shutdown()
         for runner in (self.gpu_probe, self.history_loader):

@@ -25,6 +25,7 @@ from qlora_studio.core.training import events as ev
 from qlora_studio.core.training.store import RunHistory
 from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.charts import PALETTE, ChartBoard, LiveChart, LossChart
+from qlora_studio.gui.widgets.probe_grid import ProbeGrid
 from qlora_studio.gui.widgets.run_log import RunLog
 from qlora_studio.gui.widgets.run_header import RunHeader
 from qlora_studio.gui.widgets.tensorboard_hint import TensorBoardHint
@@ -92,13 +93,16 @@ class MonitorPage(QWidget):
         charts.setLayout(grid)
 
         self.log = RunLog()
+        self.probes = ProbeGrid()
 
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.addWidget(charts)
+        self.splitter.addWidget(self.probes)
         self.splitter.addWidget(self.log)
         self.splitter.setStretchFactor(0, 5)
-        self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([600, 150])
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setStretchFactor(2, 1)
+        self.splitter.setSizes([520, 190, 110])
         self.splitter.setChildrenCollapsible(False)
 
         layout = QVBoxLayout(self)
@@ -146,6 +150,7 @@ class MonitorPage(QWidget):
         self.smoothed.rebuild(self.loss_chart.series["raw"])
         self.nan_marks.clear()
         self.log.clear()
+        self.probes.clear()
         self.run_dir = None
         self.tensorboard.show_for(None, False)
         self.header.reset(title)
@@ -209,6 +214,8 @@ class MonitorPage(QWidget):
         header.set_plan(e.start_step, e.total_steps)
         header.set_status("running")
         self.tensorboard.show_for(e.run_dir, "tensorboard" in e.config.get("train", {}).get("report_to", []))
+        if not e.start_step:
+            self.probes.clear(e.config.get("probes"))
         vram.set_message("" if vram.on_cuda else "CPU run: no VRAM to measure")
         self._show_vram()
 
@@ -229,6 +236,11 @@ class MonitorPage(QWidget):
     @handle_event.register
     def _(self, e: ev.EvalLogged) -> None:
         self.add_eval(e.step, e.eval_loss)
+
+    @handle_event.register
+    def _(self, e: ev.ProbesAnswered) -> None:
+        self.probes.add(e)
+        self.append_log("checkpoint", f"{e.label}: {len(e.answers)} probes answered in {e.seconds:.1f} s (not in tokens/s)")
 
     @handle_event.register
     def _(self, e: ev.CheckpointSaved) -> None:
@@ -303,6 +315,7 @@ class MonitorPage(QWidget):
 
     def add_eval(self, step: int, eval_loss: float) -> None:
         self.board.add(self.loss_chart, "eval", step, eval_loss)
+        self.probes.set_eval_loss(step, eval_loss)
         self.header.stat_eval.set(fmt.loss(eval_loss))
 
     def end_live(self, status: str) -> None:
@@ -327,6 +340,9 @@ class MonitorPage(QWidget):
             for e in history.evals:
                 if e.step <= upto_step:
                     self.add_eval(e.step, e.eval_loss)
+            for p in history.probes:
+                if p.step <= upto_step:
+                    self.probes.add(p)
         self.header.forget_rate()  # speed and ETA are measured on this session's steps
 
     def load_history(self, history: RunHistory) -> None:
@@ -345,6 +361,8 @@ class MonitorPage(QWidget):
                 self.add_eval(e.step, e.eval_loss)
             for mark in history.marks:  # their log lines came with replay_log
                 self._mark_nonfinite(mark)
+            for p in history.probes:
+                self.probes.add(p)
         self.header.title.setText(name)
         self.tensorboard.show_for(str(history.path), False)  # the folder as it is now (runs can be moved)
         self._stop_live(status.get("status", "finished"))

@@ -1,18 +1,22 @@
-"""The runs page: every run in the output folder, a loss overlay of the selected runs, and the
-ways back into one (replay its charts, resume it, open its folder)."""
+"""The runs page: every run in the output folder with its latest evaluation, a loss overlay of the
+selected runs, notes, and the ways back into one (replay its charts, resume it, chat with it in the
+playground, export it, open its folder), rename and delete (to the system trash where there is one)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, QUrl, Signal
+from PySide6.QtCore import QAbstractTableModel, QFile, QModelIndex, QSortFilterProxyModel, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
     QHeaderView,
+    QInputDialog,
     QLabel,
+    QMessageBox,
+    QPlainTextEdit,
     QPushButton,
     QSplitter,
     QTableView,
@@ -21,23 +25,29 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
+from qlora_studio.gui.evaluation_panel import evaluation_summary
 from qlora_studio.gui.widgets.charts import OVERLAY_COLORS, LiveChart, SmoothedSeries
 
 MAX_OVERLAY = len(OVERLAY_COLORS)
+PLAYGROUND_TIP = "Chat with the selected run's adapter beside its base model, and evaluate it"
+EXPORT_TIP = "The adapter, a merged model, a GGUF file or an Ollama folder"
 STATUS_COLORS = {"finished": "#15803d", "running": "#2563eb", "stopped": "#b45309", "interrupted": "#b45309",
                  "failed": "#b91c1c"}
 
 
 class RunsModel(QAbstractTableModel):
-    COLUMNS = ["Run", "Status", "Steps", "Final loss", "Model", "Quantization", "LoRA", "Started", "Time", "Peak VRAM"]
+    COLUMNS = ["Run", "Status", "Steps", "Final loss", "Model", "Quantization", "LoRA", "Started", "Time", "Peak VRAM",
+               "Evaluation"]
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.runs: list[Any] = []
+        self.evaluations: dict[str, Any] = {}  # run folder -> its latest core Evaluation
 
-    def set_runs(self, runs: list[Any]) -> None:
+    def set_runs(self, runs: list[Any], evaluations: dict[str, Any] | None = None) -> None:
         self.beginResetModel()
         self.runs = list(runs)
+        self.evaluations = dict(evaluations or {})
         self.endResetModel()
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802,B008 - Qt's signature
@@ -88,6 +98,8 @@ class RunsModel(QAbstractTableModel):
             return fmt.timestamp(run.started_at)
         if col == 8:
             return fmt.duration(run.elapsed_s)
+        if col == 10:
+            return evaluation_summary(self.evaluations.get(str(run.path)))
         return f"{run.peak_vram_gb:.2f} GiB" if run.peak_vram_gb is not None else "–"
 
     def _sort_key(self, run, col: int) -> Any:
@@ -100,6 +112,9 @@ class RunsPage(QWidget):
     replay_requested = Signal(str)  # run folder
     resume_requested = Signal(str)
     extend_requested = Signal(str)  # a finished run: train more steps
+    playground_requested = Signal(str)
+    export_requested = Signal(str)
+    error = Signal(str, str, str)  # (title, reason, details)
     refreshed = Signal()
     overlay_changed = Signal()
 
@@ -125,10 +140,22 @@ class RunsPage(QWidget):
         self.csv_button = QPushButton("Export CSV…")
         self.csv_button.setObjectName("exportCsvButton")
         self.csv_button.setToolTip("Save the selected run's metrics (one row per step, with its eval loss) as a CSV file")
+        self.playground_button = QPushButton("Playground")
+        self.playground_button.setObjectName("playgroundButton")
+        self.playground_button.setToolTip(PLAYGROUND_TIP)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setObjectName("exportRunButton")
+        self.export_button.setToolTip(EXPORT_TIP)
+        self.rename_button = QPushButton("Rename…")
+        self.rename_button.setObjectName("renameRunButton")
+        self.delete_button = QPushButton("Delete")
+        self.delete_button.setObjectName("deleteRunButton")
+        self.delete_button.setToolTip("Move the selected run folders to the system trash")
         top = QHBoxLayout()
         top.addWidget(QLabel("Runs in"))
         top.addWidget(self.folder_label, 1)
-        for button in (self.refresh_button, self.replay_button, self.resume_button, self.folder_button, self.csv_button):
+        for button in (self.refresh_button, self.replay_button, self.resume_button, self.playground_button,
+                       self.export_button, self.csv_button, self.rename_button, self.delete_button, self.folder_button):
             top.addWidget(button)
 
         self.model = RunsModel(self)
@@ -161,14 +188,33 @@ class RunsPage(QWidget):
         self.overlay.add_legend()
         self.overlay_runs: list[str] = []
 
+        self.notes = QPlainTextEdit()
+        self.notes.setObjectName("runNotes")
+        self.notes.setPlaceholderText("Notes on the selected run (saved in its folder as notes.md)")
+        self.notes_label = QLabel("Notes")
+        self._notes_run: str | None = None
+        self._notes_timer = QTimer(self)
+        self._notes_timer.setSingleShot(True)
+        self._notes_timer.setInterval(600)
+        self._notes_timer.timeout.connect(self.save_notes)
+        notes = QWidget()
+        notes_layout = QVBoxLayout(notes)
+        notes_layout.setContentsMargins(0, 0, 0, 0)
+        notes_layout.addWidget(self.notes_label)
+        notes_layout.addWidget(self.notes, 1)
+
         lower = QWidget()
         lower_layout = QVBoxLayout(lower)
         lower_layout.setContentsMargins(0, 0, 0, 0)
         lower_layout.addWidget(self.hint)
         lower_layout.addWidget(self.overlay, 1)
+        below = QSplitter(Qt.Orientation.Horizontal)
+        below.addWidget(lower)
+        below.addWidget(notes)
+        below.setSizes([900, 300])
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
-        splitter.addWidget(lower)
+        splitter.addWidget(below)
         splitter.setSizes([240, 500])
         splitter.setChildrenCollapsible(False)
 
@@ -182,6 +228,11 @@ class RunsPage(QWidget):
         self.resume_button.clicked.connect(self._resume)
         self.folder_button.clicked.connect(self._show_folder)
         self.csv_button.clicked.connect(lambda: self.export_csv())
+        self.playground_button.clicked.connect(lambda: self._emit_one(self.playground_requested))
+        self.export_button.clicked.connect(lambda: self._emit_one(self.export_requested))
+        self.rename_button.clicked.connect(self.rename_selected)
+        self.delete_button.clicked.connect(self.delete_selected)
+        self.notes.textChanged.connect(lambda: self._notes_timer.start() if self._notes_run else None)
         self.table.selectionModel().selectionChanged.connect(self._on_selection)
         self._update_buttons()
 
@@ -192,14 +243,16 @@ class RunsPage(QWidget):
             self.refresh()
 
     def refresh(self) -> None:
+        from qlora_studio.core.after.evaluation import latest_evaluation
         from qlora_studio.core.training.store import list_runs
 
         from qlora_studio.core.config.files import default_runs_dir
 
+        self.save_notes()
         selected = {str(r.path) for r in self.selected_runs()}
         self.folder_label.setText(self.output_dir or str(default_runs_dir()))
         runs = list_runs(self.output_dir)
-        self.model.set_runs(runs)
+        self.model.set_runs(runs, {str(r.path): latest_evaluation(r.path) for r in runs})
         selection = self.table.selectionModel()
         for row in range(self.proxy.rowCount()):
             source = self.proxy.mapToSource(self.proxy.index(row, 0))
@@ -239,6 +292,7 @@ class RunsPage(QWidget):
     # ---- selection: the overlay ----
     def _on_selection(self, *_: Any) -> None:
         self._update_buttons()
+        self._show_notes()
         self.show_overlay(self.selected_runs()[:MAX_OVERLAY])
 
     def show_overlay(self, runs: list[Any]) -> None:
@@ -275,6 +329,11 @@ class RunsPage(QWidget):
         self.resume_button.setEnabled(one is not None and one.resumable and one.status != "running" and not self.busy)
         self.folder_button.setEnabled(one is not None)
         self.csv_button.setEnabled(one is not None)
+        for button, tip in ((self.playground_button, PLAYGROUND_TIP), (self.export_button, EXPORT_TIP)):
+            button.setEnabled(one is not None and not self.busy)
+            button.setToolTip("A run is training: the playground and export wait until it ends" if self.busy else tip)
+        self.rename_button.setEnabled(one is not None and one.status != "running")
+        self.delete_button.setEnabled(bool(runs) and all(r.status != "running" for r in runs))
         if one is not None and not one.resumable:
             self.resume_button.setToolTip("This run has no checkpoint to resume from")
         elif self.busy:
@@ -322,3 +381,82 @@ class RunsPage(QWidget):
         runs = self.selected_runs()
         if runs:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(runs[0].path)))
+
+    # ---- notes, rename, delete ----
+    def _show_notes(self) -> None:
+        from qlora_studio.core.after.runs import read_notes
+
+        self.save_notes()
+        runs = self.selected_runs()
+        self._notes_run = str(runs[0].path) if len(runs) == 1 else None
+        self.notes.blockSignals(True)
+        self.notes.setPlainText(read_notes(self._notes_run) if self._notes_run else "")
+        self.notes.blockSignals(False)
+        self.notes.setEnabled(self._notes_run is not None)
+        self.notes_label.setText(f"Notes: {runs[0].name}" if self._notes_run else "Notes (select one run)")
+
+    def save_notes(self) -> None:
+        from qlora_studio.core.after.runs import write_notes
+
+        self._notes_timer.stop()
+        if self._notes_run and Path(self._notes_run).is_dir():
+            write_notes(self._notes_run, self.notes.toPlainText())
+
+    def _emit_one(self, signal) -> None:
+        runs = self.selected_runs()
+        if len(runs) == 1 and not self.busy:
+            signal.emit(str(runs[0].path))
+
+    def rename_selected(self, new_name: str | None = None) -> Path | None:
+        from qlora_studio.core.after.runs import rename_run
+        from qlora_studio.core.errors import UserError
+
+        runs = self.selected_runs()
+        if len(runs) != 1:
+            return None
+        if not isinstance(new_name, str):
+            new_name, ok = QInputDialog.getText(self, "Rename run", "New name of the run folder:", text=runs[0].name)
+            if not ok:
+                return None
+        self.save_notes()
+        try:
+            path = rename_run(runs[0].path, new_name)
+        except (UserError, OSError) as exc:
+            self.error.emit("Rename run", str(exc), "")
+            return None
+        self._notes_run = None
+        self.refresh()
+        self.select_paths([path])
+        return path
+
+    def delete_selected(self, confirm: bool = True) -> int:
+        """Move the selected runs to the trash (or, where there is none, delete them after asking); how many went."""
+        from qlora_studio.core.after.runs import check_deletable, delete_run
+        from qlora_studio.core.errors import UserError
+
+        runs = self.selected_runs()
+        if not runs:
+            return 0
+        names = ", ".join(r.name for r in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        if confirm and QMessageBox.question(self, "Delete runs", f"Move {names} to the trash?") != QMessageBox.StandardButton.Yes:
+            return 0
+        self.save_notes()
+        self._notes_run = None
+        gone = 0
+        for run in runs:
+            try:
+                check_deletable(run.path)
+                moved = QFile.moveToTrash(str(run.path))  # bool, or (bool, path in the trash) in some PySide6 versions
+                if not (moved[0] if isinstance(moved, tuple) else moved):
+                    if not confirm:  # never delete for good without asking
+                        raise UserError(f"there is no trash for {run.path} on this system; it was kept")
+                    answer = QMessageBox.question(
+                        self, "No trash", f"There is no trash for {run.path} on this system. Delete it for good?")
+                    if answer != QMessageBox.StandardButton.Yes:
+                        continue
+                    delete_run(run.path)
+                gone += 1
+            except (UserError, OSError) as exc:
+                self.error.emit("Delete run", str(exc), "")
+        self.refresh()
+        return gone

@@ -27,6 +27,7 @@ from qlora_studio.core.config.files import default_runs_dir
 from qlora_studio.gui.fmt import escape
 from qlora_studio.gui.widgets.form import CheckChoices, ChoiceButtons, Form, SciSpinBox, guard_wheel
 from qlora_studio.gui.widgets.pickers import DataPicker, ModelPicker
+from qlora_studio.gui.widgets.probes_editor import ProbesEditor
 
 DATA_KEYS = [
     ("data.format", "Format"), ("data.max_length", "Max length"), ("data.chat_template", "Template"),
@@ -155,6 +156,9 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
     output_form.addRow(QLabel("Runs folder"), output_row)
     output_form.addRow(QLabel("Run name"), run_name)
 
+    probes = form.add("probes", ProbesEditor())
+    probe_grid = form.grid([("train.probe_max_new_tokens", "Answer length")], columns=1)
+
     compute_label = QLabel("Compute dtype")
     boxes = [
         _box("Model", model, _row(trust), trust_note),
@@ -163,11 +167,12 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
         _box("LoRA", lora_grid, _row(dora, rslora)),
         _box("Training", form.grid(_rows(TRAIN_KEYS)), _row(checkpointing, batch, stretch_after=0),
              _row(QLabel("Report to"), report_to, stretch_after=1)),
+        _box("Taste test: prompts answered at every checkpoint", probes, probe_grid),
         _box("GPUs", gpu_grid, note),
         _box("Output", output_form),
     ]
     return SetupGroups(boxes, model, {"quantization.quant_type": quant_type, "quantization.double_quant": double_quant,
-                                      "effective_batch": batch, "trust_warning": trust_note})
+                                      "effective_batch": batch, "trust_warning": trust_note, "probes": probes})
 
 
 def _report_choices() -> CheckChoices:

@@ -55,6 +55,8 @@ class SetupPage(QWidget):
         self.memory.fitted.connect(lambda config, _message: self.set_config(config))
         for signal in (self.xray.report_ready, self.xray.report_failed, self.xray.reading):
             signal.connect(self._update_blocker)
+        self.xray.report_ready.connect(lambda report: self.groups.dependents["probes"].set_suggestions(
+            report.validation_prompts))
 
         self.form = Form()
         self.groups = build_groups(self.form, self._start_folder)

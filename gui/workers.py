@@ -389,3 +389,48 @@ class TrainController(QObject):
         self._result = None
         self.busy_changed.emit(False)
         self.finished.emit(result)
+
+
+# ---- jobs with progress (evaluation, export) ---------------------------------------------------
+
+class ProgressTask(QObject):
+    """Runs `fn(*args, progress=..., cancel=...)` off the GUI thread, one at a time: core's plain
+    progress callback becomes the `progress` signal, `cancel()` sets the flag core polls."""
+
+    progress = Signal(float, str)
+    result = Signal(object)
+    error = Signal(object)  # TaskError (a cancel arrives as one whose reason says so)
+    busy_changed = Signal(bool)
+
+    def __init__(self, fn: Callable[..., Any], parent: QObject | None = None):
+        super().__init__(parent)
+        self.fn = fn
+        self._cancel = threading.Event()
+        self._runner = TaskRunner(self._call, self)
+        self._runner.result.connect(lambda _tag, value: self.result.emit(value))
+        self._runner.error.connect(lambda _tag, error: self.error.emit(error))
+        self._runner.busy_changed.connect(self.busy_changed)
+
+    @property
+    def running(self) -> bool:
+        return self._runner.busy
+
+    def start(self, *args: Any) -> bool:
+        if self.running:
+            return False
+        self._cancel.clear()
+        self._runner.request(*args)
+        return True
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def _call(self, *args: Any) -> Any:  # on the worker thread
+        return self.fn(*args, progress=self.progress.emit, cancel=self._cancel.is_set)
+
+    def wait(self, msecs: int = -1) -> bool:
+        return self._runner.wait(msecs)
+
+    def shutdown(self) -> None:
+        self.cancel()
+        self._runner.shutdown()

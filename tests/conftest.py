@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import build_tiny_llama  # noqa: E402
 
+TINY_TRAIN = {"max_steps": 12, "micro_batch_size": 4, "grad_accum": 2, "learning_rate": 2e-2, "save_every_steps": 5,
+              "warmup_ratio": 0.0}
 
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_caches(tmp_path_factory):
@@ -47,10 +49,27 @@ def tiny_config(tiny_model, tmp_path):
         "model": {"name_or_path": str(tiny_model)},
         "data": {"path": "sample:dates", "max_length": 128, "validation_split": 0.05},
         "lora": {"r": 8, "alpha": 16},
-        "train": {"max_steps": 12, "micro_batch_size": 4, "grad_accum": 2, "learning_rate": 2e-2,
-                  "save_every_steps": 5, "warmup_ratio": 0.0},
+        "train": TINY_TRAIN,
         "output_dir": str(tmp_path / "runs"),
     })
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model, tmp_path_factory):
+    """One finished tiny run (the `tiny_config` settings; checkpoints at steps 5, 10, 12), shared by
+    the tests that only read a run: chat, evaluation, export, the playground, the runs page."""
+    from qlora_studio.core.config import RunConfig
+    from qlora_studio.core.training.runner import run_training
+
+    config = RunConfig.model_validate({
+        "model": {"name_or_path": str(tiny_model)},
+        "data": {"path": "sample:dates", "max_length": 128, "validation_split": 0.05},
+        "lora": {"r": 8, "alpha": 16}, "train": TINY_TRAIN,
+        "output_dir": str(tmp_path_factory.mktemp("shared-run")), "run_name": "tiny-run",
+    })
+    result = run_training(config)
+    assert result.status == "finished", result.error
+    return result
 
 
 @pytest.fixture(scope="session")

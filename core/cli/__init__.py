@@ -105,12 +105,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="+", help="the user message")
     p.add_argument("--max-new-tokens", type=int, default=128)
 
-    p = command("evaluate", c.cmd_evaluate, "score a trained adapter: exact match against the last reply of each row",
-                (as_json, debug, pickles))
-    p.add_argument("run_dir", help="a run folder (its adapter/) or an adapter folder")
-    p.add_argument("--data", default="sample:dates-eval", help="rows to score (default: the demo's held-out dates)")
+    checkpoint = argparse.ArgumentParser(add_help=False)
+    checkpoint.add_argument("run_dir", help="a run folder (its final adapter/), a checkpoint folder or an adapter folder")
+    checkpoint.add_argument("--checkpoint", metavar="step-N", help="a checkpoint of the run instead of its final adapter")
+
+    p = command("evaluate", c.cmd_evaluate, "score base vs tuned: exact match, stop rate, validation loss; saved in the run",
+                (checkpoint, as_json, debug, pickles))
+    p.add_argument("--data", help="rows to score (default: the run's own validation split), e.g. sample:dates-eval")
     p.add_argument("--limit", type=int, help="score only the first N rows")
-    p.add_argument("--base", action="store_true", help="score the base model without the adapter, for comparison")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+
+    p = command("chat", c.cmd_chat, "chat with a trained adapter (or its base), replies streamed; --prompt for one reply",
+                (checkpoint, debug, pickles))
+    p.add_argument("--base", action="store_true", help="the base model (the adapter switched off)")
+    p.add_argument("--prompt", help="answer this one message and exit (no conversation)")
+    p.add_argument("--system", help="system prompt (default: the run's data.system_prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); e.g. 0.7 to sample")
+    p.add_argument("--top-p", type=float, default=1.0)
+
+    from qlora_studio.core.after.export import EXPORT_TARGETS, GGUF_QUANTS
+
+    p = command("export", c.cmd_export, "export a run: its adapter, a merged model, a GGUF file or an Ollama folder",
+                (checkpoint, debug, pickles))
+    p.add_argument("--to", required=True, choices=EXPORT_TARGETS)
+    p.add_argument("--out", help="target folder (a .gguf file for --to gguf); default: exports/ inside the run folder")
+    p.add_argument("--quant", default="q8_0", choices=GGUF_QUANTS, help="GGUF tensor type (gguf, ollama)")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"), help="merged weights")
+    p.add_argument("--system", help="the Modelfile's SYSTEM prompt (ollama; default: the chat template's own)")
 
     p = command("init", c.cmd_init, "write a documented config file to start from (the demo, every key explained)")
     p.add_argument("path", nargs="?", default="qlora-studio.yaml", help="where to write it; - prints it")

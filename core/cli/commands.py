@@ -170,35 +170,97 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_printer():
+    last = [-1]
+
+    def show(fraction: float, message: str) -> None:
+        percent = int(fraction * 100)
+        if percent // 10 != last[0] // 10 or fraction >= 1.0:
+            last[0] = percent
+            print(f"  {percent:3d}%  {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from qlora_studio.core.after.evaluation import evaluate, save_evaluation
+    from qlora_studio.core.after.inference import load_session
     from qlora_studio.core.quiet import quiet_libraries
 
     quiet_libraries()
-    from qlora_studio.core.after.inference import evaluate, load_for_inference
-    from qlora_studio.core.data.sources import resolve_data_path
-
-    loaded = load_for_inference(args.run_dir, with_adapter=not args.base)
-    result = evaluate(loaded, resolve_data_path(args.data), limit=args.limit)
+    session = load_session(args.run_dir, args.checkpoint)
+    result = evaluate(session, args.data, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                      progress=None if args.json else _progress_printer())
+    saved = save_evaluation(result)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0
-    who = "base model" if args.base else "adapter"
-    print(f"{who}: exact match {result.exact_match:.1%} of {result.rows} rows; stopped by itself {result.stopped:.1%}")
+    print(f"{session.ref.name} on {result.data}: {result.rows} replies, loss on {result.loss_rows} rows")
+    print(f"{'':22}{'base':>10}{'tuned':>10}")
+    for label, key, form in (("exact match", "exact_match", "{:.1%}"), ("stopped by itself", "stopped", "{:.1%}"),
+                             ("validation loss", "eval_loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}")):
+        cells = [getattr(s, key) if s is not None else None for s in (result.base, result.tuned)]
+        print(f"{label:22}" + "".join(f"{form.format(c) if c is not None else '-':>10}" for c in cells))
     for example in result.examples[:3]:
-        print(f"  {example['prompt'][:60]!r} -> {example['reply'][:60]!r} (expected {example['reference'][:40]!r})")
+        print(f"  {example['prompt'][:50]!r}: tuned {example['tuned'][:30]!r}, base {example['base'][:30]!r}"
+              f" (expected {example['reference'][:30]!r})")
+    if saved:
+        print(f"saved in {saved}", file=sys.stderr)
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from qlora_studio.core.after.inference import load_session
+    from qlora_studio.core.model.generation import Sampling
     from qlora_studio.core.quiet import quiet_libraries
 
     quiet_libraries()
-    from qlora_studio.core.after.inference import generate_reply
-
-    reply = generate_reply(args.run_dir, " ".join(args.prompt), max_new_tokens=args.max_new_tokens)
+    session = load_session(args.run_dir)
+    reply = session.replies([[{"role": "user", "content": " ".join(args.prompt)}]],
+                            Sampling(max_new_tokens=args.max_new_tokens))[0]
     print(reply.text)
     ending = "stopped by itself (EOS)" if reply.stopped else f"hit --max-new-tokens {args.max_new_tokens} without stopping"
     print(f"[{reply.new_tokens} tokens, {ending}]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from qlora_studio.core.after.inference import load_session
+    from qlora_studio.core.cli.chat import chat_loop, stream_reply
+    from qlora_studio.core.model.generation import Sampling
+    from qlora_studio.core.quiet import quiet_libraries
+
+    quiet_libraries()
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise UserError("--temperature must be 0 (greedy) or more, and --top-p between 0 and 1")
+    session = load_session(args.run_dir, args.checkpoint)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p)
+    system = args.system if args.system is not None else session.config.data.system_prompt
+    if args.prompt is None:
+        return chat_loop(session, sampling, args.base, system)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": args.prompt}]
+    reply = stream_reply(session, messages, sampling, args.base, sys.stdout)
+    ending = "stopped by itself" if reply.stopped else f"hit --max-new-tokens {args.max_new_tokens}"
+    print(f"[{'base' if args.base else 'tuned'}, {reply.new_tokens} tokens, {ending}]", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from qlora_studio.core.after.adapters import locate_adapter
+    from qlora_studio.core.after.export.merge import MERGE_DTYPES
+    from qlora_studio.core.after.export.run import default_output, export_run
+    from qlora_studio.core.quiet import quiet_libraries
+
+    quiet_libraries()
+    ref = locate_adapter(args.run_dir, args.checkpoint)
+    out = args.out or default_output(ref, args.to, args.quant)
+    path = export_run(ref, args.to, out, quant=args.quant, dtype=MERGE_DTYPES[args.dtype], system_prompt=args.system,
+                      progress=_progress_printer())
+    print(path)
+    if args.to == "ollama":
+        print(f"import it with: ollama create NAME -f {path / 'Modelfile'}", file=sys.stderr)
+    elif args.to == "gguf":
+        print(f"run it with: llama-cli -m {path} -cnv  (or load it in LM Studio)", file=sys.stderr)
     return 0
 
 

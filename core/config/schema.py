@@ -179,6 +179,8 @@ class TrainSettings(_Section):
     @classmethod
     def _once_each(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
+    probe_max_new_tokens: int = Field(48, ge=1, le=2048)
+    """Longest answer to a probe prompt, in tokens (probes are answered greedily at each checkpoint)."""
 
 
 class DistributedSettings(_Section):
@@ -197,6 +199,8 @@ class RunConfig(_Section):
     data: DataSettings = Field(default_factory=DataSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     distributed: DistributedSettings = Field(default_factory=DistributedSettings)
+    probes: list[str] = Field(default_factory=list)
+    """Taste test: prompts the model answers before step 1 (the base) and at every checkpoint, into probes.jsonl and the window's grid; [] turns it off."""
     output_dir: str | None = None
     """Folder that holds one folder per run; null = the default runs folder, shared by the window and the CLI (`qlora-studio env` shows it)."""
     run_name: str | None = None

@@ -105,6 +105,22 @@ def load_normalized(settings: DataSettings, path: str | None = None):
     return parts, merged, formats, bad, bad_count, columns
 
 
+def split_rows(settings: DataSettings, normalized, seed: int):
+    """(training rows, validation rows or None): the validation file, or the seeded split."""
+    if settings.validation_path:
+        val_parts_settings = settings.model_copy(update={"path": settings.validation_path})
+        _, val_norm, _, vbad, vbad_count, _ = load_normalized(val_parts_settings, settings.validation_path)
+        if vbad_count and not settings.skip_bad_rows:
+            raise bad_rows_error(vbad, vbad_count)
+        return normalized, val_norm
+    if settings.validation_split > 0 and len(normalized) >= 2:
+        n_eval = int(round(len(normalized) * settings.validation_split))
+        if n_eval >= 1:
+            split = normalized.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+            return split["train"], split["test"]
+    return normalized, None
+
+
 def _encode_batch(batch: dict[str, list], encoder: ConversationEncoder):
     out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "length", "_row", "_part", "_fate", "_eos_added")}
     for messages, text, row, part in zip(batch["messages"], batch["text"], batch["_row"], batch["_part"]):
@@ -177,22 +193,7 @@ def _build(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int, wa
     encoder = ConversationEncoder(tokenizer, template, settings.train_on, settings.max_length, settings.overlength, stop_ids)
     num_proc = _pick_num_proc(len(normalized), settings.num_proc)
 
-    if settings.validation_path:
-        val_parts_settings = settings.model_copy(update={"path": settings.validation_path})
-        _, val_norm, _, vbad, vbad_count, _ = load_normalized(val_parts_settings, settings.validation_path)
-        if vbad_count and not settings.skip_bad_rows:
-            raise bad_rows_error(vbad, vbad_count)
-        train_norm, eval_norm = normalized, val_norm
-    elif settings.validation_split > 0 and len(normalized) >= 2:
-        n_eval = int(round(len(normalized) * settings.validation_split))
-        if n_eval >= 1:
-            split = normalized.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
-            train_norm, eval_norm = split["train"], split["test"]
-        else:
-            train_norm, eval_norm = normalized, None
-    else:
-        train_norm, eval_norm = normalized, None
-
+    train_norm, eval_norm = split_rows(settings, normalized, seed)
     rows = len(train_norm) + (len(eval_norm) if eval_norm is not None else 0)
     if progress:
         progress("tokenize", 0, rows)
@@ -224,6 +225,8 @@ def _build(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int, wa
     if report.train_rows == 0:
         raise DataError(f"no example is left after applying data.max_length {settings.max_length}; raise it or use overlength: truncate",
                         path=parts[0].label)
+    if eval_norm is not None:
+        report.validation_prompts = prompts_of(eval_norm.select(range(min(PROMPTS_SHOWN, len(eval_norm))))["messages"])
     if examples:
         report.examples = [render_example(encoder, normalized[i]) for i in range(min(examples, len(normalized)))]
     if preview:
@@ -237,6 +240,19 @@ def _build(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int, wa
     train = train_ok.select_columns(["input_ids", "labels"])
     evaluation = eval_ok.select_columns(["input_ids", "labels"]) if report.eval_rows else None
     return train, evaluation, report, template
+
+
+PROMPTS_SHOWN = 5
+
+
+def prompts_of(conversations: list[list[dict[str, str]]]) -> list[str]:
+    """The last user message of each conversation that has one (what a probe prompt looks like)."""
+    prompts = []
+    for messages in conversations:
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        if users and users[-1].strip():
+            prompts.append(users[-1])
+    return prompts
 
 
 def _usable(ds):

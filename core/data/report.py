@@ -45,6 +45,7 @@ class DataReport:
     eos: dict[str, Any] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
     preview_rows: list[dict[str, Any]] = field(default_factory=list)
+    validation_prompts: list[str] = field(default_factory=list)  # a few user prompts held out (probe suggestions)
     warnings: list[str] = field(default_factory=list)
     batching: str = ""  # how the run will cut the training rows into micro-batches (packed or padded), per epoch
 

@@ -119,6 +119,21 @@ class CheckpointSaved(Event):
 
 
 @dataclass
+class ProbesAnswered(Event):
+    """The probe prompts answered at a checkpoint (`base`: before step 1, the adapter switched off)."""
+
+    step: int
+    base: bool
+    answers: list[dict[str, Any]]  # prompt, reply, tokens, stopped (ended by itself)
+    seconds: float  # spent generating, between steps (not in tokens/s)
+    type: str = field(init=False, default="probes")
+
+    @property
+    def label(self) -> str:
+        return "base" if self.base else f"step {self.step}"
+
+
+@dataclass
 class Paused(Event):
     step: int
     type: str = field(init=False, default="paused")
@@ -190,8 +205,8 @@ Emit = Callable[[Event], None]
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__dataclass_fields__["type"].default: cls
-    for cls in (RunStarted, Preparing, StepLogged, EvalLogged, CheckpointSaved, Paused, Resumed, SettingsChanged,
-                NonFiniteStep, Warning, Finished, Failed)
+    for cls in (RunStarted, Preparing, StepLogged, EvalLogged, CheckpointSaved, ProbesAnswered, Paused, Resumed,
+                SettingsChanged, NonFiniteStep, Warning, Finished, Failed)
 }
 
 

@@ -30,6 +30,9 @@ class RunRecorder:
             case ev.EvalLogged():
                 run.append_jsonl(run.evals_path, {"step": event.step, "eval_loss": event.eval_loss, **event.metrics})
                 return
+            case ev.ProbesAnswered():
+                run.append_jsonl(run.probes_path, event.to_dict())
+                return
             case ev.RunStarted():
                 run.write_status("running", total_steps=event.total_steps, model=event.config["model"]["name_or_path"],
                                  device=event.device_name, quantization=event.quantization.to_dict(),

@@ -35,6 +35,7 @@ from qlora_studio.core.training.checkpoints import CheckpointStore
 from qlora_studio.core.training.control import TrainControl
 from qlora_studio.core.training.guard import BadStep, NanGuard, diverged_message
 from qlora_studio.core.training.loading import load_inputs, prepare_run_data, run_prediction, save_adapter
+from qlora_studio.core.training.probes import Prober
 from qlora_studio.core.training.recorder import RunRecorder
 from qlora_studio.core.training.speed import plan_speed
 from qlora_studio.core.training.reporting import Reporting
@@ -91,6 +92,7 @@ class Session:
         self.start_step = 0
         self.meter = StepMeter()
         self.loaded = self.data = self.trainer = self.speed = None
+        self.prober: Prober | None = None
         self.started = False
         self.stopped = False
         self.save_reason = "scheduled"
@@ -116,6 +118,7 @@ class Session:
             self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size, self.emit)
             self.speed = plan_speed(self.config, self.loaded, self.warn, fsdp=is_fsdp(self.config))
             self.guard = NanGuard(self.config.train.on_nan, self.world_size, self.loaded.device)
+            self.prober = self._prober()
             self._train_segments()
             return self._finish()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a Failed event, never a dead thread
@@ -207,6 +210,8 @@ class Session:
         ))
         if self.folder is not None:
             self.folder.save_data_report(self.data.report.to_dict())
+        if self.prober is not None and self.start_step == 0:
+            self.prober.answer(0, base=True)
         first = f"step {self.start_step + 1}" if self.start_step else "the first step"
         self.emit(ev.Preparing("first_step", f"running {first}"))
 
@@ -256,6 +261,19 @@ class Session:
         if path is not None:
             self.resume_point = path
             self.emit(ev.CheckpointSaved(step, str(path), reason))
+            if self.prober is not None and not again and reason not in ("out of memory", "error"):
+                self.prober.answer(step)
+
+    def _prober(self) -> Prober | None:
+        """Probes are answered on rank 0; FSDP ranks each hold a shard of the model, so none answers there."""
+        if not self.config.probes or self.rank != 0:
+            return None
+        if is_fsdp(self.config):
+            self.warn("probes are not answered in FSDP runs (each process holds only a shard of the model)")
+            return None
+        from qlora_studio.core.model.loading import stop_token_ids
+
+        return Prober(self.config, self.loaded, stop_token_ids(self.loaded.tokenizer, self.loaded.source.path), self.emit)
 
     # ---- settings the run changes itself ----
     def _recover_from_oom(self) -> None:
@@ -383,7 +401,7 @@ class Session:
         """Free the model and the GPU memory, so many runs in one sitting do not leak."""
         if self.reporting is not None:
             self.reporting.close()
-        self.trainer = self.loaded = self.data = None
+        self.trainer = self.loaded = self.data = self.prober = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -6,6 +6,7 @@
         metrics.jsonl        one JSON object per optimizer step
         evals.jsonl          one JSON object per evaluation
         events.jsonl         every other event (start, checkpoints, warnings, changes, end)
+        probes.jsonl         the probe prompts' answers: before step 1 (base) and at each checkpoint
         checkpoints/step-000100/   adapter + optimizer + scheduler + RNG + trainer state
         adapter/             the final PEFT adapter and tokenizer
 
@@ -33,7 +34,7 @@ from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import DiskError, UserError
 from qlora_studio.core.model.quantization import QuantizationReport
 from qlora_studio.core.training.events import (
-    EVENT_TYPES, EvalLogged, Event, NonFiniteStep, RunStarted, StepMetrics, event_from_dict,
+    EVENT_TYPES, EvalLogged, Event, NonFiniteStep, ProbesAnswered, RunStarted, StepMetrics, event_from_dict,
 )
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
@@ -75,6 +76,10 @@ class RunFolder:
     @property
     def events_path(self) -> Path:
         return self.path / "events.jsonl"
+
+    @property
+    def probes_path(self) -> Path:
+        return self.path / "probes.jsonl"
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -201,11 +206,12 @@ class RunFolder:
             started=event_from_dict(started) if started else None,
             status=self.read_status(),
             marks=marks,
+            probes=[event_from_dict(p) for p in read_jsonl(self.probes_path) if p.get("type") == "probes"],
         )
 
     def truncate_records(self, last_step: int) -> None:
-        """Keep only metrics and evaluations up to `last_step`, so a resumed run logs each step once."""
-        for path in (self.metrics_path, self.evals_path):
+        """Keep only metrics, evaluations and probe answers up to `last_step`, so a resumed run logs each step once."""
+        for path in (self.metrics_path, self.evals_path, self.probes_path):
             if not path.exists():
                 continue
             kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
@@ -303,6 +309,7 @@ class RunHistory:
     status: dict[str, Any]
     marks: list[NonFiniteStep] = field(default_factory=list)  # steps whose loss or gradients were NaN/Inf
     log: list[tuple[float | None, Event]] = field(default_factory=list)  # events.jsonl: (time, event)
+    probes: list[ProbesAnswered] = field(default_factory=list)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 
 from qlora_studio.core.config import RunConfig, choices, field_help
 from qlora_studio.core.config.choices import LORA_TARGET_GROUPS
+from qlora_studio.gui.widgets.probes_editor import ProbesEditor
 
 INT_MAX = 2_147_483_647
 
@@ -239,7 +240,7 @@ def bind(key: str, widget: QWidget) -> Binding:
     """Getter, setter and change signal for `widget` as the editor of `key`."""
     widget.setObjectName(key)
     widget.setToolTip(field_help(key))
-    if isinstance(widget, (ChoiceButtons, CheckChoices)):
+    if isinstance(widget, (ChoiceButtons, CheckChoices, ProbesEditor)):
         return Binding(key, widget, widget.value, widget.setValue, widget.changed)
     if isinstance(widget, QCheckBox):
         return Binding(key, widget, widget.isChecked, lambda v: widget.setChecked(bool(v)), widget.toggled)

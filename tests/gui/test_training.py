@@ -16,8 +16,12 @@ from qlora_studio.core.training.store import RunFolder
 
 
 def test_a_tiny_run_completes_and_the_charts_hold_its_points(window, qtbot, tiny_config):
-    window.setup.set_config(tiny_config)
+    probes = ["Normalize the date: March 5, 2021", "Date: June 21, 2021\nGive it as YYYY-MM-DD."]
+    window.setup.set_config(tiny_config.with_overrides({"probes": probes, "train.probe_max_new_tokens": 6}))
     events = collect_events(window)
+    grid_while_running = []  # (columns shown, monitor status) as each probe round arrives
+    window.controller.event.connect(lambda e: isinstance(e, ev.ProbesAnswered) and grid_while_running.append(
+        (list(window.monitor.probes.labels), window.monitor.status)))
     result = run_to_end(qtbot, window, window.start_action.trigger)
     assert result.status == "finished", result.error
     assert window.tabs.currentWidget() is window.monitor
@@ -37,6 +41,15 @@ def test_a_tiny_run_completes_and_the_charts_hold_its_points(window, qtbot, tiny
     log = monitor.log_text()
     assert "checkpoint saved" in log and "Finished at step 12" in log
     assert "CPU run" in monitor.vram_chart._message.toPlainText()  # no GPU here: said, not drawn
+
+    # the taste test: a column per checkpoint, live, with the answers of probes.jsonl
+    columns = ["base", "step 5", "step 10", "step 12"]
+    assert grid_while_running == [(columns[:i + 1], "running") for i in range(4)]
+    grid = monitor.probes
+    assert grid.prompts == probes and grid.table.columnCount() == 4 and grid.table.rowCount() == 2
+    recorded = RunFolder(result.run_dir).history().probes
+    assert grid.answer(1, "step 12") == recorded[-1].answers[1]["reply"]
+    assert "eval" in grid.table.horizontalHeaderItem(1).text()  # the eval loss of that step beside the answers
 
     # the runs page refreshed itself when the run ended
     assert [r.name for r in window.runs.model.runs] == [Path(result.run_dir).name]

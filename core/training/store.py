@@ -246,10 +246,11 @@ class RunFolder:
 
     def check_resumable(self, config: RunConfig) -> None:
         """A run that has trained every planned step has nothing to resume: a resume would train
-        one more step each time. Extending it is the way to train more."""
+        one more step each time. Extending it is the way to train more. (Without its final adapter,
+        killed while saving it, the resume only writes the adapter.)"""
         latest, step, _ = self.resume_point()
         planned = self.planned_steps(config)
-        if latest is not None and planned and step >= planned:
+        if latest is not None and planned and step >= planned and self.adapter_dir.exists():
             raise RunFinishedError(
                 f"{self.path.name} is finished (step {step} of {planned}): nothing to resume. To train more steps, "
                 f"extend it: qlora-studio train --resume {self.path} --extend N (in the window: Train more, "

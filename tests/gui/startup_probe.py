@@ -45,7 +45,10 @@ def main() -> int:
     started, idle_since = time.monotonic(), None
     while time.monotonic() - started < TIMEOUT_S:
         pause(100)
-        busy = window.gpus is None or any(r.busy or getattr(r, "scheduled", False) for r in runners)
+        # the model line and the estimate also count: under load, a debounce can leave a gap with no task busy
+        waiting = "Reading" in window.setup.model.info_label.text() or not window.setup.model.info_label.text() \
+            or (window.setup.memory.estimate is None and "Estimating" in window.setup.memory.total_label.text())
+        busy = window.gpus is None or waiting or any(r.busy or getattr(r, "scheduled", False) for r in runners)
         if busy:
             idle_since = None
         elif idle_since is None:

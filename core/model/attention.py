@@ -75,10 +75,15 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
                              is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: query (1, Hq, T, D), key/value (1, Hkv, T, D);
     returns (1, T, Hq, D) like the other implementations."""
-    if query.shape[0] != 1:
-        raise ValueError("varlen attention takes packed (1, T) batches; use sdpa for padded ones")
-    if attention_mask is not None or sliding_window is not None or softcap is not None or kwargs.get("s_aux") is not None:
-        raise ValueError("varlen attention supports plain causal attention only (no mask, sliding window or softcap)")
+    if query.shape[0] != 1 or attention_mask is not None or query.shape[2] != key.shape[2]:
+        # A padded batch or cached decoding (probes, the playground, a padded evaluation): the model
+        # keeps this implementation after training, so these go to SDPA with their mask.
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if sliding_window is not None or softcap is not None or kwargs.get("s_aux") is not None:
+        raise ValueError("varlen attention supports plain causal attention only (no sliding window or softcap)")
     length = query.shape[2]
     cu, longest = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
     kernel = _torch_varlen()

@@ -147,8 +147,7 @@ class StudioCallback(TrainerCallback):
 
     def log_extras(self, state, logs: dict[str, Any]) -> dict[str, float]:
         """Our numbers for a training-step log, added before TensorBoard and W&B see it (`ReportingMixin`)."""
-        s = self.session
-        metrics = s.meter.measure(state, logs, s.config.train, s.loaded.device)
+        metrics = self.session.step_metrics(state, logs)
         return {k: v for k, v in vars(metrics).items() if (k == "tokens_per_s" or k.startswith("vram_")) and v is not None}
 
     def on_step_begin(self, args, state, control, **kwargs):

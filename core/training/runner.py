@@ -215,12 +215,16 @@ class Session:
         first = f"step {self.start_step + 1}" if self.start_step else "the first step"
         self.emit(ev.Preparing("first_step", f"running {first}"))
 
-    def step_logged(self, state, logs: dict[str, Any]) -> None:
+    def step_metrics(self, state, logs: dict[str, Any]) -> ev.StepMetrics:
+        """This step's metrics (measured once: the reporting streams and the run's record share them)."""
         bad = self.bad_step
         if bad is not None and bad.step == state.global_step and bad.loss is not None:
             # the Trainer logs a running average in place of a NaN loss (its accumulator would stay NaN)
             logs = {**logs, "loss": bad.loss}
-        metrics = self.meter.measure(state, logs, self.config.train, self.loaded.device)
+        return self.meter.measure(state, logs, self.config.train, self.loaded.device)
+
+    def step_logged(self, state, logs: dict[str, Any]) -> None:
+        metrics = self.step_metrics(state, logs)
         metrics.tokens_per_batch = self.speed.micro_batch_tokens(self.config)
         self.last_loss = metrics.loss
         self.emit(ev.StepLogged(metrics, state.max_steps))

@@ -307,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     window.setup.xray.tabs.setCurrentIndex(0)
     shoot(window, window.setup, out_dir / "setup.png")
 
-    from after_shots import shoot_after  # the probe grid, the playground, evaluation, export (beside this file)
+    if args.model or not args.gpu:  # answers need real weights on the GPU (the shapes have none)
+        from after_shots import shoot_after  # the probe grid, the playground, evaluation, export (beside this file)
 
-    shoot_after(window, model, runs_dir, out_dir)
+        shoot_after(window, Path(args.model) if args.gpu else model, runs_dir, out_dir)
     window.close()
     app.processEvents()
     return 0

@@ -319,7 +319,7 @@ def main() -> int:
     assert result["chart_points"] == args.steps, "every step reached the loss chart"
     window.close()
     app.processEvents()
-    save("soak_window-paced" if args.rate else "soak_window", result, Path(args.out) if args.out else None)
+    save("soak-window-paced" if args.rate else "soak-window", result, Path(args.out) if args.out else None)
 
     pace = f"{args.rate:g} events/s" if args.rate else "as fast as handled"
     print(f"\nsoak: {args.steps:,} steps ({len(events):,} events, {pace}) in {wall:.1f} s = {result['events_per_s']:,} "

@@ -58,8 +58,9 @@ def test_packed_run_on_cuda_uses_varlen_and_liger(tiny_config):
 
 
 def test_offloaded_checkpoints_and_tiled_mlp_train_on_cuda(tiny_config, monkeypatch):
-    """train.offload_checkpoints and train.tiled_mlp on: pinned host memory and nested checkpoints work
-    on CUDA, and give the losses of a run without them."""
+    """train.offload_checkpoints, train.tiled_mlp and train.chunked_loss on, bf16 mixed precision: pinned
+    host memory, nested checkpoints and the chunked loss work on CUDA, and give the losses of a run
+    without them."""
     from qlora_studio.core.planner import plan
     from qlora_studio.core.training.runner import run_training
     from qlora_studio.core.training.store import RunFolder
@@ -71,10 +72,11 @@ def test_offloaded_checkpoints_and_tiled_mlp_train_on_cuda(tiny_config, monkeypa
     plain = run_training(base.with_overrides({"run_name": "plain", "train.offload_checkpoints": "off"}))
     events = []
     levers = run_training(base.with_overrides({"run_name": "levers", "train.offload_checkpoints": "on",
-                                               "train.tiled_mlp": "on"}), events.append)
+                                               "train.tiled_mlp": "on", "train.chunked_loss": "on"}), events.append)
     assert plain.status == levers.status == "finished", (plain.error, levers.error)
     batching = next(e for e in events if e.type == "run_started").batching
     assert "checkpoints offloaded to CPU" in batching and "MLP in 128-token tiles" in batching
+    assert "chunked loss" in batching
     losses = [[m["loss"] for m in RunFolder(r.run_dir).read_metrics()] for r in (plain, levers)]
     assert losses[1] == pytest.approx(losses[0], rel=2e-2)
 

@@ -208,6 +208,11 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
     recomputed = int(tokens * attn_per_token + mlp_tokens * mlp_per_token)
     logits = int(_loss_bytes(shape, tokens, loss, compute_bytes))
     hidden_state = tokens * shape.hidden * compute_bytes
+    if mlp_tokens < tokens:
+        # Tiled, the layer also holds the whole MLP input (the tiles' checkpoints keep views of it,
+        # not tile-sized copies) and, in the MLP's backward, Tensor.split's backward buffers every
+        # tile's input gradient before concatenating them: one more hidden state.
+        recomputed += (tokens - mlp_tokens) * shape.hidden * compute_bytes + hidden_state
     layers_holding_attention = 1 if gradient_checkpointing else shape.num_layers
     attention_bytes = _attention_bytes(shape, attention, packed, masked, seq_len, micro_batch, compute_bytes,
                                        layers_holding_attention)

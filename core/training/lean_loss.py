@@ -83,6 +83,10 @@ def lean_causal_lm_loss(model, inputs: dict[str, Any], num_items_in_batch=None) 
     head = inner.get_output_embeddings()
     with head_returns_hidden(head):
         hidden = model(**inputs, logits_to_keep=keep).logits  # (trained tokens, hidden)
+    # Under mixed precision accelerate wraps the model's forward in autocast and turns its outputs
+    # to fp32; the chunks below run outside that autocast, so the hidden states go back to the
+    # head's dtype here (what autocast gives the model's own lm_head), which also frees the fp32 copy.
+    hidden = hidden.to(head.weight.dtype)
     kept = targets[keep]
     chunk = chunked_loss_chunk_tokens(kept.numel(), head.in_features, head.out_features)
     total = chunked_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]), head.weight, kept, chunk)

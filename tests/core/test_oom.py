@@ -128,3 +128,24 @@ def test_on_oom_stop(monkeypatch, tiny_config):
     inject_oom(monkeypatch, lambda trainer, inputs, fired: trainer.state.global_step == 1)
     result = run_training(config)
     assert result.status == "stopped" and "train.on_oom is stop" in result.error
+
+
+def test_packed_policy_halves_the_budget_down_to_one_row_before_the_last_resort(tiny_config):
+    """The GPU test's case as a pure decision: packed, micro_batch_size 64 x max_length 256, gradient
+    checkpointing off. Every cut halves the token budget (never micro_batch_size, which a packed
+    micro-batch does not use) until one max_length row is left; only then the last resort."""
+    from qlora_studio.core.training import oom
+
+    config = tiny_config.with_overrides({"data.max_length": 256, "train.micro_batch_size": 64, "train.grad_accum": 1,
+                                         "train.gradient_checkpointing": False})
+    budgets = []
+    decision = oom.after_out_of_memory(config, 1, packed=True)
+    while isinstance(decision, oom.Adapt):
+        assert set(decision.changes) == {"tokens_per_batch", "grad_accum"}
+        config = decision.config
+        budgets.append(config.train.tokens_per_batch * config.train.grad_accum)
+        decision = oom.after_out_of_memory(config, 1, packed=True)
+    assert config.train.tokens_per_batch == 256 and budgets == [64 * 256] * 6
+    assert isinstance(decision, oom.Ask) and "turn on gradient checkpointing" in decision.question
+    shrink = oom.after_out_of_memory(config, 1, answer="shrink", packed=True)
+    assert shrink.changes == {"gradient_checkpointing": [False, True]}

@@ -29,7 +29,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def load_qlora(folder, attn: str = "sdpa", seed: int = 0):
+def load_qlora(folder, attn: str = "sdpa", seed: int = 0, dtype: torch.dtype = torch.float32):
     """4-bit NF4 + double quant, fp32 compute, LoRA on every linear layer with random B (so A gets
     gradients too) and no dropout (its masks would fall differently packed and padded)."""
     from peft import LoraConfig, get_peft_model
@@ -38,8 +38,8 @@ def load_qlora(folder, attn: str = "sdpa", seed: int = 0):
     from qlora_studio.core.model.loading import prepare_for_adapter_training
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.float32,
+                               bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=dtype,
                                                  device_map={"": "cpu"}, attn_implementation="sdpa")
     prepare_for_adapter_training(model)
     model.config.use_cache = True  # as checkpoints say: the collator must guard against it
@@ -313,6 +313,32 @@ def test_tiled_mlp_under_checkpointing_gives_the_same_gradients(tiny_model):
         grads.append(lora_grads(model))
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_chunked_loss_and_tiled_mlp_under_bf16_mixed_precision(tiny_model, tmp_path):
+    """What a CUDA run does, on the CPU: bf16 weights, the Trainer's bf16 mixed precision (accelerate
+    wraps the forward in autocast and returns fp32 outputs), checkpointing, MLP tiles, chunked loss.
+    The chunked loss once met fp32 hidden states with the bf16 head outside autocast and failed."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from qlora_studio.core.training.speed import tile_mlps
+    from qlora_studio.core.training.trainer import StudioTrainer
+
+    rows = make_rows(6, seed=3)
+    model = load_qlora(tiny_model, VARLEN, dtype=torch.bfloat16)
+    assert tile_mlps(model, 16) == 2
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, learning_rate=1e-3, optim="sgd",
+                             use_cpu=True, bf16=True, gradient_checkpointing=True,
+                             gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, max_steps=2,
+                             save_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
+                             include_num_input_tokens_seen="all")
+    trainer = StudioTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=PackedCollator(),
+                            tokens_per_batch=sum(len(r["input_ids"]) for r in rows), chunked_loss=True)
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
 
 
 def test_a_run_from_before_packing_resumes_padded(tmp_path, tiny_config):

@@ -17,28 +17,47 @@ def _clean_gpu():
     torch.cuda.empty_cache()
 
 
+def attention_and_grads(fn, q, k, v):
+    """fn(q, k, v) and the gradients of sum(out**2) with respect to q, k, v."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    out = fn(*leaves)
+    (out.float() ** 2).sum().backward()
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def assert_within_bf16_rounding(candidate, bf16_baseline, reference, what):
+    """`candidate` (bf16) against the float32 `reference`: overall it must be as close as the bf16
+    per-row path is (relative norm of the difference), and no element may be further off than a
+    few times the baseline's worst element. A wrong boundary or scale is off by O(1), far outside;
+    one element rounded the other way in bf16 (0.07 in 2M gradients) is inside."""
+    reference = reference.float()
+    scale = reference.norm()
+    err, base = (candidate.float() - reference), (bf16_baseline.float() - reference)
+    assert err.norm() / scale <= 2 * base.norm() / scale + 1e-3, (what, (err.norm() / scale).item(), (base.norm() / scale).item())
+    assert err.abs().max() <= 4 * base.abs().max() + 1e-2, (what, err.abs().max().item(), base.abs().max().item())
+
+
 def test_torch_varlen_kernel_equals_per_row_attention():
     """The one-launch kernel (torch.nn.attention.varlen) against one causal SDPA call per row, in
-    bf16 with grouped-query heads: outputs and gradients agree to bf16 rounding."""
+    bf16 with grouped-query heads: outputs and gradients are as close to a float32 per-row reference
+    as bf16 per-row attention is."""
     from qlora_studio.core.model.attention import _one_launch, _per_row, _torch_varlen, varlen_kernel_available
 
     assert varlen_kernel_available("cuda"), "torch has no varlen_attn: the packed path falls back to per-row SDPA"
     g = torch.Generator(device="cuda").manual_seed(0)
     bounds = [0, 300, 301, 1400, 2048]
-    q = torch.randn(1, 32, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-    k = torch.randn(1, 8, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-    v = torch.randn(1, 8, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
+    q = torch.randn(1, 32, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, 8, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, 8, 2048, 128, device="cuda", dtype=torch.bfloat16, generator=g)
     cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
-    fast = _one_launch(_torch_varlen(), q, k, v, cu, 1099, 128**-0.5)
-    (fast.float() ** 2).sum().backward()
-    fast_grads = [t.grad.clone() for t in (q, k, v)]
-    for t in (q, k, v):
-        t.grad = None
-    rows = _per_row(q, k, v, bounds, 128**-0.5, 0.0)
-    (rows.float() ** 2).sum().backward()
-    torch.testing.assert_close(fast, rows, rtol=2e-2, atol=2e-2)
-    for a, b in zip(fast_grads, (q.grad, k.grad, v.grad)):
-        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2)
+    scale = 128**-0.5
+    fast = attention_and_grads(lambda q, k, v: _one_launch(_torch_varlen(), q, k, v, cu, 1099, scale), q, k, v)
+    rows = attention_and_grads(lambda q, k, v: _per_row(q, k, v, bounds, scale, 0.0), q, k, v)
+    exact = attention_and_grads(lambda q, k, v: _per_row(q, k, v, bounds, scale, 0.0), q.float(), k.float(), v.float())
+    assert fast[0].shape == rows[0].shape == exact[0].shape
+    for what, a, b, ref in zip(("output", "dq", "dk", "dv"), fast, rows, exact):
+        assert_within_bf16_rounding(a, b, ref, what)
+    torch.testing.assert_close(fast[0], rows[0], rtol=2e-2, atol=2e-2)  # the outputs also agree elementwise
 
 
 def test_packed_run_on_cuda_uses_varlen_and_liger(tiny_config):
@@ -58,8 +77,9 @@ def test_packed_run_on_cuda_uses_varlen_and_liger(tiny_config):
 
 
 def test_offloaded_checkpoints_and_tiled_mlp_train_on_cuda(tiny_config, monkeypatch):
-    """train.offload_checkpoints and train.tiled_mlp on: pinned host memory and nested checkpoints work
-    on CUDA, and give the losses of a run without them."""
+    """train.offload_checkpoints, train.tiled_mlp and train.chunked_loss on, bf16 mixed precision: pinned
+    host memory, nested checkpoints and the chunked loss work on CUDA, and give the losses of a run
+    without them."""
     from qlora_studio.core.planner import plan
     from qlora_studio.core.training.runner import run_training
     from qlora_studio.core.training.store import RunFolder
@@ -71,10 +91,11 @@ def test_offloaded_checkpoints_and_tiled_mlp_train_on_cuda(tiny_config, monkeypa
     plain = run_training(base.with_overrides({"run_name": "plain", "train.offload_checkpoints": "off"}))
     events = []
     levers = run_training(base.with_overrides({"run_name": "levers", "train.offload_checkpoints": "on",
-                                               "train.tiled_mlp": "on"}), events.append)
+                                               "train.tiled_mlp": "on", "train.chunked_loss": "on"}), events.append)
     assert plain.status == levers.status == "finished", (plain.error, levers.error)
     batching = next(e for e in events if e.type == "run_started").batching
     assert "checkpoints offloaded to CPU" in batching and "MLP in 128-token tiles" in batching
+    assert "chunked loss" in batching
     losses = [[m["loss"] for m in RunFolder(r.run_dir).read_metrics()] for r in (plain, levers)]
     assert losses[1] == pytest.approx(losses[0], rel=2e-2)
 
@@ -96,14 +117,19 @@ def test_real_out_of_memory_halves_the_packed_token_budget(tmp_path):
                   "gradient_checkpointing": False},
         "output_dir": str(tmp_path / "runs"),
     })
-    torch.cuda.set_per_process_memory_fraction(4 * 1024**3 / torch.cuda.get_device_properties(0).total_memory, 0)
+    # 4 GiB on top of what this process already holds (earlier tests' tensors count against the fraction)
+    held = torch.cuda.memory_allocated(0)
+    torch.cuda.set_per_process_memory_fraction((held + 4 * 1024**3) / torch.cuda.get_device_properties(0).total_memory, 0)
     try:
         events = []
         result = run_training(config, events.append)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
-    assert result.status == "finished", result.error
     changes = [e for e in events if e.type == "settings_changed" and e.reason == "out_of_memory"]
-    assert changes and all("tokens_per_batch" in c.changes for c in changes)
+    tried = [c.changes for c in changes]
+    started = next((e for e in events if e.type == "run_started"), None)
+    assert started is not None and "packed micro-batches" in started.batching, started and started.batching
+    assert result.status == "finished", (result.error, f"held before: {held / 2**30:.2f} GiB", tried)
+    assert changes and all("tokens_per_batch" in c for c in tried), tried
     metrics = RunFolder(result.run_dir).read_metrics()
     assert {m["tokens_per_batch"] * m["grad_accum"] for m in metrics} == {64 * 256}

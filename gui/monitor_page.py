@@ -28,6 +28,7 @@ from qlora_studio.gui.widgets.charts import PALETTE, ChartBoard, LiveChart, Loss
 from qlora_studio.gui.widgets.probe_grid import ProbeGrid
 from qlora_studio.gui.widgets.run_log import RunLog
 from qlora_studio.gui.widgets.run_header import RunHeader
+from qlora_studio.gui.widgets.step_marks import StepMarks
 from qlora_studio.gui.widgets.tensorboard_hint import TensorBoardHint
 from qlora_studio.gui.widgets.vram_chart import VramChart
 

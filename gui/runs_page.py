@@ -329,6 +329,8 @@ class RunsPage(QWidget):
         self.resume_button.setEnabled(one is not None and one.resumable and one.status != "running" and not self.busy)
         self.folder_button.setEnabled(one is not None)
         self.csv_button.setEnabled(one is not None)
+        finished = one is not None and one.status == "finished"
+        self.resume_button.setText("Train more…" if finished else "Resume")  # a finished run has nothing to resume
         for button, tip in ((self.playground_button, PLAYGROUND_TIP), (self.export_button, EXPORT_TIP)):
             button.setEnabled(one is not None and not self.busy)
             button.setToolTip("A run is training: the playground and export wait until it ends" if self.busy else tip)

@@ -172,7 +172,7 @@ def test_axolotl_example_trains_and_the_cli_names_what_it_dropped(tmp_path, tiny
     assert main(["import-config", str(EXAMPLES / "axolotl_llama3_qlora.yml"), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "axolotl config" in err and "not carried: sample_packing = true" in err and f"wrote {out}" in err
-    assert "#   sample_packing: true  -- QLoRA Studio does not pack" in out.read_text()
+    assert "#   sample_packing: true  -- data.packing decides" in out.read_text()
     # flash-attention needs a CUDA GPU; the Hub dataset becomes a local file of the same (alpaca) format
     config = train_imported(out, tiny_model, tmp_path, **{"data.path": data, "model.attn_implementation": "auto"})
     assert (config.lora.r, config.lora.alpha, config.data.format, config.data.chat_template) == (32, 16.0, "alpaca", "alpaca")

@@ -53,7 +53,7 @@ _LLAMAFACTORY_DROP_REASONS = {
     "ddp_timeout": "not configurable",
     "bf16": "read for quantization.compute_dtype", "fp16": "read for quantization.compute_dtype",
     "pure_bf16": "read for quantization.compute_dtype",
-    "packing": "QLoRA Studio does not pack examples", "neat_packing": "QLoRA Studio does not pack examples",
+    "packing": "data.packing decides (auto: rows packed, kept apart by varlen attention; set it to off for padded batches)", "neat_packing": "data.packing decides (auto: rows packed, kept apart by varlen attention; set it to off for padded batches)",
     "mask_history": "every assistant turn carries loss",
     "enable_thinking": "reasoning traces are not handled specially",
     "eval_strategy": "evaluation runs every train.eval_every_steps when there are validation rows",

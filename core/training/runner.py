@@ -405,6 +405,8 @@ class Session:
         """Free the model and the GPU memory, so many runs in one sitting do not leak."""
         if self.reporting is not None:
             self.reporting.close()
+        if self.speed is not None and self.speed.restore_modules is not None:
+            self.speed.restore_modules()
         self.trainer = self.loaded = self.data = self.prober = None
         gc.collect()
         if torch.cuda.is_available():

@@ -58,6 +58,7 @@ class SpeedPlan:
     tokens_per_batch: int | None  # the packed budget; None when padded
     budget_bytes: int | None
     levers: Levers = field(default_factory=Levers)
+    restore_modules: Callable[[], None] | None = None  # undoes Liger's module-level patches after the run
 
     @property
     def packed(self) -> bool:
@@ -123,9 +124,11 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: boo
         note(f"layer checkpoints offloaded to pinned CPU memory (a little slower): {a.reasons['offload']}")
     if a.mlp_tile:
         note(f"MLP run in {a.mlp_tile:,}-token tiles (about 15% slower): {a.reasons['tiled_mlp']}")
+    restore = None
     if a.liger:  # here rather than in the Trainer, so the MLP tiling below wraps Liger's MLP
         from transformers.integrations.liger import apply_liger_kernel
 
+        restore = _module_restorer(loaded.model)
         apply_liger_kernel(loaded.model, {"fused_linear_cross_entropy": False, "cross_entropy": False}
                            if a.loss == "chunked" else {})
     if a.mlp_tile:
@@ -133,7 +136,27 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: boo
     levers = Levers.from_env()
     if levers.compile_layers:
         compile_decoder_layers(loaded.model)
-    return SpeedPlan(a, a.seq_len if packed else None, budget, levers)
+    return SpeedPlan(a, a.seq_len if packed else None, budget, levers, restore)
+
+
+def _module_restorer(model) -> Callable[[], None]:
+    """Liger patches the model's modeling module too (its RMSNorm class, rotary function): every model
+    built later in this process, a CPU export or the playground after the run, would run Triton
+    kernels. The returned function puts the module's own names back once the run is over."""
+    import sys
+
+    from peft import PeftModel
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    module = sys.modules[type(base).__module__]
+    saved = dict(vars(module))
+
+    def restore() -> None:
+        for name, value in saved.items():
+            if vars(module).get(name) is not value:
+                setattr(module, name, value)
+
+    return restore
 
 
 def tile_mlps(model, tokens: int) -> int:

@@ -350,3 +350,20 @@ def test_a_run_from_before_packing_resumes_padded(tmp_path, tiny_config):
     folder.config_path.write_text(text)
     assert folder.load_config().data.packing == "off"
     assert folder.load_config(["data.packing=on"]).data.packing == "on"
+
+
+def test_liger_module_patches_are_undone_after_the_run(tiny_model):
+    """Liger replaces names in the model's modeling module; a later model (a CPU export) must get the originals."""
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from qlora_studio.core.training.speed import _module_restorer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    module = sys.modules[type(model).__module__]
+    original = module.LlamaRMSNorm
+    restore = _module_restorer(model)
+    module.LlamaRMSNorm = type("PatchedNorm", (original,), {})  # what apply_liger_kernel does to the module
+    restore()
+    assert module.LlamaRMSNorm is original

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
+from qlora_studio.gui.widgets.form import guard_wheel
 
 METRICS = [("Exact match", "exact_match", "percent", True), ("Stopped by itself", "stopped", "percent", True),
            ("Validation loss", "eval_loss", "loss", False), ("Perplexity", "perplexity", "ppl", False)]
@@ -71,6 +72,9 @@ class EvaluationPanel(QWidget):
         self.max_new_tokens.setObjectName("evalMaxNewTokens")
         self.max_new_tokens.setRange(1, 4096)
         self.max_new_tokens.setValue(64)
+        for widget in (self.source, self.limit, self.max_new_tokens):
+            guard_wheel(widget)  # scrolling the page must not change a setting it passes over
+        self.path.setMinimumWidth(80)
         self.run_button = QPushButton("Evaluate base and tuned")
         self.run_button.setObjectName("evaluateButton")
         self.stop_button = QPushButton("Stop")

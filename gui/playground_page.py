@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from qlora_studio.gui import fmt
 from qlora_studio.gui.chat_worker import ChatController, ChatRequest, EvaluateRequest
 from qlora_studio.gui.evaluation_panel import EvaluationPanel
+from qlora_studio.gui.widgets.form import fit_text_width, guard_wheel
 
 SIDES = ("tuned", "base")
 SIDE_TITLES = {"tuned": "Tuned (base + adapter)", "base": "Base model (adapter off)"}
@@ -145,6 +146,12 @@ class PlaygroundPage(QWidget):
         self.max_new_tokens.setObjectName("maxNewTokens")
         self.max_new_tokens.setRange(1, 8192)
         self.max_new_tokens.setValue(256)
+        fit_text_width(self.run_combo, 24)  # a long run name must not widen the window
+        self.run_combo.setMinimumWidth(220)
+        fit_text_width(self.adapter_combo, 12)
+        for widget in (self.run_combo, self.adapter_combo, self.temperature, self.top_p, self.max_new_tokens):
+            guard_wheel(widget)  # scrolling the page must not change a setting it passes over
+        self.system.setMinimumWidth(120)
         self.compare = QCheckBox("Base model beside it")
         self.compare.setObjectName("compareBase")
         self.compare.setChecked(True)

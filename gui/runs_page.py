@@ -154,9 +154,12 @@ class RunsPage(QWidget):
         top = QHBoxLayout()
         top.addWidget(QLabel("Runs in"))
         top.addWidget(self.folder_label, 1)
+        top.addWidget(self.folder_button)
+        buttons = QHBoxLayout()  # a row of their own: nine buttons beside a long path outgrow a 1024 px screen
         for button in (self.refresh_button, self.replay_button, self.resume_button, self.playground_button,
-                       self.export_button, self.csv_button, self.rename_button, self.delete_button, self.folder_button):
-            top.addWidget(button)
+                       self.export_button, self.csv_button, self.rename_button, self.delete_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
 
         self.model = RunsModel(self)
         self.proxy = QSortFilterProxyModel(self)
@@ -221,6 +224,7 @@ class RunsPage(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
         layout.addLayout(top)
+        layout.addLayout(buttons)
         layout.addWidget(splitter, 1)
 
         self.refresh_button.clicked.connect(self.refresh)

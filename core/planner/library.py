@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qlora_studio.core.config.schema import RunConfig
-from qlora_studio.core.planner.estimate import GIB, estimate_config
+from qlora_studio.core.planner.estimate import GIB
 from qlora_studio.core.planner.fit import make_it_fit
+from qlora_studio.core.planner.plan import estimate_config
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ def fit_model(config: RunConfig, name: str, budget_gb: float | None) -> ModelFit
     """`config` with `name` as its model, against `budget_gb` (the chosen card); reads only config.json."""
     candidate = config.with_overrides({"model.name_or_path": name, "model.revision": None, "model.random_init": False},
                                       source=name)
-    peak = estimate_config(candidate).total_bytes / GIB
+    peak = estimate_config(candidate, budget_gb).total_bytes / GIB
     if budget_gb is None:
         return ModelFit(name, peak, "no budget", f"needs about {peak:.1f} GiB")
     if peak <= budget_gb:

@@ -29,6 +29,6 @@ def test_the_default_demo_window_starts_without_an_error(tmp_path, smollm2_dir):
     assert shown == [], shown
     texts = " ".join(probe["labels"])
     assert "LlamaForCausalLM" in texts and "134.5M parameters" in texts  # the model line read the demo model
-    assert "Peak" in texts and "rows" in texts  # the estimate and the X-ray came back
+    assert "Predicted peak" in texts and "rows" in texts  # the estimate and the X-ray came back
     assert probe["start_enabled"], probe["start_tooltip"]
     assert probe["minimum"][0] <= 1024

@@ -120,7 +120,8 @@ def shoot_divergence(window, base, out_dir: Path, model: Path) -> None:
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         loss = real(self, model, inputs, *args, **kwargs)
-        return loss * float("nan") if self.state.global_step + 1 in bad else loss
+        training = model.training and not kwargs.get("return_outputs") and not (args and args[0])  # not evaluation
+        return loss * float("nan") if training and self.state.global_step + 1 in bad else loss
 
     StudioTrainer.compute_loss = compute_loss
     try:

@@ -15,11 +15,14 @@ beside its target and publishes it with one rename, so a cancelled or failed exp
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from qlora_studio.core.after.jobs import Cancelled
+from qlora_studio.core.atomic import replace_dir
 from qlora_studio.core.errors import UserError
 
 GGUF_QUANTS = ("f16", "q8_0", "f32", "bf16", "q5_1", "q5_0", "q4_1", "q4_0")  # the first two are what most people want
@@ -37,21 +40,21 @@ class ExportCancelled(ExportError, Cancelled):
         super().__init__(message)
 
 
-def prepare_output_dir(out_dir: Path) -> Path:
-    """A fresh staging folder beside `out_dir`; `out_dir` itself must be absent or empty."""
+@contextmanager
+def staged_output_dir(out_dir: Path) -> Iterator[Path]:
+    """A fresh staging folder beside `out_dir` (which must be absent or empty), put in its place
+    with one rename when the block ends, removed if the block fails or is cancelled."""
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir} already exists and is not empty; choose another --out or delete it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-
-
-def publish_dir(staging: Path, out_dir: Path) -> Path:
-    out_dir = Path(out_dir).expanduser().resolve()
-    if out_dir.exists():
-        out_dir.rmdir()  # empty, checked by prepare_output_dir
-    os.replace(staging, out_dir)
-    return out_dir
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield staging
+        replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def read_json(path: Path, missing: str) -> dict:

@@ -15,13 +15,12 @@ closer to the base without adapter than with it).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
 from qlora_studio.core.after.adapters import AdapterRef
-from qlora_studio.core.after.export import ExportCancelled, ExportError, load_tokenizer, prepare_output_dir, publish_dir
+from qlora_studio.core.after.export import ExportCancelled, ExportError, load_tokenizer, staged_output_dir
 from qlora_studio.core.after.jobs import CancelFn, Job, ProgressFn
 from qlora_studio.core.model.sources import first_line
 
@@ -48,8 +47,7 @@ def merge_to_folder(ref: AdapterRef, out_dir: str | Path, dtype: torch.dtype = t
     if dtype not in MERGE_DTYPES.values():
         raise ExportError(f"merged dtype must be float16, bfloat16 or float32, not {dtype}")
     config = ref.config
-    staging = prepare_output_dir(Path(out_dir))
-    try:
+    with staged_output_dir(Path(out_dir)) as staging:
         job.report(0.0, "loading the base model as training did")
         device = resolve_device(config.train.device)
         source = resolve_model_source(config.model)
@@ -76,12 +74,9 @@ def merge_to_folder(ref: AdapterRef, out_dir: str | Path, dtype: torch.dtype = t
         tokenizer.save_pretrained(staging)
         _save_generation_config(source.path, model, tokenizer, stop_token_ids(tokenizer, source.path), staging)
         job.check()
-        out = publish_dir(staging, Path(out_dir))
-        job.report(1.0, f"merged model saved to {out}")
-        return out
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    out = Path(out_dir).expanduser().resolve()
+    job.report(1.0, f"merged model saved to {out}")
+    return out
 
 
 def _clean_config(model, dtype: torch.dtype) -> None:

@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from qlora_studio.core.after.export import ExportCancelled, ExportError, prepare_output_dir, publish_dir
+from qlora_studio.core.after.export import ExportCancelled, ExportError, staged_output_dir
 from qlora_studio.core.after.export.chat_format import ChatFormat, analyze_chat_template
 from qlora_studio.core.after.export.gguf_file import write_gguf
 from qlora_studio.core.after.jobs import CancelFn, Job, ProgressFn
@@ -35,8 +35,7 @@ def write_ollama(source: str | Path, out_dir: str | Path, chat_template: str | N
         raise ExportError(f"{source}: no such file or folder")
     if system_prompt is not None and '"""' in system_prompt:
         raise ExportError('the system prompt cannot contain """ (a Modelfile cannot quote it)')
-    staging = prepare_output_dir(Path(out_dir))
-    try:
+    with staged_output_dir(Path(out_dir)) as staging:
         target = staging / "model.gguf"
         if source.is_dir():
             write_gguf(source, target, quant, progress=job.sub(0.0, 0.95).report, cancel=cancel)
@@ -62,12 +61,9 @@ def write_ollama(source: str | Path, out_dir: str | Path, chat_template: str | N
         text = modelfile_text(fmt, system_prompt if system_prompt is not None else fmt.default_system,
                               source_name=source.name)
         (staging / "Modelfile").write_text(text, encoding="utf-8")
-        out = publish_dir(staging, Path(out_dir))
-        job.report(1.0, f"Ollama folder saved to {out}; run: ollama create NAME -f {out / 'Modelfile'}")
-        return out
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    out = Path(out_dir).expanduser().resolve()
+    job.report(1.0, f"Ollama folder saved to {out}; run: ollama create NAME -f {out / 'Modelfile'}")
+    return out
 
 
 def modelfile_text(fmt: ChatFormat, system_prompt: str | None, source_name: str = "") -> str:

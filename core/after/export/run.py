@@ -14,8 +14,7 @@ from qlora_studio.core.after.export import (
     GGUF_QUANTS,
     ExportCancelled,
     ExportError,
-    prepare_output_dir,
-    publish_dir,
+    staged_output_dir,
 )
 from qlora_studio.core.after.export.gguf_file import write_gguf
 from qlora_studio.core.after.export.merge import merge_to_folder
@@ -45,18 +44,13 @@ def export_run(run: str | Path | AdapterRef, to: str, out: str | Path, *, checkp
     job = Job(progress, cancel, cancelled=ExportCancelled)
     out = Path(out).expanduser().resolve()
     if to == "adapter":
-        staging = prepare_output_dir(out)
-        try:
+        with staged_output_dir(out) as staging:
             job.report(0.0, "copying the adapter")
             for item in ref.adapter_dir.iterdir():  # a checkpoint also holds optimizer and RNG state: leave those
                 if item.is_file() and not item.name.endswith((".pt", ".pth")) and item.name not in TRAINING_STATE:
                     shutil.copy2(item, staging / item.name)
-            result = publish_dir(staging, out)
-            job.report(1.0, f"adapter saved to {result}")
-            return result
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        job.report(1.0, f"adapter saved to {out}")
+        return out
     if to == "merged":
         return merge_to_folder(ref, out, dtype, progress, cancel)
     if out.exists() and (to == "gguf" or not out.is_dir() or any(out.iterdir())):  # before the long merge

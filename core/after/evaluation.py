@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from qlora_studio.core.after.inference import InferenceSession
 from qlora_studio.core.after.jobs import CancelFn, Job, ProgressFn
+from qlora_studio.core.atomic import write_json_atomic
 from qlora_studio.core.model.generation import Sampling
 
 EVALUATION_FILE = "evaluation.json"
@@ -142,9 +142,7 @@ def save_evaluation(evaluation: Evaluation) -> Path | None:
     kept = [e for e in read_evaluations(evaluation.run_dir)
             if (e.adapter, e.data) != (evaluation.adapter, evaluation.data)]
     records = [e.to_dict() for e in kept + [evaluation]]
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"evaluations": records}, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, {"evaluations": records})
     return path
 
 

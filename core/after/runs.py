@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+from qlora_studio.core.atomic import write_text_atomic
 from qlora_studio.core.errors import UserError
 
 NOTES_FILE = "notes.md"
@@ -32,9 +33,7 @@ def write_notes(run_dir: str | Path, text: str) -> None:
     if not text.strip():
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def rename_run(run_dir: str | Path, new_name: str) -> Path:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qlora_studio.core.atomic import write_bytes_atomic
 from qlora_studio.core.config.schema import SAMPLE_PREFIX, DataSettings
 from qlora_studio.core.errors import DataError
 
@@ -223,9 +223,7 @@ def _load_good_lines(path: Path) -> SourcePart | None:
     clean = cache_dir() / "clean-jsonl" / f"{path.stem}-{key}.jsonl"  # same key, same copy: datasets' cache holds
     if not clean.is_file():
         clean.parent.mkdir(parents=True, exist_ok=True)
-        staging = clean.with_name(f"{clean.name}.tmp{os.getpid()}")
-        staging.write_bytes(b"".join(kept))
-        os.replace(staging, clean)
+        write_bytes_atomic(clean, b"".join(kept))
     try:
         ds = datasets.load_dataset("json", data_files=str(clean), split="train")
     except Exception as exc:  # noqa: BLE001 - objects the reader still cannot type: said in one line

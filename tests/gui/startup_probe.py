@@ -63,7 +63,7 @@ def main() -> int:
     if shots:
         shots.mkdir(parents=True, exist_ok=True)
         tag = f"{window.width()}x{window.height()}"
-        for page in (window.setup, window.monitor, window.runs):
+        for page in (window.setup, window.monitor, window.runs, window.playground):
             window.tabs.setCurrentWidget(page)
             pause(400)
             window.grab().save(str(shots / f"{tag}-{type(page).__name__.removesuffix('Page').lower()}.png"), "PNG")

@@ -56,16 +56,22 @@ def chat_lengths(rows: int, median: int = 880, sigma: float = 0.6, longest: int 
 
 
 def simulate_card(gb: float | None) -> None:
-    """Cap this process's CUDA memory at `gb` GiB (the allocator's reservations), as a smaller card
-    would, and tell the planner (QLORA_STUDIO_GPU_GB) for torch builds that cannot read the cap back."""
+    """Cap this process's CUDA memory as a `gb` GiB card would, and tell the planner
+    (QLORA_STUDIO_GPU_GB) for torch builds that cannot read the cap back.
+
+    The cap binds the caching allocator's reservations only; on a real card the CUDA context
+    (outside the allocator) takes its share of the same memory, so the cap is the card less the
+    context the planner counts: a run the planner says fits must fit under it."""
     import os
 
     import torch
 
+    from qlora_studio.core.planner.estimate import CUDA_CONTEXT_BYTES
+
     if not gb:
         return
     total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, gb * 1024**3 / total), 0)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (gb * 1024**3 - CUDA_CONTEXT_BYTES) / total), 0)
     os.environ["QLORA_STUDIO_GPU_GB"] = str(gb)
 
 

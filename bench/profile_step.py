@@ -14,7 +14,7 @@ def main() -> None:
     import torch
     from transformers import TrainerCallback
 
-    from qlora_studio.core import runner
+    from qlora_studio.core.training import runner
     from qlora_studio.core.config import load_config
     from qlora_studio.core.quiet import quiet_libraries
     from qlora_studio.resources import PRESETS
@@ -43,14 +43,14 @@ def main() -> None:
                 torch.cuda.synchronize()
                 profiler.stop()
 
-    build = runner._Session._build_trainer
+    build = runner.build_trainer
 
-    def with_window(self):
-        trainer = build(self)
+    def with_window(*a, **k):
+        trainer = build(*a, **k)
         trainer.add_callback(Window())
         return trainer
 
-    runner._Session._build_trainer = with_window
+    runner.build_trainer = with_window
     events = []
     result = runner.run_training(config, events.append)
     print(result.status, result.error)

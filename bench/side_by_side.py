@@ -35,10 +35,10 @@ report merges them into side-by-side-<gpu>.json beside that folder (bench/result
 Estimated time on one H100 (process start ~15 s, 8B random-weight load ~5 s, each included):
   a   plain ~60 s, studio ~50 s; each studio:VARIANT ~50 s (flex_attention and compile ~+60 s)
   b   plain ~50 s, studio ~45 s
-  c24 studio ~2 min at ~96k tokens (3 steps); plain ladder 8k/16k ~40 s per rung (--quick: 2 rungs)
+  c24 studio ~2 min at ~96k tokens (3 steps); plain ladder 4k/8k/16k ~40 s per rung (--quick: 3 rungs)
   c16 studio ~1.5 min; plain ladder ~40 s per rung
   d   studio and each lever variant ~50 s
-  --quick: 8 steps instead of 12 for a/b, 2 steps instead of 3 for c/d, plain ladder 8k,16k only.
+  --quick: 8 steps instead of 12 for a/b, 2 steps instead of 3 for c/d, plain ladder 4k, 8k, 16k only.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int,
     config = AutoConfig.from_pretrained(folder)
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=dtype)
-    state = random_state_dict(config, device, dtype)
+    state = random_state_dict(config, torch.device("cpu"), dtype)  # as a checkpoint would load: from the host
     model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
         None, config=config, state_dict=state, quantization_config=bnb, device_map={"": device}, dtype=dtype)
     del state
@@ -299,7 +299,7 @@ def run_many(args) -> None:
     for workload in args.run.split(","):
         for arm in args.arms.split(","):
             if workload in ("c24", "c16") and arm == "plain":
-                ladder = [8192, 16384] if args.quick else PLAIN_LADDER
+                ladder = [4096, 8192, 16384] if args.quick else PLAIN_LADDER
                 for context in ladder:  # up the ladder until the plain recipe runs out of memory
                     record = spawn(workload, arm, args, context)
                     if record is None or record["status"] != "trained":

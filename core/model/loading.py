@@ -68,9 +68,9 @@ def load_base_model(config: RunConfig, source: ModelSource, device: torch.device
 
             model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=config.model.trust_remote_code)
             # Through from_pretrained, so the weights are quantized exactly as real ones would be.
-            # Without a device map (FSDP loading) the weights start on the CPU, like a checkpoint would.
-            state = random_state_dict(model_config, device if device_map is not None else torch.device("cpu"),
-                                      compute_dtype)
+            # The unquantized state starts on the CPU, like a checkpoint's: built on the GPU, an 8B
+            # model's 16 GB of bf16 weights would not fit the 12-16 GB card being rehearsed.
+            state = random_state_dict(model_config, torch.device("cpu"), compute_dtype)
             model = _causal_lm_class(model_config).from_pretrained(None, config=model_config, state_dict=state, **kwargs)
             del state
         else:

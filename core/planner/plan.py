@@ -128,7 +128,8 @@ def _choose_offload(config: RunConfig, shape: ModelShape, a: Assumptions, budget
     kept = estimate_for(shape, config, a)
     if kept.total_bytes <= budget_bytes:
         return False, f"the checkpoints fit on the GPU ({kept.total_bytes / GIB:.1f} GiB in {budget_bytes / GIB:g} GiB)"
-    return True, (f"the checkpoints ({kept.checkpoint_bytes / GIB:.1f} GiB) do not fit beside the rest in "
+    every_layer = a.tokens * shape.hidden * 2 * shape.num_layers  # bf16/fp16: offloading is CUDA-only
+    return True, (f"the checkpoints ({every_layer / GIB:.1f} GiB) do not fit beside the rest in "
                   f"{budget_bytes / GIB:g} GiB: they go to pinned CPU memory")
 
 

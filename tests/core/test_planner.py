@@ -2,6 +2,7 @@
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -104,25 +105,26 @@ def test_the_allocator_setting(monkeypatch):
     assert not devices.expandable_segments_expected()
 
 
-VALIDATION = sorted(RESULTS.glob("planner-validation-*.json"))
+VALIDATION = sorted((RESULTS / "planner-validation").glob("planner-validation-*.json"))
 
 
 @pytest.mark.skipif(not VALIDATION, reason="no GPU validation results yet (bench/validate_planner.py)")
-@pytest.mark.parametrize("path", VALIDATION, ids=lambda p: p.stem)
-@pytest.mark.xfail(strict=True, reason="known: on the H100 the planner said 'fits' at 3 long-context points that ran "
-                   "out of memory (24 GB/64k, 16 GB/32k, 12 GB/16k); README, Known limits")
-def test_verdicts_against_gpu_validation(path):
-    """Every grid point where the planner said "fits" trained; the allocator margin covers what was
-    measured; the peak's median error stays within 3%."""
+def test_verdicts_against_gpu_validation():
+    """The current planner, judged on every point trained at the edge of a simulated card (H100):
+    "fits" where it trained, "does not fit" where it ran out of memory, the peak within 3% at the
+    median, and an allocator margin that covers what was measured where the cap pressed."""
+    sys.path.insert(0, str(RESULTS.parent))  # bench/: the report's own judging code
+    import validate_planner as vp
+
     from qlora_studio.core.planner import estimate as est
 
-    points = json.loads(path.read_text())["points"]
-    ran = [p for p in points if p.get("status") in ("trained", "oom")]
-    assert ran
-    for p in ran:
-        assert not (p["predicted_fits"] and p["status"] == "oom"), p
-    errors = [abs(p["predicted_peak_allocated"] / p["peak_allocated"] - 1) for p in ran if p.get("peak_allocated")]
+    points = [json.loads(p.read_text()) for p in VALIDATION]
+    judged = vp.verdicts(points)
+    ran = [j for j in judged if j["right"] is not None]
+    assert len(ran) >= 8 and {j["point"]["card_gb"] for j in ran} >= {12, 16, 24}
+    assert any(j["point"]["status"] == "oom" for j in ran)  # a "does not fit" is checked too
+    assert [j["point"] for j in ran if not j["right"]] == []
+    errors = [abs(j["error"]) for j in judged if j["error"] is not None]
     assert statistics.median(errors) <= 0.03, errors
-    slack = max((p["peak_reserved"] / p["peak_allocated"] - 1) for p in ran
-                if p["status"] == "trained" and not p.get("fixed_segments"))
-    assert est.ALLOCATOR_SLACK_EXPANDABLE >= min(slack, 0.25), slack
+    summary = json.loads((RESULTS / "planner-validation-h100-80gb.json").read_text())
+    assert est.ALLOCATOR_SLACK_EXPANDABLE >= summary["measured_slack_expandable_pressed"]

@@ -366,4 +366,7 @@ def probe_packed_attention(model, lengths: tuple[int, int] = (5, 7), **forward_k
         return False, "non-finite logits"
     if contaminated == 0:
         return False, "rows do not interact even unpacked: the probe cannot tell"
-    return error / contaminated < 0.05, f"error {error:.1e} against {contaminated:.1e} across rows"
+    # A model that lets rows see each other errs about as much as the joined forward (ratio ~1);
+    # bf16 rounding through a deep model errs up to ~7% of it (random-weight Qwen2.5-0.5B shape,
+    # 24 layers, H100), which a tighter bound mistook for leaking rows.
+    return error / contaminated < 0.25, f"error {error:.1e} against {contaminated:.1e} across rows"

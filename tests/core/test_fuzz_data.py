@@ -17,7 +17,9 @@ from qlora_studio.core.config.schema import DataSettings
 from qlora_studio.core.data.pipeline import load_normalized
 from qlora_studio.core.errors import UserError
 
-FUZZ = settings(max_examples=40, deadline=None, database=None,
+# derandomize: the same examples every run. A run of these once died of a segfault inside pyarrow's
+# JSON reader (through datasets); eight reruns, seeded and derandomized, did not repeat it.
+FUZZ = settings(max_examples=40, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)

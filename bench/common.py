@@ -55,6 +55,20 @@ def chat_lengths(rows: int, median: int = 880, sigma: float = 0.6, longest: int 
     return [int(min(longest, max(shortest, round(x)))) for x in draws]
 
 
+def add_trainer_callback(callback) -> None:
+    """Every Trainer that run_training builds in this process gets `callback` (a benchmark's hook)."""
+    from qlora_studio.core.training import runner
+
+    build = runner.build_trainer
+
+    def with_callback(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(callback)
+        return trainer
+
+    runner.build_trainer = with_callback
+
+
 def simulate_card(gb: float | None) -> None:
     """Cap this process's CUDA memory as a `gb` GiB card would, and tell the planner
     (QLORA_STUDIO_GPU_GB) for torch builds that cannot read the cap back.

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import rows_of_lengths, shape_folder, simulate_card
+from common import add_trainer_callback, rows_of_lengths, shape_folder, simulate_card
 
 from validate_planner import SHAPE, point_config
 
@@ -99,14 +99,7 @@ def main() -> None:
                 before["allocated"] = torch.cuda.memory_allocated()
                 torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
 
-    build = runner.build_trainer
-
-    def with_recording(*a, **k):
-        trainer = build(*a, **k)
-        trainer.add_callback(Record())
-        return trainer
-
-    runner.build_trainer = with_recording
+    add_trainer_callback(Record())
     started = time.time()
     result = runner.run_training(config, lambda event: None)
     snapshot = torch.cuda.memory._snapshot()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import shape_folder
+from common import add_trainer_callback, shape_folder
 
 
 def main() -> None:
@@ -43,14 +43,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 profiler.stop()
 
-    build = runner.build_trainer
-
-    def with_window(*a, **k):
-        trainer = build(*a, **k)
-        trainer.add_callback(Window())
-        return trainer
-
-    runner.build_trainer = with_window
+    add_trainer_callback(Window())
     events = []
     result = runner.run_training(config, events.append)
     print(result.status, result.error)

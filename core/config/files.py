@@ -12,22 +12,26 @@ from pydantic import BaseModel
 from qlora_studio.core.config.schema import SAMPLE_PREFIX, RunConfig, apply_overrides, validate_config
 from qlora_studio.core.errors import ConfigError
 
+def read_yaml(path: Path, error: type[ConfigError] = ConfigError) -> Any:
+    """A YAML file's contents; `error` with the file (and line) and a one-line reason when it cannot be read."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise error(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or 'syntax error'})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (expected YAML)") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot build (2021-13-45), or nesting too deep
+        raise error(f"{path}: not valid YAML ({_first_line(exc)})") from None
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config, apply `section.key=value` overrides, validate."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
-    except (ValueError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot build (2021-13-45), or nesting too deep
-        raise ConfigError(f"{path}: invalid YAML ({_first_line(exc)})") from None
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -26,6 +26,7 @@ from qlora_studio.core.config.importers.common import (
     Tool,
     show,
 )
+from qlora_studio.core.config.files import read_yaml
 from qlora_studio.core.config.schema import RunConfig, validate_config
 
 __all__ = ["EMPTY", "ConfigImportError", "ImportedConfig", "Tool", "detect_tool", "import_config", "import_dict",
@@ -94,14 +95,7 @@ def read_source(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigImportError(f"{path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigImportError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or 'syntax error'})") from None
-    except UnicodeDecodeError:
-        raise ConfigImportError(f"{path}: not a text file") from None
+    raw = read_yaml(path, ConfigImportError)
     if not isinstance(raw, dict):
         raise ConfigImportError(f"{path}: the top level is not a mapping of keys")
     return raw

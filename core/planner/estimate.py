@@ -208,8 +208,7 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
     mlp_tokens = min(tokens, mlp_tile) if mlp_tile and gradient_checkpointing else tokens
     # the layer being recomputed in the backward: with a tiled MLP, one tile of MLP activations
     recomputed = int(tokens * attn_per_token + mlp_tokens * mlp_per_token)
-    if lora_dropout > 0 and any(lin.leaf in targets for lin in shape.layer_linears
-                                if any(h in f".{lin.name}." for h in MLP_NAME_HINTS)):
+    if lora_dropout > 0 and any(lin.leaf in targets and _in_mlp(lin) for lin in shape.layer_linears):
         # Its peak comes as the down projection is recomputed: the MLP's input and the SwiGLU
         # output are still alive in the forward's frames, although only LoRA dropout's copies of
         # them are saved. Measured 37-42 KB per token on Llama-3.1-8B at 16k-64k tokens
@@ -246,7 +245,7 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
             top = checkpoints + gradients // shape.num_layers
             bottom = hidden_state + gradients
             if top > bottom:
-                gradients, checkpoints = gradients // shape.num_layers, checkpoints
+                gradients //= shape.num_layers
                 notes.append("peak at the top layer's recompute: every checkpoint, few gradients yet")
             else:
                 checkpoints = hidden_state
@@ -350,7 +349,7 @@ def _layer_bytes_per_token(shape: ModelShape, targets: set[str], r: int, dropout
     for lin in shape.layer_linears:
         if lin.leaf not in targets:
             continue
-        in_mlp = any(h in f".{lin.name}." for h in MLP_NAME_HINTS)
+        in_mlp = _in_mlp(lin)
         added = c * r  # lora_B's input
         if dropout > 0:
             added += (c + 1) * lin.in_features  # dropout output (compute dtype) + its mask
@@ -369,6 +368,10 @@ def _layer_bytes_per_token(shape: ModelShape, targets: set[str], r: int, dropout
     # SiLU input, its output and the up projection; Liger's fused SwiGLU recomputes the SiLU output.
     mlp += c * (2 if liger else 3) * shape.intermediate
     return attn, mlp
+
+
+def _in_mlp(lin) -> bool:
+    return any(h in f".{lin.name}." for h in MLP_NAME_HINTS)
 
 
 def _round(nbytes: int) -> int:

@@ -128,8 +128,8 @@ def _choose_offload(config: RunConfig, shape: ModelShape, a: Assumptions, budget
     kept = estimate_for(shape, config, a)
     if kept.total_bytes <= budget_bytes:
         return False, f"the checkpoints fit on the GPU ({kept.total_bytes / GIB:.1f} GiB in {budget_bytes / GIB:g} GiB)"
-    every_layer = a.tokens * shape.hidden * 2 * shape.num_layers  # bf16/fp16: offloading is CUDA-only
-    return True, (f"the checkpoints ({every_layer / GIB:.1f} GiB) do not fit beside the rest in "
+    moved = estimate_for(shape, config, a, offload=True).host_bytes  # every layer's checkpoint
+    return True, (f"the checkpoints ({moved / GIB:.1f} GiB) do not fit beside the rest in "
                   f"{budget_bytes / GIB:g} GiB: they go to pinned CPU memory")
 
 

@@ -69,6 +69,92 @@ def add_trainer_callback(callback) -> None:
     runner.build_trainer = with_callback
 
 
+KERNEL_KINDS = (  # first match wins: kernel-name fragments -> what the time is spent on
+    ("4-bit dequantize", ("dequantize", "kdequant")),
+    ("attention", ("flash", "fmha", "attention", "attn")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "splitk", "cublas")),
+    ("Liger / Triton", ("liger", "_rms_norm", "_swiglu", "_rope", "triton")),
+    ("dropout", ("dropout", "bernoulli", "philox")),
+    ("copy / cast", ("copy", "cast", "cat", "memcpy", "memset", "fill")),
+    ("optimizer", ("adam", "foreach", "multi_tensor")),
+    ("elementwise", ("elementwise", "vectorized", "reduce", "unrolled")),
+)
+
+
+def profile_window(first: int, last: int, out: Path | None):
+    """A Trainer callback that runs torch.profiler over steps first..last and then prints (and saves
+    to `out`) where the GPU's time went: per kind of kernel, then the 30 costliest kernels."""
+    import torch
+    from transformers import TrainerCallback
+
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    class Window(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == first:
+                sync()
+                profiler.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == last:
+                sync()
+                profiler.stop()
+                text = kernel_report(profiler, last - first)  # steps first+1 .. last
+                print(text, flush=True)
+                if out is not None:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text(text)
+
+    return Window()
+
+
+def gpu_idle_report(profiler, steps: int) -> list[str]:
+    """How long the GPU waited for the host: the watched span less the union of kernel intervals,
+    and the largest gaps with the kernels either side (a CUDA-only trace: host-side profiling
+    would slow the host and make gaps of its own)."""
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in profiler.events()
+                     if e.device_type.name == "CUDA" and not getattr(e, "is_user_annotation", False))
+    if not kernels:
+        return []
+    busy, gaps, (start, end, name) = 0.0, [], kernels[0]
+    first = start
+    for a, b, after in kernels[1:]:
+        if a > end:
+            busy += end - start
+            gaps.append((a - end, name, after))
+            start, end = a, b
+        elif b > end:
+            end = b
+        if b >= end:
+            name = after
+    busy += end - start
+    span = end - first
+    big = sorted((g for g in gaps if g[0] > 200), reverse=True)
+    lines = [f"GPU busy {busy / steps / 1e3:.1f} of {span / steps / 1e3:.1f} ms per step ({100 * busy / span:.1f}%); "
+             f"gaps over 0.2 ms: {len(big) / steps:.0f} per step, {sum(g[0] for g in big) / steps / 1e3:.1f} ms; "
+             f"smaller gaps {(sum(g[0] for g in gaps) - sum(g[0] for g in big)) / steps / 1e3:.1f} ms"]
+    lines += [f"  gap {length / 1e3:6.2f} ms after {before[:50]} / before {after[:50]}" for length, before, after in big[:24]]
+    return lines
+
+
+def kernel_report(profiler, steps: int) -> str:
+    events = [e for e in profiler.key_averages() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events) or 1
+    kinds: dict[str, float] = {}
+    for e in events:
+        name = e.key.lower()
+        kind = next((k for k, frags in KERNEL_KINDS if any(f in name for f in frags)), "other")
+        kinds[kind] = kinds.get(kind, 0) + e.self_device_time_total
+    lines = gpu_idle_report(profiler, steps)
+    lines.append(f"GPU time per step: {total / steps / 1e3:.1f} ms (kernels only, {steps} steps)")
+    lines += [f"  {k:18} {v / steps / 1e3:8.1f} ms  {100 * v / total:5.1f}%" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])]
+    lines.append(f"{'ms/step':>8} {'calls/step':>10}  kernel")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:30]:
+        lines.append(f"{e.self_device_time_total / steps / 1e3:8.2f} {e.count / steps:10.0f}  {e.key[:110]}")
+    return "\n".join(lines)
+
+
 def simulate_card(gb: float | None) -> None:
     """Cap this process's CUDA memory as a `gb` GiB card would, and tell the planner
     (QLORA_STUDIO_GPU_GB) for torch builds that cannot read the cap back.

@@ -7,13 +7,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import add_trainer_callback, shape_folder
+from common import add_trainer_callback, profile_window, shape_folder
 
 
 def main() -> None:
-    import torch
-    from transformers import TrainerCallback
-
     from qlora_studio.core.training import runner
     from qlora_studio.core.config import load_config
     from qlora_studio.core.quiet import quiet_libraries
@@ -30,29 +27,12 @@ def main() -> None:
     config = load_config(PRESETS / "demo.yaml", [f"model.name_or_path={folder}", "model.random_init=true",
                                                  "train.max_steps=8", f"output_dir={args.work}/runs",
                                                  "data.validation_split=0", *args.set])
-    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
-
-    class Window(TrainerCallback):
-        def on_step_begin(self, a, state, c, **k):
-            if state.global_step == 4:
-                torch.cuda.synchronize()
-                profiler.start()
-
-        def on_step_end(self, a, state, c, **k):
-            if state.global_step == 7:
-                torch.cuda.synchronize()
-                profiler.stop()
-
-    add_trainer_callback(Window())
+    if not args.no_table:
+        add_trainer_callback(profile_window(4, 7, None))
     events = []
     result = runner.run_training(config, events.append)
     print(result.status, result.error)
     print("tokens/s per step:", [round(e.metrics["tokens_per_s"]) for e in events if e.type == "step"], args.set)
-    if args.no_table:
-        return
-    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-    print(table)
-    print(profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

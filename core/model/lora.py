@@ -66,6 +66,50 @@ def apply_lora(model, settings: LoraSettings) -> tuple[Any, list[str]]:
     return get_peft_model(model, build_lora_config(settings, targets)), targets
 
 
+def lean_4bit_lora(model) -> int:
+    """Give every peft LoRA layer over a bitsandbytes 4-bit linear a leaner forward; returns how many.
+
+    peft's forward clones the base output ("defensively", for old torch), then materializes
+    B(A(x)), scales it and adds it: four more passes over the layer's output, in the forward and
+    again in the checkpointed recompute. Here the adapter's product is added inside one GEMM
+    (`addmm` with alpha = scaling), so the output is written once. Same dropout per linear, same
+    adapters, same gradients (the sum is rounded once instead of three times). Anything unusual
+    (DoRA and other variants, several or disabled adapters, merged weights, adapter_names, an
+    adapter bias) takes peft's own forward."""
+    from peft.tuners.lora.bnb import Linear4bit
+
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    for layer in layers:
+        layer.__dict__["forward"] = _lean_forward(layer)
+    return len(layers)
+
+
+def _lean_forward(layer):
+    import torch
+    import torch.nn.functional as F
+
+    peft_forward = type(layer).forward.__get__(layer)
+
+    def forward(x, *args, **kwargs):
+        active = layer.active_adapters
+        name = active[0] if len(active) == 1 else None
+        if (kwargs or layer.disable_adapters or layer.merged or name not in layer.lora_A
+                or name in layer.lora_variant or layer.lora_B[name].bias is not None):
+            return peft_forward(x, *args, **kwargs)
+        result = layer.base_layer(x, *args)
+        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
+        if torch.is_autocast_enabled(x.device.type):  # addmm runs in the autocast dtype, as F.linear does
+            hidden = F.linear(layer.lora_dropout[name](x), a)
+        else:  # peft's rule: the adapter in its own dtype, the sum in the base output's
+            hidden = F.linear(layer.lora_dropout[name](x.to(a.dtype)), a).to(result.dtype)
+            b = b.to(result.dtype)
+        out = torch.addmm(result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), b.t(),
+                          alpha=layer.scaling[name])
+        return out.view(result.shape)
+
+    return forward
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts, counting 4-bit weights by their real element count."""
     import bitsandbytes as bnb

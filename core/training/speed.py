@@ -7,7 +7,8 @@ checked against the real output head. `predict` then gives the run's memory pred
 exactly those choices: the number Setup and `qlora-studio estimate` show for the same config.
 
 Levers still being measured (bench/NOTES-speed.md) are internal switches, off by default, set in
-QLORA_STUDIO_LEVERS as a comma list: `compile` (torch.compile each decoder layer),
+QLORA_STUDIO_LEVERS as a comma list: `compile` (torch.compile each decoder layer; Liger then
+fuses the loss only), `peft_lora` (peft's own LoRA forward instead of ours, for comparison),
 `every_n_layers=N` (checkpoint every N-th layer only), `group_by_length` (length-grouped sampling
 when packing is off), `sequential` (keep the data's order: the benchmark's arms see the same rows).
 """
@@ -31,6 +32,7 @@ LEVERS_ENV = "QLORA_STUDIO_LEVERS"
 @dataclass
 class Levers:
     compile_layers: bool = False
+    peft_lora: bool = False
     every_n_layers: int = 1
     group_by_length: bool = False
     sequential: bool = False
@@ -42,13 +44,15 @@ class Levers:
             name, _, value = item.partition("=")
             if name == "compile":
                 levers.compile_layers = True
+            elif name == "peft_lora":
+                levers.peft_lora = True
             elif name == "every_n_layers" and value.isdigit():
                 levers.every_n_layers = max(1, int(value))
             elif name in ("group_by_length", "sequential"):
                 setattr(levers, name, True)
             else:
-                raise UserError(f"{LEVERS_ENV}: unknown lever '{name}' (compile, every_n_layers=N, group_by_length, "
-                                "sequential)")
+                raise UserError(f"{LEVERS_ENV}: unknown lever '{name}' (compile, peft_lora, every_n_layers=N, "
+                                "group_by_length, sequential)")
         return levers
 
 
@@ -125,15 +129,21 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: boo
     if a.mlp_tile:
         note(f"MLP run in {a.mlp_tile:,}-token tiles (about 15% slower): {a.reasons['tiled_mlp']}")
     restore = None
+    levers = Levers.from_env()
     if a.liger:  # here rather than in the Trainer, so the MLP tiling below wraps Liger's MLP
         from transformers.integrations.liger import apply_liger_kernel
 
         restore = _module_restorer(loaded.model)
-        apply_liger_kernel(loaded.model, {"fused_linear_cross_entropy": False, "cross_entropy": False}
-                           if a.loss == "chunked" else {})
+        kernels = {"fused_linear_cross_entropy": False, "cross_entropy": False} if a.loss == "chunked" else {}
+        if levers.compile_layers:  # dynamo cannot trace Liger's RMSNorm autograd function; compile fuses these itself
+            kernels.update(rms_norm=False, rope=False, swiglu=False)
+        apply_liger_kernel(loaded.model, kernels)
     if a.mlp_tile:
         tile_mlps(loaded.model, a.mlp_tile)
-    levers = Levers.from_env()
+    if not levers.peft_lora:  # 6-7% faster on the 8B shape (bench/NOTES-speed.md, lever 11)
+        from qlora_studio.core.model.lora import lean_4bit_lora
+
+        lean_4bit_lora(loaded.model)
     if levers.compile_layers:
         compile_decoder_layers(loaded.model)
     return SpeedPlan(a, a.seq_len if packed else None, budget, levers, restore)

@@ -13,7 +13,10 @@ attends within every row only, with
   - torch's own variable-length flash kernel (`torch.nn.attention.varlen.varlen_attn`, in torch
     >= 2.10) on CUDA in bf16/fp16: one kernel launch for all rows, no mask, no padding;
   - otherwise one causal SDPA call per row (CPU, fp32, older torch): exact, each call free to
-    use SDPA's flash backend on a GPU.
+    use SDPA's flash backend on a GPU;
+  - and where every row of the batch has one length (fixed-length data), one causal SDPA call
+    over them as a (rows, heads, L, D) batch: on an H100 SDPA's cuDNN kernel then runs attention
+    in about half the varlen kernel's time.
 The row boundaries come from the collator's `cu_seq_lens_q` (transformers' flash-attention
 kwargs, computed on the host) or, without them, from the restarting position ids.
 """
@@ -86,6 +89,11 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         raise ValueError("varlen attention supports plain causal attention only (no sliding window or softcap)")
     length = query.shape[2]
     cu, longest = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if cu is not None and longest and (len(cu) - 1) * int(longest) == length:
+        # Rows of one length (fixed-length data): they are a plain (rows, heads, L, D) batch, known
+        # from the host's shapes alone, and SDPA picks its fastest kernel for that. On an H100
+        # cuDNN's attention takes about half the varlen kernel's time there.
+        return _equal_rows(module, query, key, value, len(cu) - 1, scaling, **kwargs), None
     kernel = _torch_varlen()
     default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-6
     if (kernel is not None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0
@@ -95,6 +103,19 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
             cu, longest = bounds, max(b - a for a, b in zip(bounds, bounds[1:]))
         return _one_launch(kernel, query, key, value, cu, int(longest), scaling), None
     return _per_row(query, key, value, row_boundaries(kwargs.get("position_ids"), length, cu), scaling, dropout), None
+
+
+def _equal_rows(module, query, key, value, rows: int, scaling: float | None, **kwargs) -> torch.Tensor:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def batch(t):  # (1, H, rows * L, D) -> (rows, H, L, D): a view, whatever the strides
+        return t[0].unflatten(1, (rows, -1)).transpose(0, 1)
+
+    for name in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "position_ids"):
+        kwargs.pop(name, None)
+    out, _ = sdpa_attention_forward(module, batch(query), batch(key), batch(value), None, scaling=scaling,
+                                    is_causal=True, **kwargs)
+    return out.reshape(1, -1, *out.shape[2:])  # (rows, L, H, D) -> (1, T, H, D)
 
 
 def _one_launch(kernel, query, key, value, cu, longest: int, scaling: float | None) -> torch.Tensor:

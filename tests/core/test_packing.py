@@ -100,10 +100,16 @@ def test_collator_layout():
     assert packed_row_spans(batch["position_ids"]) == [(0, 3), (3, 5), (5, 6)]
 
 
-@pytest.mark.parametrize("attn", [VARLEN, "sdpa"])
-def test_per_row_losses_and_lora_gradients_match_padded(tiny_model, attn):
-    """The packed batch (our varlen path, or transformers' dense mask) against the padded one."""
-    rows = make_rows(5, seed=1)
+@pytest.mark.parametrize("attn,equal", [(VARLEN, False), (VARLEN, True), ("sdpa", False)])
+def test_per_row_losses_and_lora_gradients_match_padded(tiny_model, attn, equal, monkeypatch):
+    """The packed batch (our varlen path, or transformers' dense mask) against the padded one; rows
+    of one length take varlen's batched-SDPA path."""
+    from qlora_studio.core.model import attention
+
+    batched = []
+    equal_rows = attention._equal_rows
+    monkeypatch.setattr(attention, "_equal_rows", lambda *a, **k: batched.append(a[4]) or equal_rows(*a, **k))
+    rows = make_rows(5, seed=1, lo=24 if equal else 4, hi=24 if equal else 40)
     model = load_qlora(tiny_model, "sdpa")
     model.train()
     n_items = torch.tensor(trained_targets(rows))
@@ -124,6 +130,7 @@ def test_per_row_losses_and_lora_gradients_match_padded(tiny_model, attn):
     losses_packed = [(nll_p[0, s:e][valid_p[0, s:e]].sum() / valid_p[0, s:e].sum()).item()
                      for s, e in packed_row_spans(packed["position_ids"])]
 
+    assert batched == ([5] * 2 if equal else [])  # both layers saw 5 rows of 24 as one batch
     assert int(valid_p.sum()) == int(valid.sum()) == int(n_items)  # the same targets, none across rows
     assert losses_packed == pytest.approx(losses_padded, rel=1e-5, abs=1e-6)
     assert out_p.loss.item() == pytest.approx(out.loss.item(), rel=1e-5)

@@ -52,7 +52,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, chat_lengths, rows_of_lengths, save, shape_folder, simulate_card
+from common import RESULTS, add_trainer_callback, chat_lengths, profile_window, rows_of_lengths, save, shape_folder, simulate_card
 
 SHAPE = "llama-3.1-8b"
 PARTS = RESULTS / "side-by-side"
@@ -72,9 +72,11 @@ VARIANTS = {
     "chunked": ({"train.chunked_loss": "on"}, {}),
     "compile": ({}, {"QLORA_STUDIO_LEVERS": "compile"}),
     "ckpt2": ({}, {"QLORA_STUDIO_LEVERS": "every_n_layers=2"}),
+    "peft_lora": ({}, {"QLORA_STUDIO_LEVERS": "peft_lora"}),
     "unpacked": ({"data.packing": "off"}, {}),
     "unpacked_grouped": ({"data.packing": "off"}, {"QLORA_STUDIO_LEVERS": "group_by_length"}),
     "offload": ({"train.offload_checkpoints": "on"}, {}),
+    "sync_offload": ({"train.offload_checkpoints": "on"}, {"QLORA_STUDIO_LEVERS": "sync_offload"}),
     "tiled": ({"train.tiled_mlp": "on"}, {}),
     "offload_tiled": ({"train.offload_checkpoints": "on", "train.tiled_mlp": "on"}, {}),
     "expandable_off": ({}, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}),
@@ -103,7 +105,7 @@ def make_rows(workload: str, work: Path, context: int | None, steps: int, smoke:
 
 # ---- the arms (each runs in its own process) -----------------------------------------------------
 
-def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int, work: Path) -> dict:
+def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int, work: Path, extra=()) -> dict:
     """The recipe from the tutorials, written out plainly."""
     import torch
     from datasets import load_dataset
@@ -153,6 +155,8 @@ def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int,
             steps_seen.append((time.perf_counter() - self.t, int(state.num_input_tokens_seen - self.tokens)))
 
     trainer.add_callback(Clock())
+    for callback in extra:
+        trainer.add_callback(callback)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -256,15 +260,22 @@ def run_one(args) -> dict:
         context = longest_planned_context(folder, card, overrides)
     rows = make_rows(args.workload, work, context, steps, args.smoke)
     started = time.time()
+    profiler = []
+    if args.profile:  # kernels of steps 3-5, printed and saved beside the part file
+        name = f"profile-{args.workload}-{args.arm.replace(':', '-')}.txt"
+        profiler = [profile_window(3, min(5, steps - 1), Path(args.out) / name)]
+        if arm != "plain":
+            add_trainer_callback(profiler[0])
     if arm == "plain":
-        record = arm_plain(folder, rows, context, workload["batch"], steps, work)
+        record = arm_plain(folder, rows, context, workload["batch"], steps, work, profiler)
     else:
         record = arm_studio(folder, rows, context, workload["batch"], steps, work, overrides)
     record.update(workload=args.workload, arm=args.arm, context=context, card_gb=card, wall_s=round(time.time() - started, 1),
                   allocator=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
                   gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU")
     suffix = f"-{context}" if args.workload.startswith("c") else ""
-    save(f"side-by-side-{args.workload}{suffix}-{args.arm.replace(':', '-')}", record, Path(args.out))
+    if not args.profile:  # the profiler slows the steps it watches: their tokens/s is no measurement
+        save(f"side-by-side-{args.workload}{suffix}-{args.arm.replace(':', '-')}", record, Path(args.out))
     print("RESULT " + json.dumps(record), flush=True)
     return record
 
@@ -273,7 +284,7 @@ def run_one(args) -> dict:
 
 def spawn(workload: str, arm: str, args, context: int | None = None) -> dict | None:
     command = [sys.executable, __file__, "--workload", workload, "--arm", arm, "--out", args.out, "--work", args.work]
-    command += ["--quick"] * args.quick + ["--smoke"] * args.smoke
+    command += ["--quick"] * args.quick + ["--smoke"] * args.smoke + ["--profile"] * args.profile
     if context:
         command += ["--context", str(context)]
     env = dict(os.environ)
@@ -362,6 +373,7 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="print the table from the part files in --out")
     parser.add_argument("--quick", action="store_true", help="fewer steps, a shorter plain ladder")
     parser.add_argument("--smoke", action="store_true", help="a tiny model and short rows: checks the script on a CPU")
+    parser.add_argument("--profile", action="store_true", help="profile steps 3-5 of each arm (GPU kernels by kind)")
     parser.add_argument("--out", default=str(PARTS), help="folder for the part files")
     parser.add_argument("--work", default="/tmp/side-by-side")
     parser.add_argument("--timeout", type=int, default=420, help="seconds per subprocess")

@@ -9,6 +9,7 @@ exactly those choices: the number Setup and `qlora-studio estimate` show for the
 Levers still being measured (bench/NOTES-speed.md) are internal switches, off by default, set in
 QLORA_STUDIO_LEVERS as a comma list: `compile` (torch.compile each decoder layer; Liger then
 fuses the loss only), `peft_lora` (peft's own LoRA forward instead of ours, for comparison),
+`sync_offload` (transformers' blocking checkpoint offload instead of ours, for comparison),
 `every_n_layers=N` (checkpoint every N-th layer only), `group_by_length` (length-grouped sampling
 when packing is off), `sequential` (keep the data's order: the benchmark's arms see the same rows).
 """
@@ -33,6 +34,7 @@ LEVERS_ENV = "QLORA_STUDIO_LEVERS"
 class Levers:
     compile_layers: bool = False
     peft_lora: bool = False
+    sync_offload: bool = False
     every_n_layers: int = 1
     group_by_length: bool = False
     sequential: bool = False
@@ -48,11 +50,11 @@ class Levers:
                 levers.peft_lora = True
             elif name == "every_n_layers" and value.isdigit():
                 levers.every_n_layers = max(1, int(value))
-            elif name in ("group_by_length", "sequential"):
+            elif name in ("group_by_length", "sequential", "sync_offload"):
                 setattr(levers, name, True)
             else:
-                raise UserError(f"{LEVERS_ENV}: unknown lever '{name}' (compile, peft_lora, every_n_layers=N, "
-                                "group_by_length, sequential)")
+                raise UserError(f"{LEVERS_ENV}: unknown lever '{name}' (compile, peft_lora, sync_offload, "
+                                "every_n_layers=N, group_by_length, sequential)")
         return levers
 
 

@@ -93,7 +93,7 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         # Rows of one length (fixed-length data): they are a plain (rows, heads, L, D) batch, known
         # from the host's shapes alone, and SDPA picks its fastest kernel for that. On an H100
         # cuDNN's attention takes about half the varlen kernel's time there.
-        return _equal_rows(module, query, key, value, len(cu) - 1, scaling, **kwargs), None
+        return _equal_rows(module, query, key, value, len(cu) - 1, scaling, dropout, **kwargs), None
     kernel = _torch_varlen()
     default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-6
     if (kernel is not None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0
@@ -105,7 +105,7 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     return _per_row(query, key, value, row_boundaries(kwargs.get("position_ids"), length, cu), scaling, dropout), None
 
 
-def _equal_rows(module, query, key, value, rows: int, scaling: float | None, **kwargs) -> torch.Tensor:
+def _equal_rows(module, query, key, value, rows: int, scaling: float | None, dropout: float, **kwargs) -> torch.Tensor:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def batch(t):  # (1, H, rows * L, D) -> (rows, H, L, D): a view, whatever the strides
@@ -113,8 +113,8 @@ def _equal_rows(module, query, key, value, rows: int, scaling: float | None, **k
 
     for name in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "position_ids"):
         kwargs.pop(name, None)
-    out, _ = sdpa_attention_forward(module, batch(query), batch(key), batch(value), None, scaling=scaling,
-                                    is_causal=True, **kwargs)
+    out, _ = sdpa_attention_forward(module, batch(query), batch(key), batch(value), None, dropout=dropout,
+                                    scaling=scaling, is_causal=True, **kwargs)
     return out.reshape(1, -1, *out.shape[2:])  # (rows, L, H, D) -> (1, T, H, D)
 
 

@@ -9,7 +9,9 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def grads_and_peak(model, ids, offload: bool):
+def grads_and_held(model, ids, offload: bool):
+    """Every parameter's gradient, and what the forward leaves on the GPU for the backward (the
+    checkpoints: a peak would be the recomputed layer's attention, the same either way)."""
     from qlora_studio.core.training.offload import use_async_offload
 
     model.activation_checkpointing_disable()
@@ -17,13 +19,14 @@ def grads_and_peak(model, ids, offload: bool):
     model.activation_checkpointing_enable({"use_reentrant": False}, offload=offload)
     model.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = model(input_ids=ids, labels=ids).loss
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - base
     loss.backward()
     torch.cuda.synchronize()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, torch.cuda.max_memory_allocated() - base
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, held
 
 
 def test_async_offload_gives_the_same_gradients_and_frees_the_checkpoints():
@@ -36,11 +39,11 @@ def test_async_offload_gives_the_same_gradients_and_frees_the_checkpoints():
     model = LlamaForCausalLM(config).cuda()
     model.train()
     ids = torch.randint(0, 1000, (1, 4096), device="cuda")
-    kept, kept_peak = grads_and_peak(model, ids, offload=False)
-    moved, moved_peak = grads_and_peak(model, ids, offload=True)
-    again, _ = grads_and_peak(model, ids, offload=True)  # the wrapper is idempotent over Trainer segments
+    kept, kept_held = grads_and_held(model, ids, offload=False)
+    moved, moved_held = grads_and_held(model, ids, offload=True)
+    again, _ = grads_and_held(model, ids, offload=True)  # the wrapper is idempotent over Trainer segments
     for name, grad in kept.items():
         torch.testing.assert_close(moved[name], grad, rtol=1e-4, atol=1e-6, msg=name)
         torch.testing.assert_close(again[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     hidden_state = 4096 * 512 * 4  # fp32 residual stream
-    assert kept_peak - moved_peak > 4 * hidden_state, (kept_peak, moved_peak)  # most of 8 checkpoints left the GPU
+    assert kept_held - moved_held > 6 * hidden_state, (kept_held, moved_held)  # the 8 checkpoints left the GPU

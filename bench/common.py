@@ -87,8 +87,10 @@ def profile_window(first: int, last: int, out: Path | None):
     import torch
     from transformers import TrainerCallback
 
-    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    cuda = torch.cuda.is_available()  # a CPU trace only checks the script (--smoke): no kernels to report
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA if cuda
+                                                  else torch.profiler.ProfilerActivity.CPU])
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     class Window(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -119,15 +121,13 @@ def gpu_idle_report(profiler, steps: int) -> list[str]:
         return []
     busy, gaps, (start, end, name) = 0.0, [], kernels[0]
     first = start
-    for a, b, after in kernels[1:]:
+    for a, b, after in kernels[1:]:  # name: the kernel that ends last so far
         if a > end:
             busy += end - start
             gaps.append((a - end, name, after))
-            start, end = a, b
-        elif b > end:
-            end = b
-        if b >= end:
-            name = after
+            start = a
+        if b > end:
+            end, name = b, after
     busy += end - start
     span = end - first
     big = sorted((g for g in gaps if g[0] > 200), reverse=True)

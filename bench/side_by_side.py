@@ -105,7 +105,7 @@ def make_rows(workload: str, work: Path, context: int | None, steps: int, smoke:
 
 # ---- the arms (each runs in its own process) -----------------------------------------------------
 
-def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int, work: Path, extra=()) -> dict:
+def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int, work: Path, callbacks=()) -> dict:
     """The recipe from the tutorials, written out plainly."""
     import torch
     from datasets import load_dataset
@@ -155,7 +155,7 @@ def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int,
             steps_seen.append((time.perf_counter() - self.t, int(state.num_input_tokens_seen - self.tokens)))
 
     trainer.add_callback(Clock())
-    for callback in extra:
+    for callback in callbacks:
         trainer.add_callback(callback)
     if cuda:
         torch.cuda.empty_cache()
@@ -260,14 +260,14 @@ def run_one(args) -> dict:
         context = longest_planned_context(folder, card, overrides)
     rows = make_rows(args.workload, work, context, steps, args.smoke)
     started = time.time()
-    profiler = []
-    if args.profile:  # kernels of steps 3-5, printed and saved beside the part file
+    window = None
+    if args.profile:  # kernels of steps 4-5, printed and saved beside the part file
         name = f"profile-{args.workload}-{args.arm.replace(':', '-')}.txt"
-        profiler = [profile_window(3, min(5, steps - 1), Path(args.out) / name)]
+        window = profile_window(3, min(5, steps - 1), Path(args.out) / name)
         if arm != "plain":
-            add_trainer_callback(profiler[0])
+            add_trainer_callback(window)
     if arm == "plain":
-        record = arm_plain(folder, rows, context, workload["batch"], steps, work, profiler)
+        record = arm_plain(folder, rows, context, workload["batch"], steps, work, [window] if window else [])
     else:
         record = arm_studio(folder, rows, context, workload["batch"], steps, work, overrides)
     record.update(workload=args.workload, arm=args.arm, context=context, card_gb=card, wall_s=round(time.time() - started, 1),
@@ -373,7 +373,7 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="print the table from the part files in --out")
     parser.add_argument("--quick", action="store_true", help="fewer steps, a shorter plain ladder")
     parser.add_argument("--smoke", action="store_true", help="a tiny model and short rows: checks the script on a CPU")
-    parser.add_argument("--profile", action="store_true", help="profile steps 3-5 of each arm (GPU kernels by kind)")
+    parser.add_argument("--profile", action="store_true", help="profile steps 4-5 of each arm (GPU kernels by kind, idle gaps)")
     parser.add_argument("--out", default=str(PARTS), help="folder for the part files")
     parser.add_argument("--work", default="/tmp/side-by-side")
     parser.add_argument("--timeout", type=int, default=420, help="seconds per subprocess")

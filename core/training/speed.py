@@ -46,11 +46,9 @@ class Levers:
             name, _, value = item.partition("=")
             if name == "compile":
                 levers.compile_layers = True
-            elif name == "peft_lora":
-                levers.peft_lora = True
             elif name == "every_n_layers" and value.isdigit():
                 levers.every_n_layers = max(1, int(value))
-            elif name in ("group_by_length", "sequential", "sync_offload"):
+            elif name in ("peft_lora", "sync_offload", "group_by_length", "sequential"):
                 setattr(levers, name, True)
             else:
                 raise UserError(f"{LEVERS_ENV}: unknown lever '{name}' (compile, peft_lora, sync_offload, "

@@ -20,7 +20,7 @@ class OptimizerChoice:
 
 # In order of preference when several fit (make-it-fit tries them in this order).
 OPTIMIZERS: dict[str, OptimizerChoice] = {
-    "adamw": OptimizerChoice("adamw_torch_fused", "adamw_torch", 8, False, "AdamW, fused kernels on CUDA"),
+    "adamw": OptimizerChoice("adamw_torch_fused", "adamw_torch_fused", 8, False, "AdamW, fused kernels"),
     "adamw_8bit": OptimizerChoice("adamw_bnb_8bit", "adamw_bnb_8bit", 2, False, "bitsandbytes' 8-bit AdamW states"),
     "paged_adamw_8bit": OptimizerChoice("paged_adamw_8bit", "paged_adamw_8bit", 0, True,
                                         "8-bit states in unified memory, moved to CPU RAM under pressure"),

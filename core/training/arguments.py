@@ -53,6 +53,7 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
         activation_checkpointing_kwargs=checkpointing if t.gradient_checkpointing and not sharded else None,
         logging_strategy="steps",
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a device sync per micro-batch; the NaN guard judges bad steps (training.guard)
         save_strategy="steps",
         save_steps=t.save_every_steps,
         save_total_limit=None,  # pruning is ours: Trainer's rotation only knows its own folder names
@@ -66,6 +67,7 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
         report_to=report_to(config),
         disable_tqdm=True,
         dataloader_pin_memory=cuda,
+        accelerator_config={"non_blocking": cuda},  # batches copied from pinned memory without a host wait
         ddp_find_unused_parameters=False,
         use_liger_kernel=plan is None and liger_applies(t.liger_kernels, device.type),  # a plan applied it already
         **extra,

@@ -24,16 +24,18 @@ from qlora_studio.core.training.control import TrainControl
 class StepMeter:
     """Training time (pauses excluded, carried over a resume) and real tokens/s of each step.
 
-    Throughput is measured from the start of a step, so evaluation and checkpoint writing between
-    steps do not count."""
+    A step's time runs from its start to its end as the device saw them: on a GPU, between two
+    events queued with its work, since the host runs ahead of the GPU and learns a step's numbers
+    later (training/step_logs.py); evaluation and checkpoint writing between steps do not count."""
 
     def __init__(self, elapsed_offset: float = 0.0):
         self.offset = elapsed_offset
         self.active_since = time.monotonic()
         self.paused_total = 0.0
-        self.step_started_at: float | None = None
         self.last_tokens = 0
         self.last: ev.StepMetrics | None = None  # measured once per step: Trainer.log and on_log both ask
+        self._began: Any = None
+        self._ended: dict[int, tuple[Any, Any, float]] = {}  # step -> (start mark, end mark, elapsed then)
 
     def elapsed(self) -> float:
         return self.offset + (time.monotonic() - self.active_since) - self.paused_total
@@ -41,9 +43,13 @@ class StepMeter:
     def segment_began(self, tokens_seen: int) -> None:
         self.last_tokens = tokens_seen
         self.last = None
+        self._ended.clear()
 
-    def step_began(self) -> None:
-        self.step_started_at = time.monotonic()
+    def step_began(self, device=None) -> None:
+        self._began = _mark(device)
+
+    def step_ended(self, step: int) -> None:
+        self._ended[step] = (self._began, _mark(self._began), self.elapsed())
 
     def paused_for(self, seconds: float) -> None:
         self.paused_total += seconds
@@ -51,9 +57,11 @@ class StepMeter:
     def measure(self, state, logs: dict[str, Any], train: TrainSettings, device) -> ev.StepMetrics:
         if self.last is not None and self.last.step == state.global_step:
             return self.last
-        now = time.monotonic()
         tokens = int(state.num_input_tokens_seen)
-        window = max(now - (self.step_started_at or now), 1e-9)
+        began, ended, elapsed = self._ended.pop(state.global_step, (None, None, self.elapsed()))
+        for step in [s for s in self._ended if s < state.global_step]:  # steps never logged (none, normally)
+            del self._ended[step]
+        window = max(_seconds_between(began, ended), 1e-9)
         metrics = ev.StepMetrics(
             step=state.global_step,
             epoch=round(float(state.epoch or 0.0), 4),
@@ -62,7 +70,7 @@ class StepMeter:
             grad_norm=float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
             tokens=tokens,
             tokens_per_s=round((tokens - self.last_tokens) / window, 1),
-            elapsed_s=round(self.elapsed(), 3),
+            elapsed_s=round(elapsed, 3),
             micro_batch_size=train.micro_batch_size,
             grad_accum=train.grad_accum,
             **torch_memory(device),
@@ -70,6 +78,28 @@ class StepMeter:
         self.last_tokens = tokens
         self.last = metrics
         return metrics
+
+
+def _mark(like) -> Any:
+    """A point in time: a timing event queued on the current CUDA stream (when `like` is a CUDA
+    device or event), else the host's clock (on the CPU the host waits for every op anyway)."""
+    import torch
+
+    cuda = getattr(like, "type", None) == "cuda" or isinstance(like, torch.cuda.Event)
+    if not cuda:
+        return time.monotonic()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def _seconds_between(began, ended) -> float:
+    if began is None or ended is None:
+        return 0.0
+    if isinstance(began, float):
+        return ended - began
+    ended.synchronize()  # already passed when the step's numbers have been read
+    return began.elapsed_time(ended) / 1000
 
 
 @dataclass
@@ -151,16 +181,15 @@ class StudioCallback(TrainerCallback):
         return {k: v for k, v in vars(metrics).items() if (k == "tokens_per_s" or k.startswith("vram_")) and v is not None}
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.session.meter.step_began()
+        self.session.meter.step_began(self.session.loaded.device)
         return control
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        self.session.before_update(state, optimizer)
+        self.session.before_update(optimizer)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.session.diverged is not None:  # after DefaultFlowCallback planned this step's save
-            _halt(control)
+        self.session.meter.step_ended(state.global_step)
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -168,14 +197,26 @@ class StudioCallback(TrainerCallback):
         logs = logs or {}
         if "loss" in logs and "train_loss" not in logs:
             s.step_logged(state, logs)
-            if s.diverged is None:
-                self._serve(self.steering.between_steps(state.global_step), control)
-            else:
-                _halt(control)
         elif "eval_loss" in logs:
             extra = {k: v for k, v in logs.items() if k not in ("eval_loss", "epoch") and isinstance(v, (int, float))}
             s.emit(ev.EvalLogged(state.global_step, float(logs["eval_loss"]), extra))
         return control
+
+    # ---- the step boundary (`StudioTrainer`, training/step_logs.py) ----
+    def wants_boundary(self) -> bool:
+        """Something must be served between these steps, so their numbers are read now."""
+        return self.session.control.wants_attention or self.session.diverged is not None
+
+    def step_read(self, step: int, loss: float, grad_norm: float | None, bad: bool) -> None:
+        self.session.step_read(step, loss, grad_norm, bad)
+
+    def between_steps(self, control) -> None:
+        """After the step's log, before the Trainer evaluates and saves: requests, or the end of a diverged run."""
+        s = self.session
+        if s.diverged is None:
+            self._serve(self.steering.between_steps(s.trainer.state.global_step), control)
+        if s.diverged is not None:
+            _halt(control)
 
     def on_save(self, args, state, control, **kwargs):
         self.session.checkpoint_written(state.global_step)

@@ -65,6 +65,12 @@ class TrainControl:
         with self._lock:
             return self._paused
 
+    @property
+    def wants_attention(self) -> bool:
+        """Any request waiting to be served between steps (a pause included)."""
+        with self._lock:
+            return self._stop or self._paused or self._save or self._extend > 0
+
     # ---- polling (training thread) ----
     def take_save(self) -> bool:
         with self._lock:

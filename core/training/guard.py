@@ -1,15 +1,20 @@
 """NaN / Inf caught at the step where it happens, before the optimizer applies it.
 
 The Trainer computes each step's loss and its gradient norm anyway (`StudioTrainer` keeps both);
-checking them costs one comparison and one device sync per optimizer step. A bad step's gradients
-are dropped (set to None: torch's and bitsandbytes' optimizers skip such parameters), so the
-weights keep the last good update and no checkpoint can be written from a NaN update.
+`before_update` turns them into a flag on the device and keeps a bad step's update off the
+weights without waiting for the GPU: fused AdamW skips its whole update (moments and step count
+included) when its `found_inf` is set, the mechanism torch's GradScaler uses. Other optimizers
+cannot, so there the flag is read at once and the gradients are dropped (set to None: torch's and
+bitsandbytes' optimizers skip such parameters), at the price of one device sync per step.
 
+The host learns the verdict when it reads the step's numbers (`StudioTrainer`'s step logs, at the
+latest one step later and always before a checkpoint or an evaluation), and `judge` decides then.
 `train.on_nan: skip_step` drops that batch and goes on (the step still counts and the learning
 rate schedule moves one step). It cannot undo what came before: an earlier finite but huge update
 (an absurd learning rate) makes every following step bad, so `MAX_SKIPS_IN_A_ROW` bad steps in a
-row stop the run like `stop` does. With fp16 mixed precision an overflowing gradient is the loss
-scaler's business (it skips the step and lowers the scale), so only a non-finite loss counts there.
+row stop the run like `stop` does. No checkpoint is ever written from a NaN update. With fp16
+mixed precision an overflowing gradient is the loss scaler's business (it skips the step and
+lowers the scale), so only a non-finite loss counts there.
 """
 
 from __future__ import annotations
@@ -55,25 +60,35 @@ class NanGuard:
         self.in_a_row = 0
         self.skipped = 0
 
-    def before_update(self, trainer, optimizer, step: int) -> BadStep | None:
-        """`step` is the optimizer step about to be applied (global_step + 1)."""
-        loss, norm = getattr(trainer, "step_loss", None), getattr(trainer, "step_grad_norm", None)
+    def before_update(self, trainer, optimizer) -> None:
+        """Between backward and the optimizer step: flag this step on the device (`trainer.step_bad`,
+        1.0 when its loss or gradient norm is NaN/Inf, the same on every rank) and keep its update
+        off the weights if it is bad."""
+        loss, norm = trainer.step_loss, trainer.step_grad_norm
         trainer.step_loss = trainer.step_grad_norm = None
-        checks = [loss] if loss is not None else []
         scaler = getattr(getattr(trainer, "accelerator", None), "scaler", None)
-        if norm is not None and scaler is None:
-            checks.append(norm)
-        bad = not _all_finite(checks)
+        checks = [v for v in (loss, norm if scaler is None else None) if v is not None]
+        flag = _non_finite_flag(checks, self.device)
         if self.world_size > 1:
-            bad = any_rank(bad, self.device)
+            import torch.distributed as dist
+
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # queued on the device like the rest of the step
+        trainer.step_bad = flag
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+        if scaler is None and _skips_on_found_inf(inner):
+            inner.found_inf = flag
+        elif bool(flag):
+            drop_gradients(optimizer)
+
+    def judge(self, step: int, loss: float | None, grad_norm: float | None, bad: bool) -> BadStep | None:
+        """The verdict on optimizer step `step` once its numbers are on the host; None for a good step."""
         if not bad:
             self.in_a_row = 0
             return None
-        drop_gradients(optimizer)
         self.in_a_row += 1
         self.skipped += 1
         stop = self.policy != "skip_step" or self.in_a_row >= MAX_SKIPS_IN_A_ROW
-        return BadStep(step, _as_float(loss), _as_float(norm), self.in_a_row, stop)
+        return BadStep(step, loss, grad_norm, self.in_a_row, stop)
 
     def weights_finite(self, model) -> bool:
         """The trainable weights hold no NaN/Inf (checked before a checkpoint is kept; adapters are small)."""
@@ -118,19 +133,20 @@ def diverged_message(bad: BadStep, config: RunConfig, compute_dtype, device_type
     return f"{what or bad.what()} {where}{in_a_row}; {why}. No NaN weights were saved; {kept}"
 
 
-def _all_finite(values: list) -> bool:
-    tensors = [torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in values]
+def _non_finite_flag(values: list, device) -> torch.Tensor:
+    """A 0-d float32 tensor on the values' device: 1.0 when any of them is NaN/Inf. No host sync."""
+    tensors = [v.detach().float().reshape(-1) for v in values if torch.is_tensor(v)]
+    where = tensors[0].device if tensors else (device or torch.device("cpu"))
+    tensors += [torch.full((1,), float(v), device=where) for v in values if not torch.is_tensor(v)]
     if not tensors:
-        return True
-    device = tensors[0].device
-    return bool(torch.isfinite(torch.cat([t.to(device) for t in tensors])).all())
+        return torch.zeros((), device=where)
+    return (~torch.isfinite(torch.cat([t.to(where) for t in tensors]))).any().float()
+
+
+def _skips_on_found_inf(optimizer) -> bool:
+    """torch's fused Adam/AdamW read `optimizer.found_inf` and skip the whole update when it is set."""
+    return isinstance(optimizer, torch.optim.Adam) and bool(optimizer.defaults.get("fused"))
 
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
-
-
-def _as_float(value) -> float | None:
-    if value is None:
-        return None
-    return float(value.detach().float().sum()) if torch.is_tensor(value) else float(value)

@@ -100,7 +100,6 @@ class Session:
         self.last_loss: float | None = None
         self.guard = NanGuard("stop")
         self.diverged: DivergedError | None = None  # set at a NaN/Inf step that stops the run
-        self.bad_step: BadStep | None = None
         self.disk_need: disk.DiskNeed | None = None
         self.reporting: Reporting | None = None  # rank 0: TensorBoard / W&B beside the run folder
 
@@ -217,10 +216,6 @@ class Session:
 
     def step_metrics(self, state, logs: dict[str, Any]) -> ev.StepMetrics:
         """This step's metrics (measured once: the reporting streams and the run's record share them)."""
-        bad = self.bad_step
-        if bad is not None and bad.step == state.global_step and bad.loss is not None:
-            # the Trainer logs a running average in place of a NaN loss (its accumulator would stay NaN)
-            logs = {**logs, "loss": bad.loss}
         return self.meter.measure(state, logs, self.config.train, self.loaded.device)
 
     def step_logged(self, state, logs: dict[str, Any]) -> None:
@@ -229,18 +224,22 @@ class Session:
         self.last_loss = metrics.loss
         self.emit(ev.StepLogged(metrics, state.max_steps))
 
-    def before_update(self, state, optimizer) -> None:
-        """Between backward and the optimizer step: a NaN/Inf step is dropped here (training.guard)."""
-        bad = self.guard.before_update(self.trainer, optimizer, state.global_step + 1)
-        if bad is None:
+    def before_update(self, optimizer) -> None:
+        """Between backward and the optimizer step: a NaN/Inf step's update is kept off the weights (training.guard)."""
+        self.guard.before_update(self.trainer, optimizer)
+
+    def step_read(self, step: int, loss: float, grad_norm: float | None, bad: bool) -> None:
+        """A step's numbers reached the host (before its log): the guard's verdict on it."""
+        bad_step = self.guard.judge(step, loss, grad_norm, bad)
+        if bad_step is None or self.diverged is not None:  # after a stop, later steps are only logged
             return
-        self.bad_step = bad
-        if bad.stop:
-            message = self._diverged_message(bad)
+        self.bad_step = bad_step
+        if bad_step.stop:
+            message = self._diverged_message(bad_step)
             self.diverged = DivergedError(message)
         else:
-            message = f"{bad.what()} at step {bad.step}: its update was skipped (train.on_nan skip_step)"
-        self.emit(ev.NonFiniteStep(bad.step, bad.loss, bad.grad_norm, bad.action, message))
+            message = f"{bad_step.what()} at step {bad_step.step}: its update was skipped (train.on_nan skip_step)"
+        self.emit(ev.NonFiniteStep(bad_step.step, bad_step.loss, bad_step.grad_norm, bad_step.action, message))
 
     def _diverged_message(self, bad: BadStep, what: str | None = None) -> str:
         return diverged_message(bad, self.config, self.loaded.compute_dtype, self.loaded.device.type,
@@ -298,6 +297,7 @@ class Session:
         self.emit(ev.SettingsChanged(step, "out_of_memory", decision.changes, decision.message))
 
     def _checkpoint_completed_step(self, reason: str) -> None:
+        self.trainer.flush_step_log()  # the checkpoint's record holds the step's numbers
         step = self.trainer.state.global_step
         if step == 0:
             self.resume_point = None
@@ -394,6 +394,7 @@ class Session:
         if step <= latest:
             return
         try:
+            trainer.flush_step_log()
             self.save_reason = "error"
             self.checkpoints.save_outside_loop(trainer)
             self.checkpoint_written(step)

@@ -10,6 +10,7 @@ Levers still being measured (bench/NOTES-speed.md) are internal switches, off by
 QLORA_STUDIO_LEVERS as a comma list: `compile` (torch.compile each decoder layer; Liger then
 fuses the loss only), `peft_lora` (peft's own LoRA forward instead of ours, for comparison),
 `sync_offload` (transformers' blocking checkpoint offload instead of ours, for comparison),
+`sync_logs` (read each step's numbers at its own end, as transformers does, for comparison),
 `every_n_layers=N` (checkpoint every N-th layer only), `group_by_length` (length-grouped sampling
 when packing is off), `sequential` (keep the data's order: the benchmark's arms see the same rows).
 """
@@ -35,6 +36,7 @@ class Levers:
     compile_layers: bool = False
     peft_lora: bool = False
     sync_offload: bool = False
+    sync_logs: bool = False
     every_n_layers: int = 1
     group_by_length: bool = False
     sequential: bool = False
@@ -48,10 +50,10 @@ class Levers:
                 levers.compile_layers = True
             elif name == "every_n_layers" and value.isdigit():
                 levers.every_n_layers = max(1, int(value))
-            elif name in ("peft_lora", "sync_offload", "group_by_length", "sequential"):
+            elif name in ("peft_lora", "sync_offload", "sync_logs", "group_by_length", "sequential"):
                 setattr(levers, name, True)
             else:
-                raise UserError(f"{LEVERS_ENV}: unknown lever '{name}' (compile, peft_lora, sync_offload, "
+                raise UserError(f"{LEVERS_ENV}: unknown lever '{name}' (compile, peft_lora, sync_offload, sync_logs, "
                                 "every_n_layers=N, group_by_length, sequential)")
         return levers
 

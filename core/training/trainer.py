@@ -9,10 +9,12 @@ from transformers import PrinterCallback, Trainer
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.training.arguments import training_arguments
 from qlora_studio.core.training.reporting import ReportingMixin, trainer_environment
+from qlora_studio.core.training.step_logs import LaggedStepLogs
 
 
-class StudioTrainer(ReportingMixin, Trainer):
-    """The Trainer a run uses: the place for batching and logging that differ from the stock one.
+class StudioTrainer(LaggedStepLogs, ReportingMixin, Trainer):
+    """The Trainer a run uses: the place for batching and logging that differ from the stock one
+    (step logs read a step late: training/step_logs.py).
 
     `tokens_per_batch` (packed runs): training micro-batches come from a TokenBudgetBatchSampler
     instead of rows in fixed-size groups. `chunked_loss`: the training loss never holds the full
@@ -72,7 +74,7 @@ class StudioTrainer(ReportingMixin, Trainer):
         return loss
 
     # This optimizer step's loss (summed over micro-batches) and gradient norm before clipping, as
-    # the loop computes them anyway, for the NaN guard to judge before the update (training.guard).
+    # the loop computes them anyway, for the NaN guard to flag before the update (training.guard).
     step_loss = None
     step_grad_norm = None
 
@@ -115,4 +117,6 @@ def build_trainer(config: RunConfig, loaded, data, folder, callback, plan=None) 
         use_async_offload(trainer.model)
     trainer.remove_callback(PrinterCallback)  # progress is ours to show
     trainer.log_extras = callback.log_extras  # real tokens/s and VRAM into every report_to stream
+    trainer.step_hooks = callback
+    trainer.lag_logs = trainer.args.world_size == 1 and not (plan is not None and plan.levers.sync_logs)
     return trainer

@@ -5,6 +5,7 @@ import json
 import math
 
 import torch
+from faults import poison_loss
 from safetensors.torch import load_file
 
 from qlora_studio.core.cli import main
@@ -52,19 +53,6 @@ def test_absurd_learning_rate_fails_with_cause_nan_and_keeps_a_finite_checkpoint
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def poison_loss(monkeypatch, bad_steps: set[int]):
-    """A batch whose loss is NaN at the given optimizer steps (as a broken row or an fp16 overflow gives)."""
-    from qlora_studio.core.training.trainer import StudioTrainer
-
-    real = StudioTrainer.compute_loss
-
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        loss = real(self, model, inputs, *args, **kwargs)
-        return loss * float("nan") if self.state.global_step + 1 in bad_steps else loss
-
-    monkeypatch.setattr(StudioTrainer, "compute_loss", compute_loss)
-
-
 def test_skip_step_drops_bad_batches_then_stops_after_three_in_a_row(tiny_config, monkeypatch):
     poison_loss(monkeypatch, {3, 6, 7, 8})
     config = tiny_config.with_overrides({"train.on_nan": "skip_step", "train.save_every_steps": 4})
@@ -105,3 +93,21 @@ def test_a_checkpoint_with_nan_weights_is_never_kept(tiny_config, monkeypatch):
     assert [step for step, _ in run.checkpoints()] == [2]
     assert not list(run.checkpoints_dir.glob("checkpoint-*"))
     assert read_jsonl(run.events_path)[-1]["cause"] == "nan"
+
+
+def test_the_guard_skips_a_bad_update_without_reading_the_flag_when_the_optimizer_can():
+    """Fused AdamW skips the update itself (found_inf): no host read; other optimizers drop the gradients."""
+    from types import SimpleNamespace
+
+    from qlora_studio.core.training.guard import NanGuard
+
+    for fused, kept_grads in ((True, True), (False, False)):
+        weight = torch.nn.Parameter(torch.ones(3))
+        optimizer = torch.optim.AdamW([weight], lr=0.1, fused=fused, foreach=False if not fused else None)
+        trainer = SimpleNamespace(step_loss=torch.tensor(float("nan")), step_grad_norm=torch.tensor(1.0))
+        weight.grad = torch.ones(3)
+        NanGuard("skip_step").before_update(trainer, optimizer)
+        assert trainer.step_bad.item() == 1.0 and trainer.step_loss is None
+        assert (weight.grad is not None) == kept_grads and (getattr(optimizer, "found_inf", None) is not None) == fused
+        optimizer.step()
+        assert torch.equal(weight.detach(), torch.ones(3)) and not optimizer.state.get(weight, {}).get("step", 0)

@@ -16,17 +16,17 @@ def test_probes_per_checkpoint_leave_training_unchanged_and_survive_a_resume(tin
     stopped = threading.Event()
     events = []
 
-    def stop_after_step_6(event):
+    def stop_after_step_6(event):  # step 6's numbers are read during step 7, which then ends the run
         events.append(event)
         if event.type == "step" and event.metrics.step >= 6 and not stopped.is_set():
             stopped.set()
             control.request_stop()
 
     first = run_training(config, stop_after_step_6, control)
-    assert first.status == "stopped" and first.step == 6, first.error
+    assert first.status == "stopped" and first.step == 7, first.error
     run = RunFolder(first.run_dir)
-    assert [(r["step"], r["base"]) for r in read_jsonl(run.probes_path)] == [(0, True), (5, False), (6, False)]
-    assert [e.label for e in events if e.type == "probes"] == ["base", "step 5", "step 6"]
+    assert [(r["step"], r["base"]) for r in read_jsonl(run.probes_path)] == [(0, True), (5, False), (7, False)]
+    assert [e.label for e in events if e.type == "probes"] == ["base", "step 5", "step 7"]
     resumed = run_training(resume_from=first.run_dir)
     assert resumed.status == "finished", resumed.error
 
@@ -35,7 +35,7 @@ def test_probes_per_checkpoint_leave_training_unchanged_and_survive_a_resume(tin
     assert resumed.adapter_digest == tiny_run.adapter_digest
 
     history = run.history()  # the resumed run kept the earlier columns
-    assert [p.label for p in history.probes] == ["base", "step 5", "step 6", "step 10", "step 12"]
+    assert [p.label for p in history.probes] == ["base", "step 5", "step 7", "step 10", "step 12"]
     for probe in history.probes:
         assert [a["prompt"] for a in probe.answers] == PROBES and probe.seconds > 0
         assert all(0 <= a["tokens"] <= 8 and isinstance(a["reply"], str) for a in probe.answers)

@@ -100,6 +100,8 @@ def test_pause_holds_the_step_and_stop_saves(tiny_config):
     config = tiny_config.with_overrides({"train.max_steps": 40, "train.save_every_steps": 100})
     control = TrainControl()
 
+    # Step 3's numbers are read while step 4 is queued (training/step_logs.py), so a pause asked for
+    # then holds after step 4: the step in flight finishes, as it would for a click in the window.
     def react(event, control):
         if event["type"] == "step" and event["metrics"]["step"] == 3:
             control.pause()
@@ -111,20 +113,20 @@ def test_pause_holds_the_step_and_stop_saves(tiny_config):
         seen.append(event)
         if event["type"] == "paused":
             break
-    assert event["step"] == 3
+    assert event["step"] == 4 and [e["metrics"]["step"] for e in seen if e["type"] == "step"][-1] == 4
     with pytest.raises(queue.Empty):  # nothing trains while paused
         events.get(timeout=1.5)
     control.request_save()  # served while paused
     saved = events.get(timeout=30)
-    assert saved["type"] == "checkpoint" and saved["step"] == 3 and saved["reason"] == "requested"
+    assert saved["type"] == "checkpoint" and saved["step"] == 4 and saved["reason"] == "requested"
     control.request_stop()  # stop while paused: no further step runs
     thread.join(timeout=120)
     r = result["r"]
-    assert r.status == "stopped" and r.step == 3
+    assert r.status == "stopped" and r.step == 4
     run = RunFolder(r.run_dir)
     assert run.read_status()["status"] == "stopped"
-    assert [m["step"] for m in run.read_metrics()] == [1, 2, 3]
-    assert run.latest_checkpoint().name == "step-000003"
+    assert [m["step"] for m in run.read_metrics()] == [1, 2, 3, 4]
+    assert run.latest_checkpoint().name == "step-000004"
     assert (run.adapter_dir / "adapter_model.safetensors").is_file()
 
 
@@ -138,7 +140,7 @@ def test_save_now_and_extend_from_another_thread(tiny_config):
         if event["type"] == "step" and event["metrics"]["step"] == 4:
             control.extend(5)
 
-    thread, events, result = run_in_thread(config, control, react)
+    thread, events, result = run_in_thread(config, control, react)  # each served after the step in flight
     thread.join(timeout=180)
     r = result["r"]
     all_events = []
@@ -146,7 +148,7 @@ def test_save_now_and_extend_from_another_thread(tiny_config):
         all_events.append(events.get())
     assert r.status == "finished" and r.step == 13
     checkpoints = [(e["step"], e["reason"]) for e in all_events if e["type"] == "checkpoint"]
-    assert (2, "requested") in checkpoints and (4, "extend") in checkpoints and (13, "scheduled") in checkpoints
+    assert (3, "requested") in checkpoints and (5, "extend") in checkpoints and (13, "scheduled") in checkpoints
     changed = [e for e in all_events if e["type"] == "settings_changed"]
     assert changed and changed[0]["changes"]["max_steps"] == [8, 13]
     steps = [m["step"] for m in RunFolder(r.run_dir).read_metrics()]
@@ -165,20 +167,20 @@ def test_resume_continues_the_step_count_exactly(tiny_config):
     thread, _, result = run_in_thread(config, control, react)
     thread.join(timeout=120)
     stopped = result["r"]
-    assert stopped.status == "stopped" and stopped.step == 4
+    assert stopped.status == "stopped" and stopped.step == 5  # after the step in flight
 
     events = []
     resumed = run_training(None, collect(events), resume_from=stopped.run_dir)
     assert resumed.status == "finished" and resumed.step == 10
     steps = [e["metrics"]["step"] for e in events if e["type"] == "step"]
-    assert steps == list(range(5, 11))
+    assert steps == list(range(6, 11))
     run = RunFolder(stopped.run_dir)
     metrics = run.read_metrics()
     assert [m["step"] for m in metrics] == list(range(1, 11))
-    assert metrics[4]["tokens"] > metrics[3]["tokens"]  # token count carried over
-    assert metrics[4]["elapsed_s"] >= metrics[3]["elapsed_s"]
+    assert metrics[5]["tokens"] > metrics[4]["tokens"]  # token count carried over
+    assert metrics[5]["elapsed_s"] >= metrics[4]["elapsed_s"]
     started = [e for e in events if e["type"] == "run_started"][0]
-    assert started["start_step"] == 4
+    assert started["start_step"] == 5
 
     # Issue 12: resuming a finished run trained one more step each time. It must say it is finished.
     adapter = (run.adapter_dir / "adapter_model.safetensors").read_bytes()

@@ -77,6 +77,7 @@ VARIANTS = {
     "unpacked_grouped": ({"data.packing": "off"}, {"QLORA_STUDIO_LEVERS": "group_by_length"}),
     "offload": ({"train.offload_checkpoints": "on"}, {}),
     "sync_offload": ({"train.offload_checkpoints": "on"}, {"QLORA_STUDIO_LEVERS": "sync_offload"}),
+    "sync_logs": ({}, {"QLORA_STUDIO_LEVERS": "sync_logs"}),
     "tiled": ({"train.tiled_mlp": "on"}, {}),
     "offload_tiled": ({"train.offload_checkpoints": "on", "train.tiled_mlp": "on"}, {}),
     "expandable_off": ({}, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}),

@@ -233,7 +233,6 @@ class Session:
         bad_step = self.guard.judge(step, loss, grad_norm, bad)
         if bad_step is None or self.diverged is not None:  # after a stop, later steps are only logged
             return
-        self.bad_step = bad_step
         if bad_step.stop:
             message = self._diverged_message(bad_step)
             self.diverged = DivergedError(message)

@@ -59,8 +59,6 @@ class StepMeter:
             return self.last
         tokens = int(state.num_input_tokens_seen)
         began, ended, elapsed = self._ended.pop(state.global_step, (None, None, self.elapsed()))
-        for step in [s for s in self._ended if s < state.global_step]:  # steps never logged (none, normally)
-            del self._ended[step]
         window = max(_seconds_between(began, ended), 1e-9)
         metrics = ev.StepMetrics(
             step=state.global_step,

@@ -66,16 +66,24 @@ def apply_lora(model, settings: LoraSettings) -> tuple[Any, list[str]]:
     return get_peft_model(model, build_lora_config(settings, targets)), targets
 
 
+# The lean forward's masked input (dropout applied) is made this many bytes at a time: the down
+# projection's input at 8k tokens of an 8B model is 224 MiB, and its recompute is where a
+# checkpointed step peaks.
+MASKED_CHUNK_BYTES = 64 * 1024**2
+
+
 def lean_4bit_lora(model) -> int:
     """Give every peft LoRA layer over a bitsandbytes 4-bit linear a leaner forward; returns how many.
 
     peft's forward clones the base output ("defensively", for old torch), then materializes
     B(A(x)), scales it and adds it: four more passes over the layer's output, in the forward and
     again in the checkpointed recompute. Here the adapter's product is added inside one GEMM
-    (`addmm` with alpha = scaling), so the output is written once. Same dropout per linear, same
-    adapters, same gradients (the sum is rounded once instead of three times). Anything unusual
-    (DoRA and other variants, several or disabled adapters, merged weights, adapter_names, an
-    adapter bias) takes peft's own forward."""
+    (`addmm` with alpha = scaling), so the output is written once; and `LoraProduct` saves the
+    layer's input and a 1-byte dropout mask instead of the dropped-out copy of the input. Same
+    dropout per linear, same adapters, same gradients (the sum is rounded once instead of three
+    times). Anything unusual (DoRA and other variants, several or disabled adapters, merged
+    weights, adapter_names, an adapter bias, adapters in another dtype than the input without
+    autocast) takes peft's own forward."""
     from peft.tuners.lora.bnb import Linear4bit
 
     layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
@@ -86,7 +94,8 @@ def lean_4bit_lora(model) -> int:
 
 def _lean_forward(layer):
     import torch
-    import torch.nn.functional as F
+
+    from qlora_studio.core.model.lora_product import LoraProduct
 
     peft_forward = type(layer).forward.__get__(layer)
 
@@ -97,15 +106,17 @@ def _lean_forward(layer):
                 or name in layer.lora_variant or layer.lora_B[name].bias is not None):
             return peft_forward(x, *args, **kwargs)
         result = layer.base_layer(x, *args)
-        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
-        if torch.is_autocast_enabled(x.device.type):  # addmm runs in the autocast dtype, as F.linear does
-            hidden = F.linear(layer.lora_dropout[name](x), a)
-        else:  # peft's rule: the adapter in its own dtype, the sum in the base output's
-            hidden = F.linear(layer.lora_dropout[name](x.to(a.dtype)), a).to(result.dtype)
-            b = b.to(result.dtype)
-        out = torch.addmm(result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), b.t(),
-                          alpha=layer.scaling[name])
-        return out.view(result.shape)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # the adapter runs in the autocast dtype, as F.linear would
+            dtype = torch.get_autocast_dtype(device)
+        elif x.dtype == result.dtype == layer.lora_A[name].weight.dtype:
+            dtype = x.dtype
+        else:  # peft's rule without autocast: the adapter in its own dtype, the sum in the base output's
+            return peft_forward(x, *args, **kwargs)
+        dropout = layer.lora_dropout[name]
+        p = dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+        return LoraProduct.apply(x.to(dtype), result.to(dtype).contiguous(), layer.lora_A[name].weight,
+                                 layer.lora_B[name].weight, layer.scaling[name], p, MASKED_CHUNK_BYTES)
 
     return forward
 

@@ -29,9 +29,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def load_qlora(folder, attn: str = "sdpa", seed: int = 0, dtype: torch.dtype = torch.float32):
+def load_qlora(folder, attn: str = "sdpa", seed: int = 0, dtype: torch.dtype = torch.float32, dropout: float = 0.0):
     """4-bit NF4 + double quant, fp32 compute, LoRA on every linear layer with random B (so A gets
-    gradients too) and no dropout (its masks would fall differently packed and padded)."""
+    gradients too) and no dropout unless asked (its masks would fall differently packed and padded)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -46,7 +46,7 @@ def load_qlora(folder, attn: str = "sdpa", seed: int = 0, dtype: torch.dtype = t
     register()
     model.set_attn_implementation(attn)
     torch.manual_seed(seed)
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False,
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear", init_lora_weights=False,
                       task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
 
@@ -411,3 +411,92 @@ def test_lean_4bit_lora_forward_matches_peft(tiny_model):
     peft_bf16, lean_bf16 = error(runs[torch.bfloat16, False]), error(runs[torch.bfloat16, True])
     assert lean_bf16[0] <= 1.1 * peft_bf16[0] and lean_bf16[1] <= 1.1 * peft_bf16[1], (lean_bf16, peft_bf16)
     torch.testing.assert_close(runs[torch.bfloat16, True][2], runs[torch.bfloat16, False][2], rtol=0, atol=0)
+
+
+def test_lora_product_gradients_with_dropout():
+    """The lean adapter product's hand-written backward, dropout on and its masked input cut into
+    row chunks, against finite differences (each call reseeded, so the masks are the same)."""
+    from qlora_studio.core.model.lora_product import LoraProduct
+    g = torch.Generator().manual_seed(0)
+    x, result = torch.randn(2, 5, 16, generator=g, dtype=torch.float64), torch.randn(2, 5, 6, generator=g, dtype=torch.float64)
+    a, b = torch.randn(4, 16, generator=g, dtype=torch.float64), torch.randn(6, 4, generator=g, dtype=torch.float64)
+
+    def product(x, result, a, b):
+        torch.manual_seed(1)
+        # the product adds into the base output in place: here a copy of a leaf stands for it
+        return LoraProduct.apply(x, result.clone(), a, b, 0.5, 0.3, 3 * 16 * 8)  # 3 rows of 16 float64 per chunk
+
+    inputs = tuple(t.requires_grad_() for t in (x, result, a, b))
+    assert torch.autograd.gradcheck(product, inputs)
+
+    class Viewed(torch.autograd.Function):  # as bitsandbytes' 4-bit matmul returns a biased layer's output
+        @staticmethod
+        def forward(ctx, t):
+            return t.view(t.shape)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad
+
+    def product_into_a_view(x, result, a, b):
+        torch.manual_seed(1)
+        return LoraProduct.apply(x, Viewed.apply(result.clone()), a, b, 0.5, 0.3, 3 * 16 * 8)
+
+    torch.testing.assert_close(product_into_a_view(*inputs), product(*inputs))
+    assert torch.autograd.gradcheck(product_into_a_view, inputs)
+    torch.manual_seed(1)
+    keep = torch.cat([torch.native_dropout(torch.ones(rows, 16, dtype=torch.float64), 0.3, True)[1] for rows in (3, 3, 3, 1)])
+    expected = result + 0.5 * ((x * keep.view(2, 5, 16) / 0.7) @ a.t()) @ b.t()
+    torch.testing.assert_close(product(*inputs), expected)
+
+
+def test_lean_4bit_lora_saves_a_mask_not_a_dropped_copy(tiny_model):
+    """With dropout, peft's forward saves a dropped-out copy of the input for every adapted linear;
+    the lean one saves the input itself (already alive), a 1-byte mask and the rank-r product."""
+    from qlora_studio.core.model.lora import lean_4bit_lora
+
+    def saved_beyond_input(lean: bool) -> tuple[int, int, int]:
+        model = load_qlora(tiny_model, dropout=0.25)
+        if lean:
+            lean_4bit_lora(model)
+        model.train()
+        layer = model.base_model.model.model.layers[0].mlp.down_proj
+        x = torch.randn(3, 7, layer.in_features, requires_grad=True)
+        storages = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x).sum().backward()
+        assert x.grad is not None and layer.lora_A["default"].weight.grad is not None
+        r = layer.lora_A["default"].weight.shape[0]
+        adapters = 4 * r * (layer.in_features + layer.out_features) + 4 * x.shape[0] * x.shape[1] * r
+        return sum(storages.values()), x.numel(), adapters
+
+    lean, numel, adapters = saved_beyond_input(True)
+    peft, _, _ = saved_beyond_input(False)
+    assert lean <= numel + adapters, (lean, numel, adapters)  # the bool mask and the adapter's small tensors
+    assert peft >= lean + 4 * numel, (lean, peft)  # peft: at least one fp32 copy of x more
+
+
+def test_lean_4bit_lora_dropout_masks_are_redrawn_alike_under_checkpointing(tiny_model):
+    """The recomputed forward must draw the masks the first forward used, or the adapters'
+    gradients would mix two masks: checkpointed gradients equal those kept in memory."""
+    from qlora_studio.core.model.lora import lean_4bit_lora
+
+    batch = padded_batch(make_rows(4, seed=7))
+    grads = []
+    for checkpointing in (False, True):
+        model = load_qlora(tiny_model, dropout=0.25)
+        lean_4bit_lora(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        torch.manual_seed(3)
+        model(**batch).loss.backward()
+        grads.append(lora_grads(model))
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)

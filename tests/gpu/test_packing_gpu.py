@@ -133,3 +133,43 @@ def test_real_out_of_memory_halves_the_packed_token_budget(tmp_path):
     assert changes and all("tokens_per_batch" in c for c in tried), tried
     metrics = RunFolder(result.run_dir).read_metrics()
     assert {m["tokens_per_batch"] * m["grad_accum"] for m in metrics} == {64 * 256}
+
+
+def test_lora_product_on_cuda_draws_the_mask_checkpointing_redraws():
+    """The lean adapter product on CUDA in bf16, dropout on and the masked input in several chunks:
+    output as the formula gives with the masks the same seed draws chunk by chunk; gradients equal under
+    non-reentrant checkpointing (its recompute restores the CUDA RNG, so the mask is drawn alike)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from qlora_studio.core.model.lora_product import LoraProduct
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=g) * scale).to(torch.bfloat16).requires_grad_()
+
+    x, result, a, b = leaf(1, 4500, 4096), leaf(1, 4500, 1024), leaf(16, 4096, scale=0.02), leaf(1024, 16, scale=0.02)
+
+    def run(fn):
+        torch.manual_seed(7)
+        for t in (x, result, a, b):
+            t.grad = None
+        out = fn(x, result, a, b)
+        (out.float() ** 2).sum().backward()
+        return out.detach(), [t.grad.clone() for t in (x, result, a, b)]
+
+    def product(*tensors):
+        x, result, a, b = tensors  # a copy of the leaf stands for the base output the product adds into
+        return LoraProduct.apply(x, result.clone(), a, b, 2.0, 0.1, 1000 * 4096 * 2)  # 4 chunks of 1,000 rows and a rest
+
+    out, grads = run(product)
+    torch.manual_seed(7)
+    ones = torch.ones(1000, 4096, device="cuda", dtype=torch.bfloat16)
+    keep = torch.cat([torch.native_dropout(ones[:rows], 0.1, True)[1] for rows in (1000,) * 4 + (500,)]).view(1, 4500, 4096)
+    with torch.no_grad():
+        expected = result.float() + 2.0 * ((x.float() * keep / 0.9) @ a.float().t()) @ b.float().t()
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+    assert 0.08 < 1 - keep.float().mean().item() < 0.12
+    _, checkpointed = run(lambda *t: checkpoint(product, *t, use_reentrant=False))
+    for what, grad, again in zip(("x", "result", "a", "b"), grads, checkpointed):
+        torch.testing.assert_close(again, grad, rtol=0, atol=0, msg=what)

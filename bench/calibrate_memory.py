@@ -151,7 +151,7 @@ def main() -> None:
             except torch.OutOfMemoryError:
                 record["oom"] = True
             predicted = estimate(shp, double_quant=dq, seq_len=seq, micro_batch=batch, lora_r=r,
-                                 gradient_checkpointing=ckpt, liger=args.liger)
+                                 gradient_checkpointing=ckpt, liger=args.liger, lean_lora=False)
             record["predicted_peak"] = predicted.peak_allocated_bytes
             results.append(record)
             if record.get("peak_allocated"):

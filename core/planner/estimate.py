@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qlora_studio.core.config.choices import LORA_TARGET_GROUPS, OPTIMIZERS
-from qlora_studio.core.model.lora import select_targets
+from qlora_studio.core.model.lora import MASKED_CHUNK_BYTES, select_targets
 from qlora_studio.core.model.quant_layout import CUDA_ALLOC_ROUND, int8_bytes, packed_4bit_bytes, quant_constants_4bit_bytes
 from qlora_studio.core.model.shape import ModelShape
 
@@ -64,9 +64,10 @@ CUDA_CONTEXT_BYTES = 600 * MIB
 # reserved), which is how an 8B run at 32k tokens that the planner said fitted 24 GB died in
 # step 2. Expandable segments (our default, devices.configure_cuda_allocator) map pages on demand
 # and give them back before failing; the margin below is the most bench/validate_planner.py
-# measured where the cap pressed (24 GB, 32k: 3.56%). Unpressed, reserved runs further ahead (10% at
-# 80k tokens), but capped 2% above that run's peak the same run trained with 2.1% (H100, tests/core/
-# test_planner.py checks the margin against the results).
+# measured where the cap pressed when it was set (24 GB, 32k: 3.56%). Reserved near the cap is
+# bounded by it and runs further ahead when pages are free (3.8-5.2% in runs that trained at 16k-64k
+# with the lean LoRA forward); what tests/core/test_planner.py checks is that every verdict on the
+# validation grid is right and every total covers what its run allocated.
 MLP_NAME_HINTS = LORA_TARGET_GROUPS["mlp"]
 ALLOCATOR_SLACK_EXPANDABLE = 0.036
 ALLOCATOR_SLACK_FIXED_SEGMENTS = 0.26
@@ -177,14 +178,17 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
              target_modules: str | list[str] = "all-linear", lora_dropout: float = 0.05, use_dora: bool = False,
              optimizer: str = "adamw", model_name: str = "", liger: bool = False, packed: bool = False,
              attention: str = "sdpa", masked: bool = False, offload: bool = False, loss: str | None = None,
-             expandable_segments: bool = True, checkpoint_every: int = 1, mlp_tile: int | None = None) -> Estimate:
+             expandable_segments: bool = True, checkpoint_every: int = 1, mlp_tile: int | None = None,
+             lean_lora: bool = True) -> Estimate:
     """Peak memory of one QLoRA training step on one GPU, part by part.
 
     `packed`: one sequence of seq_len tokens holding several rows (micro_batch is 1); `masked`:
     padded rows of different lengths, so sdpa gets a padding mask (fixed-length rows get none);
     `loss`: full | liger | chunked (default: liger when `liger`, else full); `checkpoint_every`:
     checkpoint only every n-th layer (the others keep their activations); `mlp_tile`: the MLP runs
-    over tiles of this many tokens, recomputed in the backward, so only one tile's MLP activations exist.
+    over tiles of this many tokens, recomputed in the backward, so only one tile's MLP activations exist;
+    `lean_lora`: training applies our LoRA forward (model/lora.py) to the 4-bit layers, as every run does
+    (False: peft's own forward, as the calibration runs in bench/calibrate_memory.py measured).
     """
     notes: list[str] = []
     loss = loss or ("liger" if liger else "full")
@@ -200,7 +204,9 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
         notes.append("paged optimizer states live in unified memory and move to CPU RAM under pressure: not counted")
 
     tokens = seq_len * micro_batch
-    attn_per_token, mlp_per_token = _layer_bytes_per_token(shape, targets, lora_r, lora_dropout, compute_bytes, liger)
+    lean_lora = lean_lora and mode == "4bit" and not use_dora  # peft's own forward on other layers and with DoRA
+    attn_per_token, mlp_per_token = _layer_bytes_per_token(shape, targets, lora_r, lora_dropout, compute_bytes, liger,
+                                                           lean_lora)
     if (packed or masked) and attention == "sdpa" and shape.kv_heads != shape.heads:
         # with a mask transformers expands grouped key/value heads before sdpa, and they are saved
         attn_per_token += compute_bytes * 2 * (shape.heads - shape.kv_heads) * shape.head_dim
@@ -208,7 +214,15 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
     mlp_tokens = min(tokens, mlp_tile) if mlp_tile and gradient_checkpointing else tokens
     # the layer being recomputed in the backward: with a tiled MLP, one tile of MLP activations
     recomputed = int(tokens * attn_per_token + mlp_tokens * mlp_per_token)
-    if lora_dropout > 0 and any(lin.leaf in targets and _in_mlp(lin) for lin in shape.layer_linears):
+    if lean_lora and any(lin.leaf in targets and _in_mlp(lin) for lin in shape.layer_linears):
+        # The lean forward saves the MLP's inputs themselves (counted above); at the down
+        # projection two hidden states more are alive than the saved tensors give. Measured 16.7-17.8
+        # KB per token on Llama-3.1-8B at 32k-64k tokens (bench/results/planner-validation-*),
+        # 2 x 4,096 x 2 = 16.4; and with dropout the masked input is made a chunk at a time.
+        recomputed += 2 * mlp_tokens * compute_bytes * shape.hidden
+        if lora_dropout > 0:
+            recomputed += min(MASKED_CHUNK_BYTES, mlp_tokens * compute_bytes * shape.intermediate)
+    elif lora_dropout > 0 and any(lin.leaf in targets and _in_mlp(lin) for lin in shape.layer_linears):
         # Its peak comes as the down projection is recomputed: the MLP's input and the SwiGLU
         # output are still alive in the forward's frames, although only LoRA dropout's copies of
         # them are saved. Measured 37-42 KB per token on Llama-3.1-8B at 16k-64k tokens
@@ -339,9 +353,10 @@ def _attention_bytes(shape: ModelShape, attention: str, packed: bool, masked: bo
 
 
 def _layer_bytes_per_token(shape: ModelShape, targets: set[str], r: int, dropout: float, c: int,
-                           liger: bool = False) -> tuple[float, float]:
+                           liger: bool = False, lean_lora: bool = False) -> tuple[float, float]:
     """Bytes one decoder layer saves for backward, per token (see the module docstring): (the
-    norms and attention part, the MLP part)."""
+    norms and attention part, the MLP part). peft's LoRA forward saves each adapted linear's
+    dropped-out input; the lean one (`lean_lora`) saves the input itself, once, and a 1-byte mask."""
     # RMSNorm keeps an fp32 copy of its input; Liger's keeps the input as it is (and a scalar per row).
     attn = (c if liger else 4.0) * shape.hidden * shape.norms_per_layer
     mlp = 0.0
@@ -352,7 +367,9 @@ def _layer_bytes_per_token(shape: ModelShape, targets: set[str], r: int, dropout
         in_mlp = _in_mlp(lin)
         added = c * r  # lora_B's input
         if dropout > 0:
-            added += (c + 1) * lin.in_features  # dropout output (compute dtype) + its mask
+            added += lin.in_features  # the dropout mask
+        if dropout > 0 and not lean_lora:
+            added += c * lin.in_features  # peft: the dropout output
         elif (in_mlp, lin.in_features) not in seen_inputs:
             added += c * lin.in_features  # shared input, kept once
             seen_inputs.add((in_mlp, lin.in_features))

@@ -47,7 +47,7 @@ def test_peak_predictions_against_measured_gpu_runs(calibration):
         predicted = estimate(shape_of(g["shape"]), double_quant=g["double_quant"], seq_len=g["seq_len"],
                              micro_batch=g["micro_batch"], lora_r=g["lora_r"],
                              gradient_checkpointing=g["gradient_checkpointing"],
-                             liger=g.get("liger", False)).peak_allocated_bytes
+                             liger=g.get("liger", False), lean_lora=False).peak_allocated_bytes  # peft's forward ran
         errors.append(abs(predicted / g["peak_allocated"] - 1))
     assert statistics.median(errors) <= 0.05, errors
     assert max(errors) <= 0.10, errors

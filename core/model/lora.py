@@ -77,9 +77,9 @@ def lean_4bit_lora(model) -> int:
 
     peft's forward clones the base output ("defensively", for old torch), then materializes
     B(A(x)), scales it and adds it: four more passes over the layer's output, in the forward and
-    again in the checkpointed recompute. Here the adapter's product is added inside one GEMM
-    (`addmm` with alpha = scaling), so the output is written once; and `LoraProduct` saves the
-    layer's input and a 1-byte dropout mask instead of the dropped-out copy of the input. Same
+    again in the checkpointed recompute. Here `LoraProduct` adds the adapter's product into the
+    base output by one GEMM (`addmm_` with alpha = scaling), and saves the layer's input and a
+    1-byte dropout mask instead of a dropped-out copy of the input. Same
     dropout per linear, same adapters, same gradients (the sum is rounded once instead of three
     times). Anything unusual (DoRA and other variants, several or disabled adapters, merged
     weights, adapter_names, an adapter bias, adapters in another dtype than the input without

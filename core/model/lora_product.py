@@ -12,9 +12,9 @@ def _row_chunks(x2d, chunk_bytes: int):
 
 
 class LoraProduct(torch.autograd.Function):
-    """result += scaling * B(dropout_p(x) A^T) (result is the base layer's output, updated in place), saving x, 1-byte dropout masks and the rank-r
-    product for backward, not the dropped-out input: that copy costs as much as x in the compute
-    dtype for every adapted linear, although x itself is alive or saved anyway.
+    """result += scaling * B(dropout_p(x) A^T), into the base layer's output, saving x, 1-byte
+    dropout masks and the rank-r product for backward, not the dropped-out input: that copy costs as
+    much as x in the compute dtype for every adapted linear, although x itself is alive or saved anyway.
 
     Written by hand because neither torch nor peft has the op: autograd saves what each op needs,
     and dropout's output is what the adapter's first matmul needs. The dropped-out input is made
@@ -25,7 +25,7 @@ class LoraProduct(torch.autograd.Function):
         # The adapters are cast to the compute dtype here rather than by autograd: two fewer graph
         # nodes per linear, and the host's share of a step is what limits an 8B step on an H100.
         a, b = a.to(x.dtype), b.to(x.dtype)
-        x2d = x.view(-1, x.shape[-1]) if x.is_contiguous() else x.reshape(-1, x.shape[-1])
+        x2d = x.reshape(-1, x.shape[-1])
         chunks = _row_chunks(x2d, chunk_bytes)
         masks, hiddens = [], []
         for rows in chunks:

@@ -79,9 +79,8 @@ def lean_4bit_lora(model) -> int:
     B(A(x)), scales it and adds it: four more passes over the layer's output, in the forward and
     again in the checkpointed recompute. Here `LoraProduct` adds the adapter's product into the
     base output by one GEMM (`addmm_` with alpha = scaling), and saves the layer's input and a
-    1-byte dropout mask instead of a dropped-out copy of the input. Same
-    dropout per linear, same adapters, same gradients (the sum is rounded once instead of three
-    times). Anything unusual (DoRA and other variants, several or disabled adapters, merged
+    1-byte dropout mask instead of a dropped-out copy of the input. Same dropout per linear, same
+    adapters, same gradients (the sum is rounded once instead of three times). Anything unusual (DoRA and other variants, several or disabled adapters, merged
     weights, adapter_names, an adapter bias, adapters in another dtype than the input without
     autocast) takes peft's own forward."""
     from peft.tuners.lora.bnb import Linear4bit

@@ -37,7 +37,7 @@ class LoraProduct(torch.autograd.Function):
             del dropped
         hidden = hiddens[0] if len(hiddens) == 1 else torch.cat(hiddens)
         ctx.save_for_backward(x, a, b, hidden, *masks)
-        ctx.scaling, ctx.keep_scale, ctx.chunk_bytes = scaling, 1.0 / (1.0 - p), chunk_bytes
+        ctx.scaling, ctx.keep_scale, ctx.chunks = scaling, 1.0 / (1.0 - p), chunks
         if result._is_view():  # e.g. a 4-bit layer with a bias: autograd forbids changing its output in place
             return torch.addmm(result.reshape(-1, result.shape[-1]), hidden, b.t(), alpha=scaling).view(result.shape)
         # Into the base output itself: out-of-place addmm first copies it whole (a device-to-device
@@ -60,7 +60,7 @@ class LoraProduct(torch.autograd.Function):
         grad_a = None
         if need_a and len(masks) > 1:
             grad_a = torch.zeros(a.shape, dtype=torch.float32, device=a.device)
-            for rows, mask in zip(_row_chunks(x2d, ctx.chunk_bytes), masks):
+            for rows, mask in zip(ctx.chunks, masks):
                 kept = torch.ops.aten.native_dropout_backward(x2d[rows], mask, 1.0)
                 grad_a += torch.mm(grad_hidden[rows].t(), kept)
                 del kept
@@ -74,7 +74,7 @@ class LoraProduct(torch.autograd.Function):
             if len(masks) == 1:  # one fused kernel, as dropout's own backward
                 grad_x = torch.ops.aten.native_dropout_backward(grad_x, masks[0], 1.0)
             else:
-                for rows, mask in zip(_row_chunks(x2d, ctx.chunk_bytes), masks):
+                for rows, mask in zip(ctx.chunks, masks):
                     grad_x[rows].mul_(mask)
             grad_x = grad_x.view(x.shape)
         grad_result = g2d.view(grad_out.shape) if need_result else None

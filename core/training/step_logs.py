@@ -145,9 +145,10 @@ class LaggedStepLogs:
         if math.isfinite(loss_sum):
             self._total_loss_scalar += loss_sum
         grad_norm = norm if record.has_grad_norm else None
+        loss = loss_sum / record.steps
         if self.step_hooks is not None:
-            self.step_hooks.step_read(record.step, loss_sum / record.steps, grad_norm, bad)
-        logs = {"loss": loss_sum / record.steps, "learning_rate": record.learning_rate}
+            self.step_hooks.step_read(record.step, loss, grad_norm, bad)
+        logs = {"loss": loss, "learning_rate": record.learning_rate}
         if grad_norm is not None:
             logs["grad_norm"] = grad_norm
         with _as_of(state, record):

@@ -9,8 +9,6 @@ import warnings
 
 def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes' CPU backend warns at import that an optional Hub kernel is missing.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     for name in ("transformers", "peft", "accelerate", "datasets", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for module in ("transformers", "peft", "accelerate", "torch.utils.checkpoint", "bitsandbytes"):

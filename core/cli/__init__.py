@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from qlora_studio.core.model.consent import allow_pickle
 
         allow_pickle()  # this command only: the yes is never written into a config
+    if getattr(args, "allow_hub_kernels", False):
+        from qlora_studio.core.hub_kernels import allow_hub_kernels
+
+        allow_hub_kernels()
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
@@ -57,9 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     config_file.add_argument("config", nargs="?", help="config YAML (default: the demo)")
     config_file.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override a config key, e.g. --set train.max_steps=50 (repeatable)")
-    pickles = argparse.ArgumentParser(add_help=False)
+    pickles = argparse.ArgumentParser(add_help=False)  # consent to code that is not ours
     pickles.add_argument("--allow-pickle", action="store_true",
                          help="load pickled .bin/.pt weights, which can run code (without it only safetensors load)")
+    pickles.add_argument("--allow-hub-kernels", action="store_true",
+                         help="let libraries download compiled kernels from the Hugging Face Hub and run them "
+                              "(without it their local kernels run)")
     gpu_budget = argparse.ArgumentParser(add_help=False)
     gpu_budget.add_argument("--gpu-gb", type=float, help="card size in GiB (default: the detected GPU)")
 

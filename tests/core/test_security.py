@@ -4,10 +4,14 @@ shell commands, the Hub token, and the network when HF_HUB_OFFLINE is set."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
+import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +167,40 @@ def test_hf_hub_offline_means_no_connection_at_all(monkeypatch):
     with pytest.raises(DataError, match="cannot be fetched from the Hub: HF_HUB_OFFLINE is set"):
         load_parts(DataSettings(path="someone/not-cached-data"))
     assert attempts == []
+
+
+HUB_KERNEL_PROBE = """
+import os, sys
+import qlora_studio.core  # installs the gate, as every entry point does
+from qlora_studio.core.hub_kernels import HubKernelRefused, allow_hub_kernels
+import bitsandbytes  # on a CPU with AVX512-BF16 its CPU backend asks for a Hub kernel here
+import kernels
+if sys.argv[1] == "yes":
+    allow_hub_kernels()
+try:
+    kernels.get_kernel("kernels-community/quantization-bitsandbytes", version=1)
+except HubKernelRefused:
+    print("refused")
+except Exception as exc:  # the Hub stand-in has no such kernel
+    print("fetched", type(exc).__name__)
+"""
+
+
+def test_no_hub_kernel_is_fetched_or_reported_without_consent(tmp_path):
+    """transformers >= 5.25 installs `kernels`; bitsandbytes and transformers call it on their own."""
+    from fakehub import FakeHub
+
+    assert importlib.util.find_spec("kernels") is not None, "transformers brings kernels"
+    with FakeHub({}) as hub:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
+        env.pop("QLORA_STUDIO_ALLOW_HUB_KERNELS", None)
+
+        def probe(answer: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-c", HUB_KERNEL_PROBE, answer], env=env, capture_output=True,
+                                  text=True, timeout=120, cwd=tmp_path)
+
+        refused = probe("no")
+        assert refused.stdout.strip() == "refused" and refused.stderr == "" and hub.requests == []
+        allowed = probe("yes")  # the same call with consent does reach the (stand-in) Hub: the probe is live
+        assert allowed.stdout.startswith("fetched") and hub.requests, allowed.stderr

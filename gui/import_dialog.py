@@ -40,7 +40,8 @@ class ImportConfigDialog(QDialog):
             f"<b>{fmt.escape(imported.source.name)}</b> is a {TOOL_NAMES[imported.tool]} config: "
             f"<b>{len(imported.carried)}</b> settings carried over, <b>{len(dropped)}</b> not. "
             "The source tool's own defaults are written out where ours differ, so the import trains what it would "
-            "have trained. Check the model and the dataset path before you start.")
+            "have trained. Check the model and the dataset path before you start."
+            + "".join(f"<br><b>Replaced to run here:</b> {fmt.escape(line)}" for line in imported.replaced))
         summary.setObjectName("importSummary")
         summary.setWordWrap(True)
 

@@ -338,6 +338,8 @@ def cmd_import_config(args: argparse.Namespace) -> int:
         raise UserError(f"{out} exists; pass --force to overwrite it")
     imported = import_config(args.file, args.tool)
     print(imported.summary(), file=sys.stderr)
+    for line in imported.replaced:
+        print(f"  replaced: {line}", file=sys.stderr)
     for line in imported.dropped_lines():
         print(f"  not carried: {line}", file=sys.stderr)
     if out is None:

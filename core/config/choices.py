@@ -22,9 +22,11 @@ class OptimizerChoice:
 OPTIMIZERS: dict[str, OptimizerChoice] = {
     "adamw": OptimizerChoice("adamw_torch_fused", "adamw_torch_fused", 8, False, "AdamW, fused kernels"),
     "adamw_8bit": OptimizerChoice("adamw_bnb_8bit", "adamw_bnb_8bit", 2, False, "bitsandbytes' 8-bit AdamW states"),
-    "paged_adamw_8bit": OptimizerChoice("paged_adamw_8bit", "paged_adamw_8bit", 0, True,
+    # Paging is CUDA's unified memory: on the CPU the same optimizer runs unpaged (bitsandbytes would fall back
+    # to that itself, with a warning).
+    "paged_adamw_8bit": OptimizerChoice("paged_adamw_8bit", "adamw_bnb_8bit", 0, True,
                                         "8-bit states in unified memory, moved to CPU RAM under pressure"),
-    "paged_adamw_32bit": OptimizerChoice("paged_adamw_32bit", "paged_adamw_32bit", 0, True,
+    "paged_adamw_32bit": OptimizerChoice("paged_adamw_32bit", "adamw_torch_fused", 0, True,
                                          "32-bit states in unified memory, moved to CPU RAM under pressure"),
 }
 

@@ -12,7 +12,7 @@ have trained. Every key of the source ends up either carried or in `dropped` wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class ImportedConfig:
     config: RunConfig  # `raw` validated (our defaults for the rest)
     carried: list[str]  # "lora_r -> lora.r = 32"; "default: ..." lines are the source tool's defaults
     dropped: list[Dropped]
+    replaced: list[str] = field(default_factory=list)  # asked for, cannot run here: ours instead, and why
 
     @property
     def not_carried(self) -> list[Dropped]:
@@ -51,8 +52,9 @@ class ImportedConfig:
         return [d for d in self.dropped if d[2] != EMPTY]
 
     def summary(self) -> str:
-        return (f"{self.source.name}: {TOOL_NAMES[self.tool]} config; {len(self.carried)} settings carried, "
-                f"{len(self.not_carried)} not carried")
+        replaced = f", {len(self.replaced)} replaced to run here" if self.replaced else ""
+        return (f"{self.source.name}: {TOOL_NAMES[self.tool]} config; {len(self.carried)} settings carried"
+                f"{replaced}, {len(self.not_carried)} not carried")
 
     def dropped_lines(self, limit: int = 60) -> list[str]:
         return [f"{key} = {short(value, limit)}: {why}" for key, value, why in self.not_carried]
@@ -61,6 +63,9 @@ class ImportedConfig:
         """Our YAML (only the imported keys; our defaults fill the rest) under a header naming the
         source and every key not carried over."""
         header = [f"# Imported from {self.source.name} ({TOOL_NAMES[self.tool]}) by `qlora-studio import-config`."]
+        if self.replaced:
+            header.append("# Replaced, because it cannot run on the machine that imported it:")
+            header += [f"#   {line}" for line in self.replaced]
         if self.not_carried:
             header.append("# Not carried over:")
             header += [f"#   {key}: {short(value)}  -- {why}" for key, value, why in self.not_carried]
@@ -105,10 +110,14 @@ def import_dict(raw: dict[str, Any], tool: Tool | None = None, source_dir: str |
                 ) -> tuple[dict[str, Any], list[str], list[Dropped]]:
     """(our config as a plain dict, carried lines, dropped keys) from a parsed source mapping;
     LLaMA-Factory's dataset_dir is looked up next to `source_dir`."""
+    return _draft(raw, tool, source_dir).result()
+
+
+def _draft(raw: dict[str, Any], tool: Tool | None, source_dir: str | Path) -> Draft:
     tool = tool or detect_tool(raw)
     draft = Draft(tool, Path(source_dir))
     (axolotl.import_axolotl if tool == "axolotl" else llamafactory.import_llamafactory)(raw, draft)
-    return draft.result()
+    return draft
 
 
 def import_config(path: str | Path, tool: Tool | None = None) -> ImportedConfig:
@@ -117,10 +126,11 @@ def import_config(path: str | Path, tool: Tool | None = None) -> ImportedConfig:
     raw_source = read_source(path)
     tool = tool or detect_tool(raw_source)
     try:
-        raw, carried, dropped = import_dict(raw_source, tool, path.resolve().parent)
+        draft = _draft(raw_source, tool, path.resolve().parent)
     except ConfigImportError as exc:
         raise ConfigImportError(f"{path}: {exc}") from None
-    return ImportedConfig(path, tool, raw, validate_config(raw, f"{path} (imported)"), carried, dropped)
+    raw, carried, dropped = draft.result()
+    return ImportedConfig(path, tool, raw, validate_config(raw, f"{path} (imported)"), carried, dropped, draft.replaced)
 
 
 def short(value: Any, limit: int = 80) -> str:

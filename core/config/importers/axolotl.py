@@ -16,9 +16,11 @@ from qlora_studio.core.config.importers.common import (
     add_report_target,
     as_bool,
     as_number,
+    carry_attention,
     carry_bool,
     carry_number,
     carry_optimizer,
+    carry_processes,
     carry_scheduler,
     is_empty,
     split_output_dir,
@@ -107,7 +109,7 @@ def import_axolotl(raw: dict[str, Any], imp: Draft) -> None:
     attn = keys.take("attn_implementation")
     if attn is not None:
         if attn in ("eager", "sdpa", "flash_attention_2"):
-            imp.carry("attn_implementation", "model.attn_implementation", attn)
+            carry_attention(imp, "attn_implementation", attn)
         else:
             imp.drop("attn_implementation", attn, "QLoRA Studio offers auto, sdpa, eager, flash_attention_2")
     for key, ours in (("flash_attention", "flash_attention_2"), ("sdp_attention", "sdpa"), ("eager_attention", "eager")):
@@ -115,7 +117,7 @@ def import_axolotl(raw: dict[str, Any], imp: Draft) -> None:
         if value is None:
             continue
         if as_bool(value) and not imp.has("model.attn_implementation"):
-            imp.carry(key, "model.attn_implementation", ours, "deprecated axolotl switch")
+            carry_attention(imp, key, ours, "deprecated axolotl switch", asked=value)
         else:
             imp.drop(key, value, "attn_implementation decides" if as_bool(value) else "false: nothing to carry")
 
@@ -244,7 +246,7 @@ def import_axolotl(raw: dict[str, Any], imp: Draft) -> None:
         else:
             imp.drop("val_set_size", val, "data.validation_split is a fraction in [0, 1)")
     imp.default("data.validation_split", 0.0, "axolotl default val_set_size")
-    carry_number(imp, keys, "dataset_processes", "data.num_proc", integer=True, check=lambda v: v >= 1, rule="of at least 1")
+    carry_processes(imp, keys, "dataset_processes")
 
     # train
     carry_number(imp, keys, "num_epochs", "train.epochs", check=lambda v: v > 0, rule="above 0")

@@ -32,6 +32,7 @@ class Draft:
     config: dict[str, Any] = field(default_factory=dict)
     carried: list[str] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # what the file asked for that cannot run here, and ours instead
 
     def put(self, dotted: str, value: Any) -> None:
         node = self.config
@@ -51,6 +52,11 @@ class Draft:
     def carry(self, source: str, dotted: str, value: Any, note: str = "") -> None:
         self.put(dotted, value)
         self.carried.append(f"{source} -> {dotted} = {show(value)}" + (f" ({note})" if note else ""))
+
+    def replace(self, source: str, asked: Any, dotted: str, value: Any, why: str) -> None:
+        """Carry our `value` in place of what the file asked for (`asked`), which cannot run here."""
+        self.carry(source, dotted, value, f"instead of {show(asked)}")
+        self.replaced.append(f"{source}: {show(asked)} -> {dotted} = {show(value)}: {why}")
 
     def default(self, dotted: str, value: Any, why: str) -> None:
         """Write the source tool's default where the file does not set the key and ours differs."""
@@ -150,6 +156,17 @@ def carry_number(imp: Draft, keys: Keys, key: str, dotted: str, *, integer: bool
     return number
 
 
+def carry_processes(imp: Draft, keys: Keys, key: str) -> None:
+    """data.num_proc as the file asks, but no more than this machine's cores (more only costs memory)."""
+    import os
+
+    wanted = carry_number(imp, keys, key, "data.num_proc", integer=True, check=lambda v: v >= 1, rule="of at least 1")
+    cores = os.cpu_count() or 1
+    if wanted is not None and wanted > cores:
+        imp.replace(keys.name(key), wanted, "data.num_proc", cores,
+                    f"this machine has {cores} CPU cores; more tokenizing processes than cores only cost memory")
+
+
 def carry_bool(imp: Draft, keys: Keys, key: str, dotted: str, invert: bool = False) -> bool | None:
     value = keys.take(key)
     if value is None:
@@ -166,6 +183,25 @@ COMPUTE_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "torch.bfloat16": 
                   "float16": "float16", "fp16": "float16", "half": "float16", "torch.float16": "float16",
                   "float32": "float32", "fp32": "float32", "float": "float32", "torch.float32": "float32",
                   "auto": "auto"}
+
+# What an attention choice needs that this machine may lack: (importable module, what to install).
+ATTENTION_NEEDS = {"flash_attention_2": ("flash_attn", "the flash-attn package (CUDA GPUs only)")}
+
+
+def carry_attention(imp: Draft, source: str, ours: str, note: str = "", asked: Any = None) -> None:
+    """model.attn_implementation as the file asks where it runs here, else auto with a note saying why:
+    an imported config must train on the machine that imported it."""
+    import importlib.util
+
+    need = ATTENTION_NEEDS.get(ours)
+    if need is not None and importlib.util.find_spec(need[0]) is None:
+        imp.replace(source, ours if asked is None else asked, "model.attn_implementation", "auto",
+                    f"{ours} needs {need[1]}, which is not installed here; auto attention computes the same "
+                    f"(varlen on packed rows, SDPA otherwise). To keep the file's choice, install it and set "
+                    f"model.attn_implementation: {ours}")
+        return
+    imp.carry(source, "model.attn_implementation", ours, note)
+
 
 OPTIMIZER_NAMES = {
     "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw": "adamw",

@@ -15,9 +15,11 @@ from qlora_studio.core.config.importers.common import (
     as_bool,
     as_int,
     as_number,
+    carry_attention,
     carry_bool,
     carry_number,
     carry_optimizer,
+    carry_processes,
     carry_scheduler,
     is_empty,
     split_output_dir,
@@ -107,7 +109,7 @@ def import_llamafactory(raw: dict[str, Any], imp: Draft) -> None:
     if attn is not None:
         ours = {"auto": "auto", "sdpa": "sdpa", "fa2": "flash_attention_2", "disabled": "eager"}.get(str(attn))
         if ours:
-            imp.carry("flash_attn", "model.attn_implementation", ours)
+            carry_attention(imp, "flash_attn", ours)
         else:
             imp.drop("flash_attn", attn, "QLoRA Studio offers auto, sdpa, eager, flash_attention_2")
 
@@ -220,7 +222,7 @@ def import_llamafactory(raw: dict[str, Any], imp: Draft) -> None:
         else:
             imp.drop("val_size", val, "a number of rows: data.validation_split is a fraction in [0, 1)")
     imp.default("data.validation_split", 0.0, "LLaMA-Factory default val_size")
-    carry_number(imp, keys, "preprocessing_num_workers", "data.num_proc", integer=True, check=lambda v: v >= 1, rule="of at least 1")
+    carry_processes(imp, keys, "preprocessing_num_workers")
 
     # train (transformers' TrainingArguments names; its defaults where ours differ)
     carry_number(imp, keys, "num_train_epochs", "train.epochs", check=lambda v: v > 0, rule="above 0")

@@ -217,7 +217,7 @@ class MemoryPanel(QGroupBox):
         self.bar.set_parts(e.parts(), budget * GIB if budget else None)
         self._set_legend(e.parts())
         total = f"Predicted peak <b>{fmt.size(e.total_bytes)}</b> on the GPU"
-        self.total_label.setToolTip(e.headline() + "\n" + "\n".join(e.notes))
+        self.total_label.setToolTip(e.headline() + "\n" + "\n".join(e.warnings + e.decisions + e.notes))
         self.assumes_label.setText(f"<span style='color:#64748b'>{fmt.escape(e.includes())}; assumes "
                                    f"{fmt.escape(e.assumptions())}</span>")
         if budget:
@@ -240,9 +240,11 @@ class MemoryPanel(QGroupBox):
             self.dq_label.setText(f"Double quant is off: turning it on would save <b>{saving / 2**20:.1f} MiB</b>")
         else:
             self.dq_label.setText("Double quant is off: it would save nothing on layers this small")
-        if e.notes:  # what the estimate assumes (e.g. a shape from the built-in table, not the model's own)
-            self.dq_label.setText(self.dq_label.text() + "".join(
-                f"<br><span style='color:#b45309'>{fmt.escape(note)}</span>" for note in e.notes))
+        # What the run does to fit, and what the figure assumes, in plain colour; warning colour only for
+        # what needs the user's action.
+        self.dq_label.setText(self.dq_label.text() + "".join(
+            f"<br><span style='color:#b45309'>{fmt.escape(w)}</span>" for w in e.warnings) + "".join(
+            f"<br><span style='color:#64748b'>{fmt.escape(line)}</span>" for line in e.decisions + e.notes))
 
     # ---- make it fit ----
     def make_it_fit(self) -> None:

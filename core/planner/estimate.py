@@ -99,7 +99,9 @@ class Estimate:
     peak_allocated_bytes: int
     overhead_bytes: int  # context + slack
     total_bytes: int
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the figure leaves out or how it was made
+    decisions: list[str] = field(default_factory=list)  # what the run does to fit and be fast, for the user
+    warnings: list[str] = field(default_factory=list)  # what needs the user's action
     packed: bool = False
     attention: str = "sdpa"
     offload: bool = False
@@ -270,15 +272,18 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
     peak = weights + lora_bytes + gradients + optimizer_bytes + activations + RUNTIME_WORKSPACE_BYTES
     slack = int((ALLOCATOR_SLACK_EXPANDABLE if expandable_segments else ALLOCATOR_SLACK_FIXED_SEGMENTS) * peak)
     overhead = CUDA_CONTEXT_BYTES + slack
+    warnings = []
     if shape.max_position and seq_len > shape.max_position and not packed:  # packed rows are each <= max_length
-        notes.append(f"{seq_len:,} tokens exceed the model's {shape.max_position:,} positions")
+        warnings.append(f"{seq_len:,} tokens exceed the model's {shape.max_position:,} positions: lower "
+                        "data.max_length")
     return Estimate(
         model=model_name, mode=mode, double_quant=double_quant, seq_len=seq_len, micro_batch=micro_batch,
         gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, params=shape.total_params,
         weights_bytes=weights, quant_constants_bytes=constants, quant_constants_other_setting_bytes=constants_other,
         lora_params=lora_params, lora_bytes=lora_bytes, gradients_bytes=gradients, optimizer_bytes=optimizer_bytes,
         checkpoint_bytes=checkpoints, layer_activation_bytes=layer, logits_bytes=logits, activations_bytes=activations,
-        peak_allocated_bytes=peak, overhead_bytes=overhead, total_bytes=peak + overhead, notes=notes, packed=packed,
+        peak_allocated_bytes=peak, overhead_bytes=overhead, total_bytes=peak + overhead, notes=notes, warnings=warnings,
+        packed=packed,
         attention=attention, offload=offload and gradient_checkpointing, loss=loss,
         mlp_tile=mlp_tile if gradient_checkpointing and mlp_tile and tokens > mlp_tile else None,
         expandable_segments=expandable_segments, attention_bytes=attention_bytes, slack_bytes=slack, host_bytes=host,
@@ -426,5 +431,7 @@ def format_estimate(e: Estimate, budget_gb: float | None) -> str:
         lines.append(f"\n{verdict} in {budget_gb:g} GiB ({(budget_gb * GIB - e.total_bytes) / GIB:+.2f} GiB headroom)")
         if not e.fits(budget_gb):
             lines.append("try: qlora-studio fit CONFIG --gpu-gb " + f"{budget_gb:g}")
+    lines += [f"warning: {w}" for w in e.warnings]
+    lines += [f"how: {d}" for d in e.decisions]
     lines += [f"note: {n}" for n in e.notes]
     return "\n".join(lines)

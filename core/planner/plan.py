@@ -180,8 +180,29 @@ def estimate_config(config: RunConfig, budget_gb: float | None = None) -> Estima
 
 
 def with_reasons(e: Estimate, a: Assumptions) -> Estimate:
-    e.notes = [f"{lever}: {why}" for lever, why in a.reasons.items()] + e.notes
+    e.decisions = plain_decisions(a)
     return e
+
+
+def plain_decisions(a: Assumptions) -> list[str]:
+    """What the levers chosen mean for the user, one sentence each (the levers left off say nothing)."""
+    r = a.reasons
+    if a.packed:
+        lines = [f"Rows are packed into {a.seq_len:,}-token micro-batches with no padding; each row attends only "
+                 "to itself, so training computes what it would one row at a time."]
+    else:
+        lines = [f"Rows are padded into micro-batches of {a.micro_batch} ({r.get('packing', 'packing is off')})."]
+    if a.loss == "liger":
+        lines.append("The loss runs in Liger's fused kernel, a chunk at a time: the logits never exist whole.")
+    elif a.loss == "chunked":
+        lines.append("The loss is computed a chunk of tokens at a time: the logits over the whole vocabulary "
+                     "never exist at once.")
+    if a.offload:
+        lines.append(f"Layer checkpoints wait in pinned CPU memory instead of on the GPU (a little slower): "
+                     f"{r.get('offload', '')}.")
+    if a.mlp_tile:
+        lines.append(f"The MLP runs {a.mlp_tile:,} tokens at a time so that long rows fit (about 15% slower).")
+    return lines
 
 
 def detect_budget_gb() -> float | None:

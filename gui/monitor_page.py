@@ -210,8 +210,8 @@ class MonitorPage(QWidget):
         header = self.header
         header.title.setText(e.run_dir.rstrip("/").split("/")[-1] or "Run")
         header.device.setText(
-            f"{e.device_name} · {e.quantization.label} · {fmt.params(e.trainable_params)} trainable of "
-            f"{fmt.params(e.total_params)} · {e.train_rows:,} train / {e.eval_rows:,} eval rows")
+            f"{e.device_name} · {e.quantization.label} · {fmt.params(e.total_params)} parameters + "
+            f"{fmt.params(e.trainable_params)} trainable · {e.train_rows:,} train / {e.eval_rows:,} eval rows")
         header.set_plan(e.start_step, e.total_steps)
         header.set_status("running")
         self.tensorboard.show_for(e.run_dir, "tensorboard" in e.config.get("train", {}).get("report_to", []))

@@ -42,7 +42,7 @@ class ProgressPrinter:
                 self._say(f"run folder  {event.run_dir}")
                 self._say(f"device      {event.device_name} ({event.device}), {q.label}, compute {q.compute_dtype}")
                 self._say(f"data        {event.train_rows} training rows, {event.eval_rows} validation rows")
-                self._say(f"adapter     {event.trainable_params:,} trainable of {event.total_params:,} parameters")
+                self._say(f"adapter     {event.trainable_params:,} trainable parameters on the model's {event.total_params:,}")
                 if event.batching:
                     self._say(f"batches     {event.batching}")
                 if event.prediction:

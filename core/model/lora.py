@@ -121,18 +121,25 @@ def _lean_forward(layer):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts, counting 4-bit weights by their real element count."""
+    """(trainable, base): the adapters' parameters, and the model's own, each tensor counted once
+    (tied embeddings are one tensor) and 4-bit weights by their real element count: the number
+    Setup shows for the model (ModelShape.total_params)."""
     import bitsandbytes as bnb
 
     trainable = total = 0
+    seen: set[int] = set()
     for module in model.modules():
         for _, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
             count = param.numel()
             if isinstance(param, bnb.nn.Params4bit) and isinstance(module, bnb.nn.Linear4bit):
                 count = module.in_features * module.out_features
-            total += count
             if param.requires_grad:
                 trainable += count
+            else:
+                total += count
     return trainable, total
 
 

@@ -68,8 +68,8 @@ class RunStarted(Event):
     device_name: str
     train_rows: int
     eval_rows: int
-    trainable_params: int
-    total_params: int
+    trainable_params: int  # the adapters'
+    total_params: int  # the model's own, as Setup counts them (adapters not included)
     quantization: QuantizationReport
     predicted_peak_gb: float | None = None  # what PyTorch will allocate at the peak (the VRAM chart's peak)
     predicted_total_gb: float | None = None  # ... plus CUDA context and allocator slack: what must fit the card

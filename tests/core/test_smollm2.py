@@ -20,7 +20,15 @@ def test_demo_preset_trains_smollm2_on_cpu(smollm2_dir, tmp_path):
     events = []
     result = run_training(config, events.append)
     assert result.status == "finished", result.error
-    q = next(e for e in events if isinstance(e, ev.RunStarted)).quantization
+    started = next(e for e in events if isinstance(e, ev.RunStarted))
+    q = started.quantization
+    from qlora_studio.core.model.info import model_info
+
+    # one parameter count everywhere: the run's (the Monitor's) is Setup's, tied embeddings counted once
+    assert started.total_params == model_info(config.model.name_or_path).params == 134_515_008
+    # the demo's held-out dates are answered before step 1 and at the end, for the Monitor's grid
+    probes = [e for e in events if isinstance(e, ev.ProbesAnswered)]
+    assert probes[0].base and len(probes[0].answers) == len(config.probes) == 3 and not probes[-1].base
     assert q.label == "4-bit nf4 + double quant"
     assert q.quantized_layers == 30 * 7  # every linear in 30 decoder layers
     assert q.double_quant_saving_bytes > 4_000_000

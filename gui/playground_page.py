@@ -313,6 +313,9 @@ class PlaygroundPage(QWidget):
         sampling = Sampling(self.max_new_tokens.value(), self.temperature.value(), self.top_p.value())
         self._pending = list(sides)
         self.input.clear()
+        # Typing goes on in the message box: the Send button is about to be disabled, and Qt would hand its
+        # focus to the next widget in the chain (the toolbar's step box).
+        self.input.setFocus()
         return self.controller.chat(ChatRequest(request, sampling))
 
     def _on_replied(self, side: str, reply) -> None:

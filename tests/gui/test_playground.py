@@ -44,8 +44,9 @@ def test_replies_stream_while_the_window_keeps_working(playground, qtbot):
     timer.stop()
     assert len(arrivals) >= 3
     first, last = arrivals[0][1], arrivals[-1][1]
-    assert last - first >= len(arrivals) - 1  # the event loop ran timers between pieces of text
-    assert len({tick for _, tick in arrivals}) > 1  # pieces arrived over several turns of the loop
+    # the event loop ran its timers while the reply streamed (two pieces may share a turn of the loop)
+    assert last - first >= (len(arrivals) - 1) // 2
+    assert len({tick for _, tick in arrivals}) > len(arrivals) // 2  # pieces arrived over many turns of the loop
     tuned, base = playground.transcripts["tuned"], playground.transcripts["base"]
     assert [m["role"] for m in tuned.messages] == [m["role"] for m in base.messages] == ["user", "assistant"]
     assert base.messages[1]["content"] != tuned.messages[1]["content"]  # adapter on vs off
@@ -56,6 +57,22 @@ def test_replies_stream_while_the_window_keeps_working(playground, qtbot):
     session = playground.controller._worker.session
     expected = session.replies([[{"role": "user", "content": "Normalize the date: March 5, 2021"}]], Sampling(40), base=True)
     assert base.messages[1]["content"] == expected[0].text
+
+
+def test_the_message_box_keeps_the_keyboard_after_send(playground, window, qtbot):
+    from PySide6.QtCore import Qt
+
+    window.show()
+    window.activateWindow()
+    playground.max_new_tokens.setValue(4)
+    playground.input.setPlainText("Normalize the date: March 5, 2021")
+    playground.send_button.setFocus()
+    qtbot.waitUntil(playground.send_button.hasFocus)
+    qtbot.mouseClick(playground.send_button, Qt.MouseButton.LeftButton)
+    assert not playground.send_button.isEnabled()
+    assert playground.input.hasFocus()  # not the toolbar's step box, which is next in the focus chain
+    idle(qtbot, playground)
+    assert playground.input.hasFocus()
 
 
 def test_stop_ends_a_reply_between_tokens(playground, qtbot):

@@ -43,6 +43,12 @@ def _run_history(run_dir: str):
     return RunFolder(run_dir).history()
 
 
+def _resumable(run_dir: str) -> bool:
+    from qlora_studio.core.training.store import summarize_run
+
+    return summarize_run(Path(run_dir)).resumable
+
+
 def show_error(parent: QWidget, title: str, reason: str, details: str = "") -> QMessageBox:
     """A non-blocking error dialog: the one-line reason, the traceback behind "Show Details…"."""
     box = QMessageBox(QMessageBox.Icon.Critical, title, reason, QMessageBox.StandardButton.Ok, parent)
@@ -346,7 +352,11 @@ class MainWindow(QMainWindow):
             self.state_label.setText("Stopped" if result.status == "stopped" else "Failed")
             where = f"\n\nRun folder: {result.run_dir}" if result.run_dir else ""
             title = FAILURE_TITLES.get(result.cause, "Training failed")
-            self.report_error(title, result.error or "training failed", (result.details or "") + where)
+            box = self.report_error(title, result.error or "training failed", (result.details or "") + where)
+            if result.cause is FailureCause.CRASH and result.run_dir and _resumable(result.run_dir):
+                resume = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
+                resume.setObjectName("resumeCrashedRun")
+                resume.clicked.connect(lambda: self.resume_run(result.run_dir))
         self.run_ended.emit(result)
         if self._close_after_run:
             self.close()

@@ -7,12 +7,14 @@ and dropped on the GUI thread, so nothing is destroyed while it still runs.
 - `TaskRunner`: one kind of short task (model info, memory estimate, dataset X-ray), one at a
   time; a request made while one runs replaces any waiting one (typing costs one extra run).
   `DebouncedTask` also waits a moment for the next request, so a burst of edits costs one run.
-- `TrainController`: one training run through `run_training(config, emit, control)`; steering
-  goes through core's thread-safe `TrainControl` (`controller.control`), questions from the run
-  (`control.asker`) are answered on the GUI thread while the training thread waits. Events cross
-  in batches: the training thread queues them and wakes the GUI thread once per batch, which
-  takes them at most every `EVENT_BATCH_MS` (the GUI thread shares the interpreter with the
-  thread that trains; each wake-up costs that thread its turn).
+- `TrainController`: one training run, trained in a child process that core's supervisor starts
+  and watches (`run_supervised(config, emit, control)`, the same contract as `run_training`): a
+  native crash of the run is a failed run with cause `crash`, never a dead window, and the child's
+  exit hands the GPU memory back. The QThread only waits on the child's pipe. Steering goes
+  through core's thread-safe `TrainControl` (`controller.control`), which the supervisor forwards
+  to the child; questions from the run (`control.asker`) are answered on the GUI thread while the
+  supervising thread waits. Events cross in batches: the supervising thread queues them and wakes
+  the GUI thread once per batch, at most every `EVENT_BATCH_MS`.
 """
 
 from __future__ import annotations
@@ -209,8 +211,9 @@ class TrainWorker(_Worker):
     ready = Signal()  # events are waiting in the queue (once per batch)
     returned = Signal(object)  # the RunResult
 
-    def __init__(self, config: Any, control: Any, resume_from: str | None):
+    def __init__(self, train: Callable[..., Any], config: Any, control: Any, resume_from: str | None):
         super().__init__()
+        self.train = train
         self.config = config
         self.control = control
         self.resume_from = resume_from
@@ -236,11 +239,8 @@ class TrainWorker(_Worker):
         from qlora_studio.core.training import events as ev
 
         try:
-            import_libraries()
-            from qlora_studio.core.training.runner import run_training
-
-            result = run_training(self.config, self.post, self.control, resume_from=self.resume_from)
-        except Exception as exc:  # noqa: BLE001 - run_training never raises by contract; a bug still reaches the user
+            result = self.train(self.config, self.post, self.control, resume_from=self.resume_from)
+        except Exception as exc:  # noqa: BLE001 - the supervisor never raises by contract; a bug still reaches the user
             error = TaskError.of(exc)
             result = ev.RunResult("failed", None, 0, None, None, error=error.reason, cause=error.cause,
                                   details=error.details)
@@ -248,6 +248,12 @@ class TrainWorker(_Worker):
             self.config = None  # hold nothing of the run after it ends
         self.returned.emit(result)
         self._done()
+
+
+def train_in_child(config: Any, emit: Callable[[Any], None], control: Any, resume_from: str | None = None) -> Any:
+    from qlora_studio.core.training.supervisor import run_supervised
+
+    return run_supervised(config, emit, control, resume_from)
 
 
 class _Reply:
@@ -266,10 +272,12 @@ class TrainController(QObject):
     busy_changed = Signal(bool)
     _asked = Signal(str, list, object)  # training thread -> GUI thread
 
-    def __init__(self, parent: QObject | None = None):
+    def __init__(self, parent: QObject | None = None, train: Callable[..., Any] | None = None):
         super().__init__(parent)
         from qlora_studio.core.training.control import TrainControl
 
+        self.train = train or train_in_child
+        """`run_training`'s contract: (config, emit, control, resume_from=...) -> RunResult."""
         self.control = TrainControl()  # the running run's (steer it directly: pause, stop, save, extend)
         self.answer_question: Answerer | None = None
         """Shows a question to the user and returns the chosen option (set by the window)."""
@@ -304,7 +312,7 @@ class TrainController(QObject):
         self.control = TrainControl()
         self.control.asker = self._ask
         self._result = None
-        self._worker = TrainWorker(config, self.control, resume_from)
+        self._worker = TrainWorker(self.train, config, self.control, resume_from)
         self._thread = QThread(self)
         self._thread.setObjectName("training")
         _wire(self._worker, self._thread)

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at micro-batch 1, let an out-of-memory error turn on checkpointing or shorten max_length")
     p.add_argument("--processes", type=int, metavar="N", help="data-parallel processes (one per GPU; gloo on CPU)")
     p.add_argument("--json-events", action="store_true", help="print every event as one JSON line instead of a progress bar")
+    p.add_argument("--in-child", action="store_true",
+                   help="train in a supervised child process, as the window does (a native crash is a failed run)")
 
     p = command("inspect-data", c.cmd_inspect_data,
                 "X-ray a dataset: format, rows, bad rows, token lengths, trained tokens", (as_json, debug))
@@ -162,7 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
     command("env", c.cmd_env, "show the GPU, driver and library versions this install sees")
+    # The child a supervisor starts (training.supervisor); listed nowhere: a frozen app has no `python -m`.
+    worker = sub.add_parser("worker")
+    worker.add_argument("run_dir")
+    worker.set_defaults(handler=_train_worker)
     return parser
+
+
+def _train_worker(args: argparse.Namespace) -> int:
+    from qlora_studio.core.training.worker import main as worker_main
+
+    return worker_main(args.run_dir)
 
 
 def _window_hint(args: argparse.Namespace) -> int:  # noqa: ARG001

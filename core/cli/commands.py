@@ -58,7 +58,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     control = TrainControl()
     sink = JsonLinesSink() if args.json_events else ProgressPrinter()
     _install_stop_handler(control)
-    result = run_training(config, sink, control, resume_from=args.resume)
+    train = run_training
+    if args.in_child:  # the window's way: a crash of the child is a failed run, the GPU is handed back at the end
+        from qlora_studio.core.training.supervisor import run_supervised as train
+    result = train(config, sink, control, resume_from=args.resume)
     if result.details and args.debug and result.cause is not None and not result.cause.is_users_to_fix:
         print(result.details, file=sys.stderr)
     return result.exit_code

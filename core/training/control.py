@@ -23,6 +23,8 @@ class TrainControl:
         self.asker: Asker | None = None
         """Answers a question the run cannot settle alone (e.g. at micro-batch 1 after an OOM).
         Called on the training thread; may block until the user answers."""
+        self.process_id: int | None = None
+        """The child process training this run, while a supervisor runs one (training.supervisor)."""
 
     # ---- requests (any thread) ----
     def request_stop(self) -> None:
@@ -104,11 +106,11 @@ class TrainControl:
 
 
 class ControlFile:
-    """Requests to a run in other processes (a --processes run), through <run>/control.json.
+    """Requests to a run in another process (training.supervisor), through <run>/control.json.
 
-    Writers (the window, a second terminal) call stop/pause/resume/save/extend; rank 0 of the run
-    follows the file with `follow(control)` and turns changes into `TrainControl` requests.
-    Save and extend are counters, so every request is served once.
+    Writers (the supervisor, a second terminal) call stop/pause/resume/save/extend/answer; rank 0 of
+    the run follows the file with `follow(control)` and turns changes into `TrainControl` requests.
+    Save and extend are counters, so every request is served once; answers are keyed by question.
     """
 
     def __init__(self, run_dir) -> None:
@@ -128,9 +130,14 @@ class ControlFile:
         import json
         import os
 
-        data = {"stop": False, "paused": False, "save": 0, "extend": 0, **self.read()}
+        data = {"stop": False, "paused": False, "save": 0, "extend": 0, "answers": {}, **self.read()}
         for key, value in changes.items():
-            data[key] = data[key] + value if key in ("save", "extend") else value
+            if key in ("save", "extend"):
+                data[key] += value
+            elif key == "answers":
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, self.path)
@@ -153,7 +160,13 @@ class ControlFile:
     def extend(self, steps: int) -> None:
         self._update(extend=steps)
 
-    def follow(self, control: TrainControl, interval: float = 0.5) -> threading.Event:
+    def answer(self, question_id: int, answer: str) -> None:
+        self._update(answers={str(question_id): answer})
+
+    def answer_to(self, question_id: int) -> str | None:
+        return self.read().get("answers", {}).get(str(question_id))
+
+    def follow(self, control: TrainControl, interval: float = 0.2) -> threading.Event:
         """Apply the file's requests to `control` until the returned event is set."""
         done = threading.Event()
         seen = {"save": self.read().get("save", 0), "extend": self.read().get("extend", 0)}

@@ -56,9 +56,9 @@ def run_training(config: RunConfig | None = None, emit: ev.Emit | None = None, c
     control = control or TrainControl()
     configure_cuda_allocator()  # the entry points did already, unless a script calls in directly
     if _launches_workers(config, resume_from):
-        from qlora_studio.core.training.distributed import run_distributed
+        from qlora_studio.core.training.supervisor import run_supervised
 
-        return run_distributed(config, emit, control, resume_from)
+        return run_supervised(config, emit, control, resume_from)
     return Session(config, emit, control, resume_from).run()
 
 

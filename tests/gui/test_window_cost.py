@@ -10,17 +10,14 @@ from qlora_studio.gui.gc_guard import GuiThreadGarbageCollector
 from qlora_studio.gui.workers import EVENT_BATCH_MS, TrainController
 
 
-def test_events_cross_in_batches_in_order_and_before_the_result(qtbot, monkeypatch):
-    import qlora_studio.core.training.runner as runner
-
+def test_events_cross_in_batches_in_order_and_before_the_result(qtbot):
     def fake_run_training(config, emit, control, resume_from=None):
         for i in range(60):
             emit(ev.Warning(f"w{i}"))
             time.sleep(0.004 if i % 10 else 0.02)
         return ev.RunResult("finished", None, 60, None, None)
 
-    monkeypatch.setattr(runner, "run_training", fake_run_training)
-    controller = TrainController()
+    controller = TrainController(train=fake_run_training)
     batches, seen, order = [], [], []
     controller.events.connect(lambda batch: (batches.append(len(batch)), order.append("batch")))
     controller.event.connect(lambda e: seen.append(e.message))

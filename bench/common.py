@@ -156,23 +156,12 @@ def kernel_report(profiler, steps: int) -> str:
 
 
 def simulate_card(gb: float | None) -> None:
-    """Cap this process's CUDA memory as a `gb` GiB card would, and tell the planner
-    (QLORA_STUDIO_GPU_GB) for torch builds that cannot read the cap back.
-
-    The cap binds the caching allocator's reservations only; on a real card the CUDA context
-    (outside the allocator) takes its share of the same memory, so the cap is the card less the
-    context the planner counts: a run the planner says fits must fit under it."""
-    import os
-
-    import torch
-
+    """Cap this process's CUDA memory as a `gb` GiB card would, for arms that do not go through
+    run_training (which caps itself from train.experimental.card_gb, the same way)."""
+    from qlora_studio.core.model.devices import cap_gpu_memory
     from qlora_studio.core.planner.estimate import CUDA_CONTEXT_BYTES
 
-    if not gb:
-        return
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, (gb * 1024**3 - CUDA_CONTEXT_BYTES) / total), 0)
-    os.environ["QLORA_STUDIO_GPU_GB"] = str(gb)
+    cap_gpu_memory(gb, CUDA_CONTEXT_BYTES)
 
 
 def gpu_name() -> str:

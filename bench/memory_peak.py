@@ -87,6 +87,8 @@ def main() -> None:
         train[key.removeprefix("train.")] = int(value) if value.isdigit() else value
     rows = rows_of_lengths(work / f"rows-{args.tokens}.jsonl", [args.tokens] * (args.steps + 1), build_tokenizer())
     config = point_config(folder, rows, args.tokens, args.steps, work, **dict(train))
+    if args.card:
+        config = config.with_overrides({"train.experimental.card_gb": args.card})
     e = estimate_config(config, args.card)
     print(format_estimate(e, args.card), flush=True)
     simulate_card(args.card)

@@ -63,23 +63,23 @@ WORKLOADS = {
     "c16": {"title": "longest context on a simulated 16 GB card", "card": 16, "batch": 1},
     "d": {"title": "32,768-token rows, whole card: cost of the long-context levers", "max_length": 32768, "batch": 1},
 }
-# name: (config overrides, environment); every variant is the studio arm with one thing changed
+# name: config overrides; every variant is the studio arm with one thing changed
 VARIANTS = {
-    "sdpa": ({"model.attn_implementation": "sdpa", "data.packing": "on"}, {}),
-    "flex": ({"model.attn_implementation": "flex_attention", "data.packing": "on"}, {}),
-    "varlen_rows": ({}, {"QLORA_STUDIO_VARLEN_ROWS": "1"}),
-    "noliger": ({"train.liger_kernels": "off"}, {}),
-    "chunked": ({"train.chunked_loss": "on"}, {}),
-    "compile": ({}, {"QLORA_STUDIO_LEVERS": "compile"}),
-    "ckpt2": ({}, {"QLORA_STUDIO_LEVERS": "every_n_layers=2"}),
-    "peft_lora": ({}, {"QLORA_STUDIO_LEVERS": "peft_lora"}),
-    "unpacked": ({"data.packing": "off"}, {}),
-    "unpacked_grouped": ({"data.packing": "off"}, {"QLORA_STUDIO_LEVERS": "group_by_length"}),
-    "offload": ({"train.offload_checkpoints": "on"}, {}),
-    "sync_offload": ({"train.offload_checkpoints": "on"}, {"QLORA_STUDIO_LEVERS": "sync_offload"}),
-    "sync_logs": ({}, {"QLORA_STUDIO_LEVERS": "sync_logs"}),
-    "tiled": ({"train.tiled_mlp": "on"}, {}),
-    "offload_tiled": ({"train.offload_checkpoints": "on", "train.tiled_mlp": "on"}, {}),
+    "sdpa": {"model.attn_implementation": "sdpa", "data.packing": "on"},
+    "flex": {"model.attn_implementation": "flex_attention", "data.packing": "on"},
+    "varlen_rows": {"train.experimental.varlen_rows_only": True},
+    "noliger": {"train.liger_kernels": "off"},
+    "chunked": {"train.chunked_loss": "on"},
+    "compile": {"train.experimental.compile_layers": True},
+    "ckpt2": {"train.experimental.every_n_layers": 2},
+    "peft_lora": {"train.experimental.peft_lora": True},
+    "unpacked": {"data.packing": "off"},
+    "unpacked_grouped": {"data.packing": "off", "train.experimental.group_by_length": True},
+    "offload": {"train.offload_checkpoints": "on"},
+    "sync_offload": {"train.offload_checkpoints": "on", "train.experimental.sync_offload": True},
+    "sync_logs": {"train.experimental.sync_logs": True},
+    "tiled": {"train.tiled_mlp": "on"},
+    "offload_tiled": {"train.offload_checkpoints": "on", "train.tiled_mlp": "on"},
     "expandable_off": ({}, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}),
 }
 PLAIN_LADDER = [4096, 8192, 12288, 16384, 24576, 32768]
@@ -237,15 +237,14 @@ def run_one(args) -> dict:
 
     workload = WORKLOADS[args.workload]
     arm, _, variant = args.arm.partition(":")
-    overrides, env = VARIANTS[variant] if variant else ({}, {})
-    os.environ.update(env)
+    # every studio arm keeps the data's order, so all arms see the same rows; a card is the config's too
+    overrides = {**VARIANTS.get(variant, {}), "train.experimental.sequential": True}
+    if workload.get("card"):
+        overrides["train.experimental.card_gb"] = workload["card"]
     if arm == "studio":
         from qlora_studio.core.model.devices import configure_cuda_allocator
 
         configure_cuda_allocator()  # before CUDA starts, as the app's entry points do
-        os.environ.setdefault("QLORA_STUDIO_LEVERS", "sequential")
-        if "sequential" not in os.environ["QLORA_STUDIO_LEVERS"]:
-            os.environ["QLORA_STUDIO_LEVERS"] += ",sequential"
     from qlora_studio.core.quiet import quiet_libraries
 
     quiet_libraries()
@@ -291,7 +290,6 @@ def spawn(workload: str, arm: str, args, context: int | None = None) -> dict | N
     env = dict(os.environ)
     if arm == "plain":
         env.pop("PYTORCH_CUDA_ALLOC_CONF", None)  # the plain recipe runs with PyTorch's default allocator
-        env.pop("QLORA_STUDIO_LEVERS", None)
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:

@@ -137,7 +137,7 @@ def run_point(args) -> dict:
     from tiny import build_tokenizer
 
     rows = rows_of_lengths(work / f"rows-{tokens}.jsonl", [tokens] * (args.steps + 1), build_tokenizer())
-    config = point_config(folder, rows, tokens, args.steps, work, **dict(chosen["train"]))
+    config = point_config(folder, rows, tokens, args.steps, work, **dict(chosen["train"])).with_overrides({"train.experimental.card_gb": card})
     events = []
     started = time.time()
     result = run_training(config, events.append)

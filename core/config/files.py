@@ -97,20 +97,29 @@ def commented_yaml(config: RunConfig | None = None) -> str:
     """The config as YAML with every key's documentation as a comment above it."""
     config = config or RunConfig()
     lines: list[str] = []
-    for section, value in config.model_dump(mode="json").items():
-        if isinstance(value, dict):
-            lines.append(f"{section}:")
-            for key, item in value.items():
-                doc = field_help(f"{section}.{key}")
-                if doc:
-                    lines.append(f"  # {doc}")
-                lines.append(f"  {key}: {_inline_yaml(item)}")
+
+    def write(dotted: str, key: str, value: Any, depth: int) -> None:
+        pad = "  " * depth
+        doc = field_help(dotted)
+        if doc and depth:
+            lines.append(f"{pad}# {doc}")
+        elif doc:
+            lines.append(f"# {doc}")
+        if isinstance(value, dict) and _is_section(dotted):  # a section of its own, e.g. train.experimental
+            lines.append(f"{pad}{key}:")
+            for child, item in value.items():
+                write(f"{dotted}.{child}", child, item, depth + 1)
         else:
-            doc = field_help(section)
-            if doc:
-                lines.append(f"# {doc}")
-            lines.append(f"{section}: {_inline_yaml(value)}")
+            lines.append(f"{pad}{key}: {_inline_yaml(value)}")
+
+    for section, value in config.model_dump(mode="json").items():
+        write(section, section, value, 0)
     return "\n".join(lines) + "\n"
+
+
+def _is_section(dotted: str) -> bool:
+    annotation = _field(dotted).annotation
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _inline_yaml(value: Any) -> str:

@@ -123,6 +123,29 @@ class DataSettings(_Section):
     """Lay rows end to end in micro-batches of train.tokens_per_batch tokens instead of padding each batch to its longest row; every row still attends to itself only, so losses are those of unpacked training. auto = on where the model's attention keeps packed rows apart cheaply (checked on the loaded model); an epoch then has fewer, fuller optimizer steps."""
 
 
+class ExperimentalSettings(_Section):
+    """Levers still being measured (bench/NOTES-speed.md): off by default, kept in each run's config.yaml."""
+
+    compile_layers: bool = False
+    """torch.compile each decoder layer (Liger then fuses the loss only)."""
+    every_n_layers: int = Field(1, ge=1)
+    """Checkpoint only every N-th decoder layer: less recompute, more memory (the planner counts it)."""
+    group_by_length: bool = False
+    """With packing off: sample rows of similar length together, for less padding."""
+    sequential: bool = False
+    """Keep the data's order instead of shuffling (benchmarks: every arm sees the same rows)."""
+    peft_lora: bool = False
+    """peft's own LoRA forward instead of ours (for comparison)."""
+    sync_offload: bool = False
+    """transformers' blocking checkpoint offload instead of ours (for comparison)."""
+    sync_logs: bool = False
+    """Read each step's numbers at its own end, as transformers does, instead of a step late (for comparison)."""
+    varlen_rows_only: bool = False
+    """Packed attention one row at a time, never torch's one-launch varlen kernel (for comparison)."""
+    card_gb: float | None = Field(None, gt=0)
+    """Train as on a card of this many GiB: the process's CUDA memory is capped there and the planner plans for it (rehearsals on a bigger GPU)."""
+
+
 class TrainSettings(_Section):
     epochs: float = Field(1, gt=0)
     """Passes over the training data (ignored when max_steps is set)."""
@@ -181,6 +204,8 @@ class TrainSettings(_Section):
         return list(dict.fromkeys(value))
     probe_max_new_tokens: int = Field(48, ge=1, le=2048)
     """Longest answer to a probe prompt, in tokens (probes are answered greedily at each checkpoint)."""
+    experimental: ExperimentalSettings = Field(default_factory=ExperimentalSettings)
+    """Levers still being measured; every one off by default."""
 
 
 class DistributedSettings(_Section):

@@ -24,15 +24,15 @@ kwargs, computed on the host) or, without them, from the restarting position ids
 from __future__ import annotations
 
 import inspect
-import os
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 VARLEN = "varlen"
-# Internal switch for the benchmark: force the per-row path where the varlen kernel would run.
-ROWS_ONLY_ENV = "QLORA_STUDIO_VARLEN_ROWS"
+# train.experimental.varlen_rows_only, set on the model config by training.speed: the per-row path
+# where the varlen kernel would run (a benchmark's comparison).
+ROWS_ONLY = "qlora_studio_varlen_rows_only"
 
 
 def register() -> None:
@@ -97,7 +97,7 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     kernel = _torch_varlen()
     default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-6
     if (kernel is not None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0
-            and query.shape[-1] <= 256 and (kernel[3] or default_scale) and not os.environ.get(ROWS_ONLY_ENV)):
+            and query.shape[-1] <= 256 and (kernel[3] or default_scale) and not getattr(getattr(module, "config", None), ROWS_ONLY, False)):
         if cu is None or longest is None:  # no collator kwargs (the probe): read the boundaries once here
             bounds = row_boundaries(kwargs.get("position_ids"), length)
             cu, longest = bounds, max(b - a for a, b in zip(bounds, bounds[1:]))

@@ -18,7 +18,6 @@ from qlora_studio.core.errors import ModelLoadError, UserError
 GIB = 1024**3
 ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # torch reads either; the second is newer
 EXPANDABLE = "expandable_segments:True"
-SIMULATED_GB_ENV = "QLORA_STUDIO_GPU_GB"
 
 _nvml_lock = threading.Lock()
 _nvml_ready: bool | None = None
@@ -192,18 +191,30 @@ def expandable_segments_expected() -> bool:
     return True
 
 
-def gpu_budget_bytes(device) -> int | None:
-    """The memory this process may use on `device`: the card's total, times the per-process fraction
-    when one is set (how the benchmarks simulate a smaller card; they also name the size in
-    QLORA_STUDIO_GPU_GB, for torch builds that cannot read the fraction back)."""
+def gpu_budget_bytes(device, card_gb: float | None = None) -> int | None:
+    """The memory this process may use on `device`: `card_gb` when the run trains as on a smaller
+    card (train.experimental.card_gb), else the card's total times the per-process fraction."""
     import torch
 
     if getattr(device, "type", None) != "cuda":
         return None
-    if os.environ.get(SIMULATED_GB_ENV):
-        return int(float(os.environ[SIMULATED_GB_ENV]) * GIB)
+    if card_gb:
+        return int(card_gb * GIB)
     index = device.index or 0
     total = torch.cuda.get_device_properties(index).total_memory
     getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
     fraction = getter(index) if getter is not None else 1.0
     return int(total * min(1.0, fraction))
+
+
+def cap_gpu_memory(card_gb: float | None, context_bytes: int) -> None:
+    """Train as on a `card_gb` GiB card: cap this process's CUDA memory there. The cap binds the
+    caching allocator only; on a real card the CUDA context (outside it) takes its share of the
+    same memory, so the cap is the card less `context_bytes`, what the planner counts for it."""
+    import torch
+
+    if not card_gb or not torch.cuda.is_available():
+        return
+    index = torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (card_gb * GIB - context_bytes) / total), index)

@@ -156,7 +156,8 @@ def estimate_for(shape: ModelShape, config: RunConfig, a: Assumptions, **setting
     gradient_checkpointing, optimizer or offload (what make_it_fit tries)."""
     t, q, lora = config.train, config.quantization, config.lora
     values = {"seq_len": a.seq_len, "micro_batch": a.micro_batch, "gradient_checkpointing": t.gradient_checkpointing,
-              "optimizer": t.optimizer, "offload": a.offload, "mlp_tile": a.mlp_tile, **settings}
+              "optimizer": t.optimizer, "offload": a.offload, "mlp_tile": a.mlp_tile,
+              "checkpoint_every": t.experimental.every_n_layers, **settings}
     return estimate(
         shape, mode=q.mode, double_quant=q.double_quant, compute_bytes=4 if q.compute_dtype == "float32" else 2,
         lora_r=lora.r, target_modules=lora.target_modules, lora_dropout=lora.dropout, use_dora=lora.use_dora,

@@ -23,8 +23,9 @@ import torch
 from qlora_studio.core.config.files import absolute_paths
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import DivergedError, FailureCause, OutOfMemoryStop, UserError, cause_of
-from qlora_studio.core.model.devices import configure_cuda_allocator, device_name, torch_memory
+from qlora_studio.core.model.devices import cap_gpu_memory, configure_cuda_allocator, device_name, torch_memory
 from qlora_studio.core.model.lora import adapter_digest, count_parameters
+from qlora_studio.core.planner.estimate import CUDA_CONTEXT_BYTES
 from qlora_studio.core.redact import redact
 from qlora_studio.core.training import disk
 from qlora_studio.core.training import events as ev
@@ -114,6 +115,7 @@ class Session:
     def run(self) -> ev.RunResult:
         try:
             self._open()
+            cap_gpu_memory(self.config.train.experimental.card_gb, CUDA_CONTEXT_BYTES)  # before anything is allocated
             self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size, self.emit)
             self.speed = plan_speed(self.config, self.loaded, self.warn, fsdp=is_fsdp(self.config))
             self.guard = NanGuard(self.config.train.on_nan, self.world_size, self.loaded.device)

@@ -6,64 +6,28 @@ packed path, the GPU's size decides `train.offload_checkpoints: auto`, and the c
 checked against the real output head. `predict` then gives the run's memory prediction under
 exactly those choices: the number Setup and `qlora-studio estimate` show for the same config.
 
-Levers still being measured (bench/NOTES-speed.md) are internal switches, off by default, set in
-QLORA_STUDIO_LEVERS as a comma list: `compile` (torch.compile each decoder layer; Liger then
-fuses the loss only), `peft_lora` (peft's own LoRA forward instead of ours, for comparison),
-`sync_offload` (transformers' blocking checkpoint offload instead of ours, for comparison),
-`sync_logs` (read each step's numbers at its own end, as transformers does, for comparison),
-`every_n_layers=N` (checkpoint every N-th layer only), `group_by_length` (length-grouped sampling
-when packing is off), `sequential` (keep the data's order: the benchmark's arms see the same rows).
+Levers still being measured (bench/NOTES-speed.md) are typed config fields, off by default and
+written to each run's config.yaml: `train.experimental` (config.schema.ExperimentalSettings).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from qlora_studio.core.config.schema import RunConfig
+from qlora_studio.core.config.schema import ExperimentalSettings, RunConfig
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.planner.estimate import Estimate
 from qlora_studio.core.planner.plan import Assumptions, assume, estimate_for, model_config_of, with_reasons
-
-LEVERS_ENV = "QLORA_STUDIO_LEVERS"
-
-
-@dataclass
-class Levers:
-    compile_layers: bool = False
-    peft_lora: bool = False
-    sync_offload: bool = False
-    sync_logs: bool = False
-    every_n_layers: int = 1
-    group_by_length: bool = False
-    sequential: bool = False
-
-    @classmethod
-    def from_env(cls) -> "Levers":
-        levers = cls()
-        for item in filter(None, (p.strip() for p in os.environ.get(LEVERS_ENV, "").split(","))):
-            name, _, value = item.partition("=")
-            if name == "compile":
-                levers.compile_layers = True
-            elif name == "every_n_layers" and value.isdigit():
-                levers.every_n_layers = max(1, int(value))
-            elif name in ("peft_lora", "sync_offload", "sync_logs", "group_by_length", "sequential"):
-                setattr(levers, name, True)
-            else:
-                raise UserError(f"{LEVERS_ENV}: unknown lever '{name}' (compile, peft_lora, sync_offload, sync_logs, "
-                                "every_n_layers=N, group_by_length, sequential)")
-        return levers
-
 
 @dataclass
 class SpeedPlan:
     assumptions: Assumptions
     tokens_per_batch: int | None  # the packed budget; None when padded
     budget_bytes: int | None
-    levers: Levers = field(default_factory=Levers)
+    levers: ExperimentalSettings = field(default_factory=ExperimentalSettings)
     restore_modules: Callable[[], None] | None = None  # undoes Liger's module-level patches after the run
 
     @property
@@ -109,11 +73,12 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: boo
     local = config.with_overrides({"model.name_or_path": loaded.source.path})
     model_config = model_config_of(local)
     shape = model_shape(model_config)
-    budget = gpu_budget_bytes(loaded.device)
+    budget = gpu_budget_bytes(loaded.device, config.train.experimental.card_gb)
     setting = config.data.packing
     static = packing_plan(setting, config.model.attn_implementation, model_config, tokens_per_batch(config.train, config.data))
     packed, reason = _verify_packing(loaded.model, static, setting, fsdp)
-    _set_attention(loaded.model, static.attention if packed else _padded_attention(config, note))
+    levers = config.train.experimental
+    _set_attention(loaded.model, static.attention if packed else _padded_attention(config, note), levers.varlen_rows_only)
     a = assume(local, model_config, shape, budget_bytes=budget, device_type=loaded.device.type, packed=packed,
                fsdp=fsdp, packed_reason=reason)
     if a.loss == "chunked":
@@ -131,7 +96,6 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: boo
     if a.mlp_tile:
         note(f"MLP run in {a.mlp_tile:,}-token tiles (about 15% slower): {a.reasons['tiled_mlp']}")
     restore = None
-    levers = Levers.from_env()
     if a.liger:  # here rather than in the Trainer, so the MLP tiling below wraps Liger's MLP
         from transformers.integrations.liger import apply_liger_kernel
 
@@ -225,10 +189,11 @@ def _padded_attention(config: RunConfig, note: Callable[[str], None]) -> str:
     return "sdpa" if attn in ("auto", "varlen") else attn
 
 
-def _set_attention(model, attention: str) -> None:
-    from qlora_studio.core.model.attention import VARLEN, register
+def _set_attention(model, attention: str, rows_only: bool = False) -> None:
+    from qlora_studio.core.model.attention import ROWS_ONLY, VARLEN, register
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    setattr(inner.config, ROWS_ONLY, rows_only)  # the attention function reads it from each layer's config
     if attention == VARLEN:
         register()
     if getattr(inner.config, "_attn_implementation", None) != attention:
@@ -253,4 +218,4 @@ def predict(config: RunConfig, loaded, plan: SpeedPlan) -> Estimate:
     local = config.with_overrides({"model.name_or_path": loaded.source.path})
     shape = model_shape(model_config_of(local))
     a = plan.assumptions
-    return with_reasons(estimate_for(shape, local, a, checkpoint_every=plan.levers.every_n_layers), a)
+    return with_reasons(estimate_for(shape, local, a), a)

@@ -61,3 +61,15 @@ def test_installed_under_one_namespace():
 def test_each_room_says_what_it_holds(room):
     doc = (ROOT / "core" / room / "__init__.py").read_text(encoding="utf-8")
     assert doc.startswith('"""') and len(doc.split('"""')[1].split()) >= 8
+
+
+def test_core_reads_no_switch_from_the_environment():
+    """Every knob is a typed config field (issue 24); what core reads from the environment is the
+    user's consent (pickles, Hub kernels) for this process and its children, and the cache folder."""
+    import re
+
+    allowed = {"QLORA_STUDIO_ALLOW_PICKLE", "QLORA_STUDIO_ALLOW_HUB_KERNELS", "QLORA_STUDIO_CACHE"}
+    core = Path(__file__).resolve().parents[2] / "core"
+    named = {m for path in core.rglob("*.py") for m in re.findall(r"QLORA_STUDIO_[A-Z_]+", path.read_text())}
+    assert named == allowed
+

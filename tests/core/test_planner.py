@@ -58,6 +58,21 @@ def test_one_number_for_setup_the_cli_and_the_run(llama8b, tmp_path, capsys):
     assert setup.total_bytes == setup.peak_allocated_bytes + setup.context_bytes + setup.slack_bytes
 
 
+def test_experimental_levers_are_config_the_planner_and_the_run_both_read(llama8b):
+    """Issue 24: every_n_layers changed the run's prediction but not Setup's (it was an environment switch)."""
+    from qlora_studio.core.training.speed import SpeedPlan, predict
+
+    config = long_context(llama8b, 16384)
+    sparse = config.with_overrides({"train.experimental.every_n_layers": 2})
+    shape, model_config = config_shape(config), model_config_of(config)
+    loaded = SimpleNamespace(source=SimpleNamespace(path=str(llama8b)))
+    setup = estimate_config(sparse)
+    run = predict(sparse, loaded, SpeedPlan(assume(sparse, model_config, shape), 16384, None, sparse.train.experimental))
+    assert setup.total_bytes == run.total_bytes > estimate_config(config).total_bytes  # half the layers keep activations
+    # and the run folder's config.yaml carries it
+    assert RunConfig.model_validate(sparse.model_dump(mode="json")).train.experimental.every_n_layers == 2
+
+
 def test_long_context_levers_fit_80k_on_24_gb(llama8b):
     """Llama-3.1-8B at 80k tokens on a 24 GB card: checkpoints go to CPU memory and the MLP runs in
     tiles, picked by the planner's auto rules; without them it would not fit."""

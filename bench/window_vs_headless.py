@@ -1,13 +1,17 @@
 """What the window costs: real tokens/s of the same run driven through the window vs headless.
 
-The same config is trained alternately (ABBA: headless, window, window, headless, ...) in one
+The same config is trained alternately (ABBA: headless, window, window, headless, ...) from one
 process: headless is `run_training` on the main thread, as the CLI runs it; window is the real
-`MainWindow` (offscreen) whose Setup page holds the config, started through its Start action,
-training on the worker QThread with live charts while the Qt event loop runs (`QEventLoop.exec`,
-what `app.exec()` runs). Throughput is measured from each run's metrics.jsonl on the steps after
-warm-up, by wall clock between logged steps, so whatever the GUI thread takes during or between
-steps counts. The window arms also record the GUI thread's busy time (its CPU time per second of
-training, an upper bound of the time it holds the GIL) and the chart frames it drew.
+`MainWindow` (offscreen) whose Setup page holds the config, started through its Start action: the
+run trains in the child process the window supervises, with live charts while the Qt event loop
+runs (`QEventLoop.exec`, what `app.exec()` runs). Throughput is measured from each run's
+metrics.jsonl on the steps after warm-up, by wall clock between logged steps. The window arms also
+record the GUI thread's busy time and the chart frames it drew; their CPU time is the window
+process's alone (the training is the child's).
+
+On a GPU, before the ABBA rounds (so this process has no CUDA context of its own yet), one window
+run samples `nvidia-smi` at its last step and again after the run: the child's memory while it
+trains, and what the window's process holds once the child has exited (the GPU handed back).
 
     python bench/window_vs_headless.py                # GPU: Llama-3.2-1B and Llama-3.1-8B shapes,
                                                       # random weights, 2,048 x 4 rows, Liger on
@@ -146,7 +150,7 @@ class WindowDriver:
         runners = self.window.findChildren(TaskRunner)
         self.wait(lambda: not any(r.busy or (isinstance(r, DebouncedTask) and r.scheduled) for r in runners))
 
-    def arm(self, config, warmup: int) -> dict:
+    def arm(self, config, warmup: int, vram: dict | None = None) -> dict:
         from PySide6.QtCore import QEventLoop
 
         from qlora_studio.core.training import events as ev
@@ -162,6 +166,8 @@ class WindowDriver:
             note(event)
             if isinstance(event, ev.StepLogged):
                 frames[event.metrics.step] = board.frames
+                if vram is not None and event.metrics.step == config.train.max_steps:
+                    vram["during"] = gpu_processes()
 
         results: list = []
         loop = QEventLoop()
@@ -182,6 +188,30 @@ class WindowDriver:
                 "frames_per_s": (frames[config.train.max_steps] - frames[warmup]) / (wall1 - wall0),
                 "vram_points": window.monitor.vram_chart.series["allocated"].n,
                 "predicted_peak_shown": window.monitor.vram_chart.predicted_peak_gb}
+
+
+def gpu_processes() -> dict:
+    """nvidia-smi's view: MiB used per process on the GPU, and the card's total used."""
+    apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                          capture_output=True, text=True).stdout
+    used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                          capture_output=True, text=True).stdout
+    per_pid = {int(p): int(m) for p, m in (line.split(",") for line in apps.splitlines() if line.strip())}
+    return {"per_pid_mib": per_pid, "gpu_used_mib": int(used.split()[0]) if used.strip() else None}
+
+
+def gpu_given_back(driver, config, warmup: int) -> dict:
+    """One window run: the GPU memory while its child trains, and once the run has ended."""
+    vram: dict = {}
+    run = driver.arm(config, warmup, vram)
+    time.sleep(2)
+    vram["after"] = gpu_processes()
+    me = os.getpid()
+    during = vram["during"]["per_pid_mib"]
+    return {"window_pid": me, "child_mib_during": sum(m for p, m in during.items() if p != me),
+            "window_mib_during": during.get(me, 0), "window_mib_after": vram["after"]["per_pid_mib"].get(me, 0),
+            "gpu_used_mib_during": vram["during"]["gpu_used_mib"], "gpu_used_mib_after": vram["after"]["gpu_used_mib"],
+            "processes_after": vram["after"]["per_pid_mib"], "tokens_per_s": run["tokens_per_s"]}
 
 
 def py_spy_gui_share(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
@@ -264,6 +294,12 @@ def main() -> int:
     results: dict = {"method": "ABBA alternation in one process; tokens/s by wall clock after warm-up",
                      "cpu": cpu_model(), "seq_len": seq, "micro_batch": batch, "warmup_steps": warmup, "shapes": {}}
     began = time.time()
+    if not args.cpu:  # first, while this process has no CUDA context of its own
+        shape = shapes[0]
+        config = run_config(folders[shape], data, work / "runs", f"{shape}-vram", seq=seq, batch=batch,
+                            steps=warmup + 6, cpu=False)
+        results["gpu_given_back"] = gpu_given_back(driver, config, warmup)
+        print(json.dumps({"gpu_given_back": results["gpu_given_back"]}), flush=True)
     for shape in shapes:
         folder = folders[shape]
         steps = args.steps or (120 if args.cpu else GPU_STEPS.get(shape, 30))
@@ -305,11 +341,18 @@ def main() -> int:
         shutil.copy(saved, os.environ["OUT"])
     driver.window.close()
     print(f"\n{results['environment_gpu']}")
-    print(f"{'shape':14} {'headless tok/s':>15} {'window tok/s':>13} {'ratio':>7} {'CPU ratio':>9} {'GUI busy':>9} "
+    print(f"{'shape':14} {'headless tok/s':>15} {'window tok/s':>13} {'ratio':>7} {'rounds':>7} {'GUI busy':>9} "
           f"{'frames/s':>9}")
     for shape, e in results["shapes"].items():
+        ratios = "/".join(f"{w['tokens_per_s'] / h['tokens_per_s']:.3f}" for h, w in zip(
+            [r for r in e["runs"] if r["arm"] == "headless"], [r for r in e["runs"] if r["arm"] == "window"]))
         print(f"{shape:14} {e['headless_tokens_per_s']:15,.0f} {e['window_tokens_per_s']:13,.0f} {e['ratio']:7.3f} "
-              f"{e['cpu_ratio']:9.3f} {e['gui_busy_fraction']:9.2%} {e['frames_per_s']:9.2f}")
+              f"{ratios:>7} {e['gui_busy_fraction']:9.2%} {e['frames_per_s']:9.2f}")
+    given = results.get("gpu_given_back")
+    if given:
+        print(f"GPU memory (nvidia-smi): child {given['child_mib_during']:,} MiB while training, window process "
+              f"{given['window_mib_during']} MiB during / {given['window_mib_after']} MiB after; card used "
+              f"{given['gpu_used_mib_during']:,} -> {given['gpu_used_mib_after']:,} MiB")
     return 0
 
 

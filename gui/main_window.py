@@ -75,6 +75,7 @@ class MainWindow(QMainWindow):
             self.setWindowIcon(QIcon(str(icon)))
         self.gpus: list[Any] | None = None
         self.last_error_box: QMessageBox | None = None
+        self._run_paused = False  # the running run is paused (its checkpoints may be chatted with)
         self.export_dialog = None
         self._close_after_run = False
         self._run_config = None
@@ -183,7 +184,8 @@ class MainWindow(QMainWindow):
     def _update_actions(self) -> None:
         self.toolbar.set_state(self.controller.running, self.controller.stopping, self.setup.start_blocker)
         self.runs.set_busy(self.controller.running)
-        self.playground.set_training(self.controller.running)
+        # A paused run's child holds still: the playground may load its checkpoints from the run folder meanwhile.
+        self.playground.set_training(self.controller.running and not self._run_paused)
 
     # ---- GPU ----
     @Slot(object, object)
@@ -289,6 +291,8 @@ class MainWindow(QMainWindow):
             self.controller.control.pause()
             self.state_label.setText("Pausing after this step…")
         else:
+            self._run_paused = False  # the playground lets go of its model before the run goes on
+            self._update_actions()
             self.controller.control.resume()
             self.state_label.setText("Training")
 
@@ -338,9 +342,16 @@ class MainWindow(QMainWindow):
                 self.runs.show_progress(self.monitor.run_dir, self.monitor.step, total)
             case ev.Paused():
                 self.state_label.setText(f"Paused at step {event.step}")
+                self._run_paused = True
+                self._update_actions()
+                self.playground.refresh()
+            case ev.Resumed():
+                self._run_paused = False
+                self._update_actions()
 
     @Slot(object)
     def _on_run_finished(self, result: ev.RunResult) -> None:
+        self._run_paused = False
         self.monitor.end_live(result.status)
         self._update_actions()
         self.runs.refresh()

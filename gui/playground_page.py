@@ -34,7 +34,8 @@ from qlora_studio.gui.widgets.form import fit_text_width, guard_wheel
 
 SIDES = ("tuned", "base")
 SIDE_TITLES = {"tuned": "Tuned (base + adapter)", "base": "Base model (adapter off)"}
-TRAINING_NOTE = "A run is training: the playground waits until it ends (it would share the device with it)."
+TRAINING_NOTE = ("A run is training: the playground waits until it pauses or ends (it would share the device with "
+                 "it). Paused, its checkpoints can be loaded here.")
 
 
 class Transcript(QTextBrowser):

@@ -99,6 +99,7 @@ def test_pause_holds_the_step_count_and_stop_saves_a_checkpoint(window, qtbot, t
     count = len([e for e in events if isinstance(e, ev.StepLogged)])
     qtbot.wait(1500)  # a training step takes well under this on the tiny model
     assert len([e for e in events if isinstance(e, ev.StepLogged)]) == count and window.monitor.step == held
+    assert not window.playground.training  # paused: its checkpoints may be chatted with meanwhile
 
     with qtbot.waitSignal(window.run_ended, timeout=120_000) as blocker:
         window.stop_action.trigger()

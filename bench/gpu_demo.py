@@ -24,7 +24,7 @@ def main() -> None:
     from qlora_studio.core.after.inference import load_session
     from qlora_studio.core.quiet import quiet_libraries
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
     from qlora_studio.resources import PRESETS, sample_path
 
     parser = argparse.ArgumentParser()

@@ -29,7 +29,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 def fake_training(rate: float, seconds: float, marks: dict):
     """A `run_training` stand-in: the events of a CUDA run at `rate` steps per second."""
     from qlora_studio.core.model.quantization import QuantizationReport
-    from qlora_studio.core.training import events as ev
+    from qlora_studio.core.runs import events as ev
 
     def run_training(config, emit, control, resume_from=None):
         total = int(rate * seconds)
@@ -57,7 +57,7 @@ def measure(rate: float, seconds: float, page: str, profile: int = 0) -> dict:
     from PySide6.QtCore import QEventLoop, QSettings
 
     import qlora_studio.core.training.runner as runner
-    from qlora_studio.core.training import events as ev
+    from qlora_studio.core.runs import events as ev
     from qlora_studio.gui.app import create_app
 
     app = create_app()

@@ -172,7 +172,7 @@ def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int,
 def arm_studio(folder: Path, rows: Path, max_length: int, batch: int, steps: int, work: Path, overrides: dict) -> dict:
     from qlora_studio.core.config import RunConfig
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     config = RunConfig.model_validate({
         "model": {"name_or_path": str(folder), "random_init": True},

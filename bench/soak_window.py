@@ -50,7 +50,7 @@ def make_events(steps: int):
     from qlora_studio.core.config import RunConfig
     from qlora_studio.core.errors import FailureCause  # noqa: F401 - the events module's own import
     from qlora_studio.core.model.quantization import QuantizationReport
-    from qlora_studio.core.training import events as ev
+    from qlora_studio.core.runs import events as ev
 
     rng = random.Random(0)
     config = RunConfig().model_dump(mode="json")

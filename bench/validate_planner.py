@@ -120,7 +120,7 @@ def run_point(args) -> dict:
     configure_cuda_allocator()
     from qlora_studio.core.quiet import quiet_libraries
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     quiet_libraries()
     work = Path(args.work)

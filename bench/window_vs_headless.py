@@ -76,7 +76,7 @@ def throughput(run_dir: str, warmup: int) -> dict:
 
 def cpu_marks(marks: dict, warmup: int, last: int):
     """An event sink that notes the process's CPU time at the first and the last measured step."""
-    from qlora_studio.core.training import events as ev
+    from qlora_studio.core.runs import events as ev
 
     def note(event) -> None:
         if isinstance(event, ev.StepLogged) and event.metrics.step in (warmup, last):
@@ -153,7 +153,7 @@ class WindowDriver:
     def arm(self, config, warmup: int, vram: dict | None = None) -> dict:
         from PySide6.QtCore import QEventLoop
 
-        from qlora_studio.core.training import events as ev
+        from qlora_studio.core.runs import events as ev
 
         window, board = self.window, self.window.monitor.board
         window.setup.set_config(config)

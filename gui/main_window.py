@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.core.errors import FailureCause, UserError
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.gui.monitor_page import MonitorPage
 from qlora_studio.gui.playground_page import PlaygroundPage
 from qlora_studio.gui.runs_page import RunsPage
@@ -38,13 +38,13 @@ def _probe_gpus():
 
 
 def _run_history(run_dir: str):
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     return RunFolder(run_dir).history()
 
 
 def _resumable(run_dir: str) -> bool:
-    from qlora_studio.core.training.store import summarize_run
+    from qlora_studio.core.runs.store import summarize_run
 
     return summarize_run(Path(run_dir)).resumable
 
@@ -228,7 +228,7 @@ class MainWindow(QMainWindow):
         finished run has nothing to resume without them)."""
         if self.controller.running:
             return False
-        from qlora_studio.core.training.store import RunFolder
+        from qlora_studio.core.runs.store import RunFolder
 
         folder = RunFolder(run_dir)
         try:
@@ -325,7 +325,7 @@ class MainWindow(QMainWindow):
             case ev.RunStarted(start_step=start) if start:
                 # a resumed run: its folder already holds the curves up to the checkpoint (a small file,
                 # read here so the earlier steps are drawn before the next step event arrives)
-                from qlora_studio.core.training.store import RunFolder
+                from qlora_studio.core.runs.store import RunFolder
 
                 self.monitor.prefill(RunFolder(event.run_dir).history(), start)
                 self.runs.refresh()

@@ -21,8 +21,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qlora_studio.core.training import events as ev
-from qlora_studio.core.training.store import RunHistory
+from qlora_studio.core.runs import events as ev
+from qlora_studio.core.runs.store import RunHistory
 from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.charts import PALETTE, ChartBoard, LiveChart, LossChart
 from qlora_studio.gui.widgets.probe_grid import ProbeGrid

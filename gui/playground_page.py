@@ -238,7 +238,7 @@ class PlaygroundPage(QWidget):
 
     def refresh(self) -> None:
         from qlora_studio.core.after.adapters import available_adapters
-        from qlora_studio.core.training.store import list_runs
+        from qlora_studio.core.runs.store import list_runs
 
         current = self.run_combo.currentData()
         self.run_combo.blockSignals(True)

@@ -248,7 +248,7 @@ class RunsPage(QWidget):
 
     def refresh(self) -> None:
         from qlora_studio.core.after.evaluation import latest_evaluation
-        from qlora_studio.core.training.store import list_runs
+        from qlora_studio.core.runs.store import list_runs
 
         from qlora_studio.core.config.files import default_runs_dir
 
@@ -301,7 +301,7 @@ class RunsPage(QWidget):
 
     def show_overlay(self, runs: list[Any]) -> None:
         """Each selected run's smoothed training loss; with one run, its eval loss too."""
-        from qlora_studio.core.training.store import RunFolder
+        from qlora_studio.core.runs.store import RunFolder
 
         for key in list(self.overlay.curves):
             self.overlay.remove_curve(key)

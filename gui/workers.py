@@ -236,7 +236,7 @@ class TrainWorker(_Worker):
 
     @Slot()
     def run(self) -> None:
-        from qlora_studio.core.training import events as ev
+        from qlora_studio.core.runs import events as ev
 
         try:
             result = self.train(self.config, self.post, self.control, resume_from=self.resume_from)
@@ -390,7 +390,7 @@ class TrainController(QObject):
         self.control.asker = None
         result = self._result
         if result is None:
-            from qlora_studio.core.training.events import RunResult
+            from qlora_studio.core.runs.events import RunResult
 
             result = RunResult("failed", None, 0, None, None, error="the training thread ended without a result",
                                cause=FailureCause.CRASH)

@@ -53,7 +53,7 @@ def parse_checkpoint(text: str | int | None) -> int | None:
 
 def available_adapters(run_dir: str | Path) -> list[tuple[str, int | None]]:
     """(label, step) of every adapter a run folder holds: the final one first, then checkpoints, newest first."""
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     run = RunFolder(run_dir)
     found = [(FINAL, None)] if (run.adapter_dir / "adapter_config.json").is_file() else []
@@ -65,7 +65,7 @@ def available_adapters(run_dir: str | Path) -> list[tuple[str, int | None]]:
 
 def locate_adapter(path: str | Path, checkpoint: str | int | None = None) -> AdapterRef:
     """A run folder (its final adapter, or `checkpoint`), a checkpoint folder, or a bare adapter folder."""
-    from qlora_studio.core.training.store import RunFolder, checkpoint_name
+    from qlora_studio.core.runs.store import RunFolder, checkpoint_name
 
     path = Path(path).expanduser()
     step = parse_checkpoint(checkpoint)

@@ -15,7 +15,7 @@ NOTES_FILE = "notes.md"
 
 
 def _check_not_running(run_dir: Path, doing: str) -> None:
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     if RunFolder(run_dir).effective_status() == "running":
         raise UserError(f"{run_dir.name} is training; stop it before you {doing} it")
@@ -38,7 +38,7 @@ def write_notes(run_dir: str | Path, text: str) -> None:
 
 def rename_run(run_dir: str | Path, new_name: str) -> Path:
     """Rename the run folder (and its config's run_name); the new path."""
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     run_dir = Path(run_dir)
     name = new_name.strip()

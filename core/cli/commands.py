@@ -33,13 +33,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     quiet_libraries()  # before the imports below load bitsandbytes, which logs on import
     from qlora_studio.core.cli.printers import ProgressPrinter
     from qlora_studio.core.training.control import TrainControl
-    from qlora_studio.core.training.events import JsonLinesSink
+    from qlora_studio.core.runs.events import JsonLinesSink
     from qlora_studio.core.training.runner import run_training
 
     if args.resume:
         if args.config or args.demo:
             raise UserError("--resume takes the config from the run folder; drop the config file / --demo")
-        from qlora_studio.core.training.store import RunFolder
+        from qlora_studio.core.runs.store import RunFolder
 
         folder = RunFolder.open(args.resume)
         if args.extend:
@@ -152,7 +152,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from qlora_studio.core.training.store import list_runs
+    from qlora_studio.core.runs.store import list_runs
 
     from qlora_studio.core.config.files import default_runs_dir
 

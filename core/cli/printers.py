@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from qlora_studio.core.errors import FailureCause
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 
 
 class ProgressPrinter:

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from qlora_studio.core.config.schema import TrainSettings
 from qlora_studio.core.model.devices import torch_memory
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training.control import TrainControl
 
 

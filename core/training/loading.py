@@ -14,7 +14,7 @@ import torch
 from qlora_studio.core.atomic import replace_dir
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import OutOfMemoryStop, UserError
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training.arguments import is_fsdp
 
 

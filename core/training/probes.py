@@ -21,7 +21,7 @@ import torch
 
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.model.generation import ChatModel, Sampling, generate_replies
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 
 
 class Prober:

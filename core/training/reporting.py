@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 from qlora_studio.core.config.choices import REPORTERS
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import ConfigError
-from qlora_studio.core.training.store import RunFolder, read_jsonl
+from qlora_studio.core.runs.store import RunFolder, read_jsonl
 
 TENSORBOARD_FOLDER = "tensorboard"
 WANDB_PROJECT = "qlora-studio"

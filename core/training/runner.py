@@ -28,19 +28,19 @@ from qlora_studio.core.model.lora import adapter_digest, count_parameters
 from qlora_studio.core.planner.estimate import CUDA_CONTEXT_BYTES
 from qlora_studio.core.redact import redact
 from qlora_studio.core.training import disk
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training import oom
 from qlora_studio.core.training.arguments import is_fsdp
 from qlora_studio.core.training.callback import StepMeter, Steering, StudioCallback
-from qlora_studio.core.training.checkpoints import CheckpointStore
+from qlora_studio.core.runs.checkpoints import CheckpointStore
 from qlora_studio.core.training.control import TrainControl
 from qlora_studio.core.training.guard import BadStep, NanGuard, diverged_message
 from qlora_studio.core.training.loading import load_inputs, prepare_run_data, run_prediction, save_adapter
 from qlora_studio.core.training.probes import Prober
-from qlora_studio.core.training.recorder import RunRecorder
+from qlora_studio.core.runs.recorder import RunRecorder
 from qlora_studio.core.training.speed import plan_speed
 from qlora_studio.core.training.reporting import Reporting
-from qlora_studio.core.training.store import RunFolder, checkpoint_name
+from qlora_studio.core.runs.store import RunFolder, checkpoint_name
 from qlora_studio.core.training.trainer import build_trainer
 
 

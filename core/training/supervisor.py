@@ -29,10 +29,10 @@ from pathlib import Path
 from qlora_studio.core.config.files import absolute_paths
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import FailureCause, UserError
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training.control import ControlFile, TrainControl
-from qlora_studio.core.training.recorder import RunRecorder
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs.recorder import RunRecorder
+from qlora_studio.core.runs.store import RunFolder
 
 HEARTBEAT_S = 1.0  # the child's
 SILENCE_LIMIT_S = 120.0  # no line for this long: the child is hung (a heartbeat thread still runs in a busy one)

@@ -32,7 +32,7 @@ def main() -> int:
     os.environ.update(QLORA_STUDIO_SETTINGS=str(home / "settings.ini"), QLORA_STUDIO_CACHE=str(home / "cache"),
                       HF_HOME=str(home / "hf"), HF_HUB_OFFLINE="1", XDG_DATA_HOME=str(home / "data"))
 
-    from qlora_studio.core.training import events as ev
+    from qlora_studio.core.runs import events as ev
     from qlora_studio.gui.app import create_app
     from qlora_studio.gui.main_window import MainWindow
     from qlora_studio.gui.settings import Settings

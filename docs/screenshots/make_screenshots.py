@@ -125,7 +125,7 @@ def shoot_divergence(window, base, out_dir: Path, model: Path) -> None:
 
 def pause_and_shoot(window, config, at_step: int, path: Path) -> None:
     """A longer run, paused at `at_step` for the monitor shot, then stopped (it stays resumable)."""
-    from qlora_studio.core.training import events as ev
+    from qlora_studio.core.runs import events as ev
 
     def steer(event) -> None:
         if isinstance(event, ev.StepLogged) and event.metrics.step >= at_step and not window.pause_action.isChecked():
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "tests"))
 
     from qlora_studio.core.config import RunConfig, load_config
-    from qlora_studio.core.training import events as ev
+    from qlora_studio.core.runs import events as ev
     from qlora_studio.gui.app import create_app
     from qlora_studio.resources import PRESETS
 

@@ -7,7 +7,7 @@ import time
 from PySide6.QtGui import QFont, QTextCursor
 from PySide6.QtWidgets import QPlainTextEdit, QWidget
 
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.gui import fmt
 
 LOG_LINES = 5000

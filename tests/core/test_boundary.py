@@ -40,13 +40,13 @@ def test_contracts_catch_a_lazy_gui_import_and_a_circle(tmp_path):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
     with open(tree / "core" / "model" / "info.py", "a", encoding="utf-8") as fh:
         fh.write("\n\ndef _sneaky():\n    from qlora_studio.gui import app  # noqa\n")
-    with open(tree / "core" / "training" / "events.py", "a", encoding="utf-8") as fh:
-        fh.write("\n\ndef _around():\n    from qlora_studio.core.training import store  # noqa\n")
+    with open(tree / "core" / "runs" / "events.py", "a", encoding="utf-8") as fh:
+        fh.write("\n\ndef _around():\n    from qlora_studio.core.runs import store  # noqa\n")
     out = lint_imports(tree, tmp_path / "lint")
     assert out.returncode != 0
     assert "core is headless" in out.stdout and "BROKEN" in out.stdout
     assert "qlora_studio.core.model.info -> qlora_studio.gui.app" in out.stdout
-    assert "no import circles" in out.stdout and "qlora_studio.core.training.events" in out.stdout
+    assert "no import circles" in out.stdout and "qlora_studio.core.runs.events" in out.stdout
 
 
 def test_installed_under_one_namespace():

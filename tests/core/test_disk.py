@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 from qlora_studio.core.errors import FailureCause
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training.runner import run_training
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs.store import RunFolder
 
 MIB = 1 << 20
 

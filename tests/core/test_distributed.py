@@ -8,10 +8,10 @@ import time
 import torch
 import yaml
 
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training.control import ControlFile
 from qlora_studio.core.training.arguments import training_arguments
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs.store import RunFolder
 
 
 def launch(tmp_path, tiny_config, **train):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs.store import RunFolder
 
 STEPS, SAVE_EVERY = 12, 5
 
@@ -28,7 +28,7 @@ def _die() -> None:
 
 def _kill_while_writing_metrics_of(step: int) -> None:
     """Half of the metrics line of `step` reaches the file, then the process dies."""
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     real = RunFolder.append_jsonl
 
@@ -56,7 +56,7 @@ def _kill_inside_the_trainers_save() -> None:
 
 def _kill_before_adopting() -> None:
     """The Trainer's checkpoint folder is complete with our counters, but not yet renamed step-N."""
-    from qlora_studio.core.training import checkpoints
+    from qlora_studio.core.runs import checkpoints
 
     checkpoints.replace_dir = lambda staging, target: _die()
 

@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from qlora_studio.core.cli import main
 from qlora_studio.core.errors import FailureCause
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training.guard import MAX_SKIPS_IN_A_ROW
 from qlora_studio.core.training.runner import run_training
-from qlora_studio.core.training.store import RunFolder, read_jsonl
+from qlora_studio.core.runs.store import RunFolder, read_jsonl
 
 
 def test_absurd_learning_rate_fails_with_cause_nan_and_keeps_a_finite_checkpoint(tiny_config, tiny_model, tmp_path,

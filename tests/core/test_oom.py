@@ -6,7 +6,7 @@ from transformers import Trainer
 
 from qlora_studio.core.training.control import TrainControl
 from qlora_studio.core.training.runner import run_training
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs.store import RunFolder
 
 
 def inject_oom(monkeypatch, when):

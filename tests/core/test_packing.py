@@ -350,7 +350,7 @@ def test_chunked_loss_and_tiled_mlp_under_bf16_mixed_precision(tiny_model, tmp_p
 
 def test_a_run_from_before_packing_resumes_padded(tmp_path, tiny_config):
     """A run folder whose config predates data.packing trained padded batches; it resumes padded."""
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     folder = RunFolder.create(tiny_config.with_overrides({"output_dir": str(tmp_path)}))
     text = folder.config_path.read_text().replace("  packing: auto\n", "")

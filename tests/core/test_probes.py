@@ -5,7 +5,7 @@ import threading
 
 from qlora_studio.core.training.control import TrainControl
 from qlora_studio.core.training.runner import run_training
-from qlora_studio.core.training.store import RunFolder, read_jsonl
+from qlora_studio.core.runs.store import RunFolder, read_jsonl
 
 PROBES = ["Normalize the date: March 5, 2021", "Date: June the fourteenth, 1949\nGive it as YYYY-MM-DD."]
 

@@ -10,7 +10,7 @@ import pytest
 from qlora_studio.core.errors import ConfigError
 from qlora_studio.core.training import reporting
 from qlora_studio.core.training.runner import run_training
-from qlora_studio.core.training.store import RunFolder, read_jsonl
+from qlora_studio.core.runs.store import RunFolder, read_jsonl
 
 pytest.importorskip("tensorboard")
 

@@ -11,7 +11,7 @@ import torch
 from qlora_studio.core.errors import FailureCause
 from qlora_studio.core.training.control import TrainControl
 from qlora_studio.core.training.runner import run_training
-from qlora_studio.core.training.store import RunFolder, list_runs, read_jsonl
+from qlora_studio.core.runs.store import RunFolder, list_runs, read_jsonl
 
 
 def collect(events):

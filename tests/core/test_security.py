@@ -118,7 +118,7 @@ def test_no_shell_runs_a_string():
 
 def test_a_hub_token_never_reaches_run_folders_events_or_errors(tiny_config, monkeypatch, capsys):
     from qlora_studio.core.redact import redact
-    from qlora_studio.core.training import events as ev
+    from qlora_studio.core.runs import events as ev
     from qlora_studio.core.training.runner import run_training
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)

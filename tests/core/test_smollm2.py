@@ -3,9 +3,9 @@
 import pytest
 
 from qlora_studio.core.config import load_config
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training.runner import run_training
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs.store import RunFolder
 from qlora_studio.resources import PRESETS
 
 pytestmark = pytest.mark.slow

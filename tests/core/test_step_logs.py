@@ -8,10 +8,10 @@ import pytest
 from faults import poison_loss
 
 from qlora_studio.core.errors import FailureCause
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training.runner import run_training
 from qlora_studio.core.training.step_logs import LaggedStepLogs
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs.store import RunFolder
 
 
 def _watch_reads(monkeypatch) -> list[tuple[int, int]]:

@@ -54,7 +54,7 @@ def test_7b_weight_estimate_matches_allocation(tmp_path):
 
 def test_training_reports_vram(tiny_config):
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     result = run_training(tiny_config.with_overrides({"train.device": "cuda"}))
     assert result.status == "finished", result.error
@@ -67,7 +67,7 @@ def test_real_out_of_memory_is_survived(tmp_path):
     """A real CUDA OOM under a tight memory fraction: micro-batch halves until it fits, same effective batch."""
     from qlora_studio.core.config import RunConfig
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
     from qlora_studio.resources import sample_path
     from shapes import shape_folder
 

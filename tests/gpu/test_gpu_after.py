@@ -31,7 +31,7 @@ def test_cuda_run_probes_chat_and_exports(tiny_config, tmp_path):
     from qlora_studio.core.after.inference import InferenceSession
     from qlora_studio.core.model.generation import Sampling
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     result = run_training(tiny_config.with_overrides({"train.device": "cuda", "probes": PROBES,
                                                       "train.probe_max_new_tokens": 8}))

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from qlora_studio.core.errors import FailureCause
 from qlora_studio.core.training.runner import run_training
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs.store import RunFolder
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

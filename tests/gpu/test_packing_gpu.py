@@ -64,7 +64,7 @@ def test_packed_run_on_cuda_uses_varlen_and_liger(tiny_config):
     """The whole run on the GPU: packed micro-batches through the varlen kernel, the prediction in
     run_started, losses that fall, the measured peak near the prediction's PyTorch part."""
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     events = []
     result = run_training(tiny_config.with_overrides({"train.device": "cuda", "train.max_steps": 8}), events.append)
@@ -82,7 +82,7 @@ def test_offloaded_checkpoints_and_tiled_mlp_train_on_cuda(tiny_config, monkeypa
     without them."""
     from qlora_studio.core.planner import plan
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
 
     monkeypatch.setattr(plan, "MLP_TILE_TOKENS", 128)  # tiles of 128 tokens in 512-token micro-batches
 
@@ -105,7 +105,7 @@ def test_real_out_of_memory_halves_the_packed_token_budget(tmp_path):
     grad_accum doubles until it fits, each step still training on the same number of tokens."""
     from qlora_studio.core.config import RunConfig
     from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.training.store import RunFolder
+    from qlora_studio.core.runs.store import RunFolder
     from qlora_studio.resources import sample_path
     from shapes import shape_folder
 

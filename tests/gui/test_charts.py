@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.gui.monitor_page import MonitorPage
 from qlora_studio.gui.widgets.charts import ChartBoard, LiveChart, LossChart, SmoothedSeries
 

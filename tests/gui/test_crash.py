@@ -16,8 +16,8 @@ from gui_helpers import run_to_end
 from PySide6.QtCore import QTimer
 
 from qlora_studio.core.errors import FailureCause
-from qlora_studio.core.training import events as ev
-from qlora_studio.core.training.store import RunFolder, summarize_run
+from qlora_studio.core.runs import events as ev
+from qlora_studio.core.runs.store import RunFolder, summarize_run
 
 STEPS, SAVE_EVERY = 14, 3
 

@@ -7,7 +7,7 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QAbstractSpinBox, QApplication, QComboBox, QLabel
 
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 
 
 def step(n: int, total: int) -> ev.StepLogged:
@@ -18,7 +18,7 @@ def step(n: int, total: int) -> ev.StepLogged:
 
 def test_labels_follow_what_happens(window, qtbot, tmp_path):
     from qlora_studio.core.config import load_config
-    from qlora_studio.core.training.store import RunFolder, list_runs
+    from qlora_studio.core.runs.store import RunFolder, list_runs
     from qlora_studio.resources import PRESETS
 
     setup, monitor = window.setup, window.monitor

@@ -11,8 +11,8 @@ import shiboken6
 from gui_helpers import collect_events, read_metrics, run_to_end
 from PySide6.QtCore import QCoreApplication, QEvent, QThread
 
-from qlora_studio.core.training import events as ev
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs import events as ev
+from qlora_studio.core.runs.store import RunFolder
 
 
 def test_a_tiny_run_completes_and_the_charts_hold_its_points(window, qtbot, tiny_config):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from qlora_studio.core.training import events as ev
+from qlora_studio.core.runs import events as ev
 from qlora_studio.gui.gc_guard import GuiThreadGarbageCollector
 from qlora_studio.gui.workers import EVENT_BATCH_MS, TrainController
 

@@ -33,7 +33,7 @@ from qlora_studio.core.config.files import default_runs_dir, load_config, runs_d
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import DiskError, UserError
 from qlora_studio.core.model.quantization import QuantizationReport
-from qlora_studio.core.training.events import (
+from qlora_studio.core.runs.events import (
     EVENT_TYPES, EvalLogged, Event, NonFiniteStep, ProbesAnswered, RunStarted, StepMetrics, event_from_dict,
 )
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from qlora_studio.core.training import events as ev
-from qlora_studio.core.training.store import RunFolder
+from qlora_studio.core.runs import events as ev
+from qlora_studio.core.runs.store import RunFolder
 
 
 class RunRecorder:

@@ -21,7 +21,7 @@ from typing import Any
 
 from qlora_studio.core.atomic import fsync_tree, replace_dir, write_text_atomic
 from qlora_studio.core.config.schema import RunConfig
-from qlora_studio.core.training.store import META_NAME, RunFolder, checkpoint_name
+from qlora_studio.core.runs.store import META_NAME, RunFolder, checkpoint_name
 
 log = logging.getLogger(__name__)
 

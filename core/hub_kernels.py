@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import importlib.abc
-import importlib.machinery
 import logging
 import os
 import sys
@@ -99,10 +98,18 @@ class _GatingLoader(importlib.abc.Loader):
 
 
 class _GatingFinder(importlib.abc.MetaPathFinder):
+    """Asks the finders after it (the path finder; in a frozen app, PyInstaller's own) for the package."""
+
     def find_spec(self, fullname, path, target=None):
         if fullname != "kernels":
             return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _GatingLoader(spec.loader)
-        return spec
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _GatingLoader(spec.loader)
+                return spec
+        return None

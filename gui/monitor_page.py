@@ -217,7 +217,7 @@ class MonitorPage(QWidget):
         self.tensorboard.show_for(e.run_dir, "tensorboard" in e.config.get("train", {}).get("report_to", []))
         if not e.start_step:
             self.probes.clear(e.config.get("probes"))
-        vram.set_message("" if vram.on_cuda else "CPU run: no VRAM to measure")
+        vram.set_message("" if vram.on_cuda else "CPU run:\nno VRAM to measure")
         self._show_vram()
 
     @handle_event.register

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QTextOption
 
 from qlora_studio.gui.widgets.axes import IntegerAxis, SteadyViewBox, ValueAxis
 
@@ -161,6 +162,8 @@ class LiveChart(pg.PlotWidget):
         self.board: ChartBoard | None = None  # the board that paces this chart's frames (set by it)
         self._message = pg.TextItem("", color="#64748b", anchor=(0.5, 0.5))
         self._message.setZValue(10)
+        # a message of several lines stays centred (a narrow chart at 1024 px cut one long line)
+        self._message.textItem.document().setDefaultTextOption(QTextOption(Qt.AlignmentFlag.AlignHCenter))
         item.addItem(self._message, ignoreBounds=True)
         item.getViewBox().sigResized.connect(self._place_message)
         item.getViewBox().sigRangeChanged.connect(self._place_message)
@@ -236,6 +239,7 @@ class LiveChart(pg.PlotWidget):
         """A centered note instead of data (e.g. no GPU to measure VRAM on); the legend steps
         aside, since it has nothing to explain then."""
         self._message.setText(text)
+        self._message.setTextWidth(self._message.textItem.document().idealWidth())  # so its lines centre
         if self.legend is not None:
             self.legend.setVisible(not text)
         self._place_message()

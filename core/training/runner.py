@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -113,19 +114,20 @@ class Session:
 
     # ---- the run ----
     def run(self) -> ev.RunResult:
-        try:
-            self._open()
-            cap_gpu_memory(self.config.train.experimental.card_gb, CUDA_CONTEXT_BYTES)  # before anything is allocated
-            self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size, self.emit)
-            self.speed = plan_speed(self.config, self.loaded, self.warn, fsdp=is_fsdp(self.config))
-            self.guard = NanGuard(self.config.train.on_nan, self.world_size, self.loaded.device)
-            self.prober = self._prober()
-            self._train_segments()
-            return self._finish()
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a Failed event, never a dead thread
-            return self._fail(self._explain(exc), traceback.format_exc())
-        finally:
-            self._release()
+        with ExitStack() as undo:  # every patch of a library's modules this run makes, undone on any exit
+            try:
+                self._open()
+                cap_gpu_memory(self.config.train.experimental.card_gb, CUDA_CONTEXT_BYTES)  # before any allocation
+                self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size, self.emit)
+                self.speed = plan_speed(self.config, self.loaded, self.warn, undo, fsdp=is_fsdp(self.config))
+                self.guard = NanGuard(self.config.train.on_nan, self.world_size, self.loaded.device)
+                self.prober = self._prober()
+                self._train_segments()
+                return self._finish()
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a Failed event, never a dead thread
+                return self._fail(self._explain(exc), traceback.format_exc())
+            finally:
+                self._release()
 
     def _open(self) -> None:
         rank0 = self.rank == 0
@@ -407,8 +409,6 @@ class Session:
         """Free the model and the GPU memory, so many runs in one sitting do not leak."""
         if self.reporting is not None:
             self.reporting.close()
-        if self.speed is not None and self.speed.restore_modules is not None:
-            self.speed.restore_modules()
         self.trainer = self.loaded = self.data = self.prober = None
         gc.collect()
         if torch.cuda.is_available():

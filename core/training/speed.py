@@ -12,6 +12,7 @@ written to each run's config.yaml: `train.experimental` (config.schema.Experimen
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,7 +29,6 @@ class SpeedPlan:
     tokens_per_batch: int | None  # the packed budget; None when padded
     budget_bytes: int | None
     levers: ExperimentalSettings = field(default_factory=ExperimentalSettings)
-    restore_modules: Callable[[], None] | None = None  # undoes Liger's module-level patches after the run
 
     @property
     def packed(self) -> bool:
@@ -64,8 +64,13 @@ class SpeedPlan:
         return tokens_per_batch(config.train, config.data) if self.packed else None
 
 
-def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: bool = False) -> SpeedPlan:
-    """Decide packing, attention, loss and offload for this run on this device, and say so."""
+def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], undo: ExitStack,
+               fsdp: bool = False) -> SpeedPlan:
+    """Decide packing, attention, loss and offload for this run on this device, say so, and apply
+    them to the loaded model. Patches of a library's modules (Liger's) are undone by `undo`, the
+    run's one context manager, on any exit: registered before they are made, so a failure halfway
+    through patching is undone too. The model's own patches (LoRA forward, MLP tiles, offload
+    hooks) live and die with the model."""
     from qlora_studio.core.data.packing import packing_plan, tokens_per_batch
     from qlora_studio.core.model.devices import gpu_budget_bytes
     from qlora_studio.core.model.shape import model_shape
@@ -95,11 +100,10 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: boo
         note(f"layer checkpoints offloaded to pinned CPU memory (a little slower): {a.reasons['offload']}")
     if a.mlp_tile:
         note(f"MLP run in {a.mlp_tile:,}-token tiles (about 15% slower): {a.reasons['tiled_mlp']}")
-    restore = None
     if a.liger:  # here rather than in the Trainer, so the MLP tiling below wraps Liger's MLP
         from transformers.integrations.liger import apply_liger_kernel
 
-        restore = _module_restorer(loaded.model)
+        undo.callback(_module_restorer(loaded.model))
         kernels = {"fused_linear_cross_entropy": False, "cross_entropy": False} if a.loss == "chunked" else {}
         if levers.compile_layers:  # dynamo cannot trace Liger's RMSNorm autograd function; compile fuses these itself
             kernels.update(rms_norm=False, rope=False, swiglu=False)
@@ -112,7 +116,7 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], fsdp: boo
         lean_4bit_lora(loaded.model)
     if levers.compile_layers:
         compile_decoder_layers(loaded.model)
-    return SpeedPlan(a, a.seq_len if packed else None, budget, levers, restore)
+    return SpeedPlan(a, a.seq_len if packed else None, budget, levers)
 
 
 def _module_restorer(model) -> Callable[[], None]:

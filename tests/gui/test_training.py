@@ -218,13 +218,13 @@ def test_quitting_during_a_run_stops_saves_and_then_closes(window, qtbot, tiny_c
 
 
 def test_resume_a_stopped_run_from_the_runs_page(window, qtbot, tiny_config):
-    window.setup.set_config(tiny_config.with_overrides({"train.max_steps": 30, "train.save_every_steps": 1000}))
+    window.setup.set_config(tiny_config.with_overrides({"train.max_steps": 20, "train.save_every_steps": 1000}))
 
     def stop_at_three(e):
         if isinstance(e, ev.StepLogged) and e.metrics.step >= 3:
             window.stop_training()
 
-    window.controller.event.connect(stop_at_three)  # 30 planned steps: the stop arrives well before the end
+    window.controller.event.connect(stop_at_three)  # 20 planned steps: the stop arrives well before the end
     first = run_to_end(qtbot, window, window.start_training)
     window.controller.event.disconnect(stop_at_three)
     assert first.status == "stopped"
@@ -235,23 +235,23 @@ def test_resume_a_stopped_run_from_the_runs_page(window, qtbot, tiny_config):
     assert runs.resume_button.isEnabled()
     events = collect_events(window)
     second = run_to_end(qtbot, window, runs.resume_button.click)
-    assert second.status == "finished" and second.step == 30 and second.run_dir == first.run_dir
+    assert second.status == "finished" and second.step == 20 and second.run_dir == first.run_dir
     started = next(e for e in events if isinstance(e, ev.RunStarted))
     assert started.start_step == stopped_at
-    assert [m["step"] for m in read_metrics(first.run_dir)] == list(range(1, 31))
+    assert [m["step"] for m in read_metrics(first.run_dir)] == list(range(1, 21))
     assert runs.model.runs[0].status == "finished"
     # the monitor drew the steps before the checkpoint too: one continuous curve
-    assert list(window.monitor.loss_chart.series["raw"].x) == list(range(1, 31))
+    assert list(window.monitor.loss_chart.series["raw"].x) == list(range(1, 21))
     # and the log goes on from the first session (issue 12: a resume cleared it)
     log = window.monitor.log_text()
-    assert "checkpoint saved (stop)" in log and log.index("checkpoint saved (stop)") < log.index("Finished at step 30")
+    assert "checkpoint saved (stop)" in log and log.index("checkpoint saved (stop)") < log.index("Finished at step 20")
 
     # a finished run has nothing to resume: "Train more…" adds steps (issue 12: a resume trained one more)
     runs.select_paths([first.run_dir])
     assert runs.resume_button.text() == "Train more…"
     third = run_to_end(qtbot, window, lambda: window.resume_run(first.run_dir, extend=2))
-    assert third.status == "finished" and third.step == 32
-    assert [m["step"] for m in read_metrics(first.run_dir)] == list(range(1, 33))
+    assert third.status == "finished" and third.step == 22
+    assert [m["step"] for m in read_metrics(first.run_dir)] == list(range(1, 23))
 
 
 def test_gpu_selector_starts_several_processes(window, qtbot, tiny_config):

@@ -19,9 +19,9 @@ def test_a_tiny_run_completes_and_the_charts_hold_its_points(window, qtbot, tiny
     probes = ["Normalize the date: March 5, 2021", "Date: June 21, 2021\nGive it as YYYY-MM-DD."]
     window.setup.set_config(tiny_config.with_overrides({"probes": probes, "train.probe_max_new_tokens": 6}))
     events = collect_events(window)
-    grid_while_running = []  # (columns shown, monitor status) as each probe round arrives
+    grid_while_running = []  # (its column, columns shown, monitor status) as each probe round is handed on
     window.controller.event.connect(lambda e: isinstance(e, ev.ProbesAnswered) and grid_while_running.append(
-        (list(window.monitor.probes.labels), window.monitor.status)))
+        (e.label, list(window.monitor.probes.labels), window.monitor.status)))
     result = run_to_end(qtbot, window, window.start_action.trigger)
     assert result.status == "finished", result.error
     assert window.tabs.currentWidget() is window.monitor
@@ -44,9 +44,13 @@ def test_a_tiny_run_completes_and_the_charts_hold_its_points(window, qtbot, tiny
 
     # the taste test: a column per checkpoint, live, with the answers of probes.jsonl
     columns = ["base", "step 5", "step 10", "step 12"]
-    assert [shown for shown, _ in grid_while_running] == [columns[:i + 1] for i in range(4)]
-    # live: every round before the last came while the run was running (the last may share Finished's batch)
-    assert all(status == "running" for _, status in grid_while_running[:-1])
+    # each round's column is on the grid by the time its event is handed on (events cross in batches, so a
+    # later round of the same batch may already be there too)
+    assert [label for label, _, _ in grid_while_running] == columns
+    assert all(shown[:columns.index(label) + 1] == columns[:columns.index(label) + 1]
+               for label, shown, _ in grid_while_running)
+    # live: the first rounds came while the run was running (the last ones may share Finished's batch)
+    assert all(status == "running" for _, _, status in grid_while_running[:2])
     grid = monitor.probes
     assert grid.prompts == probes and grid.table.columnCount() == 4 and grid.table.rowCount() == 2
     recorded = RunFolder(result.run_dir).history().probes

@@ -3,6 +3,7 @@ the Hugging Face cache, the Hub, or the offline copy of the demo model."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -218,10 +219,11 @@ def _dequantize_into(gguf_path: Path, folder: Path) -> None:
     except ImportError:  # transformers before packed GGUF loading always unpacked
         unpack = {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16, **unpack
-        )
+        with _quiet_gguf_reader():
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16, **unpack
+            )
     except Exception as exc:  # the gguf reader raises many types for a bad file
         raise ModelLoadError(f"model.name_or_path: {gguf_path}: cannot read this GGUF file ({first_line(exc)})") from None
     # The folder holds plain bf16 weights now; the gguf marker would confuse a later quantized load.
@@ -230,6 +232,26 @@ def _dequantize_into(gguf_path: Path, folder: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+@contextlib.contextmanager
+def _quiet_gguf_reader():
+    """transformers' GGUF reader draws a raw tqdm bar on stderr, which its disable_progress_bar()
+    does not reach; the conversion says what it does through our own progress instead. Patched for
+    the conversion only (module attribute, put back on any exit)."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    bar = getattr(reader, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
 
 
 def first_line(exc: BaseException) -> str:

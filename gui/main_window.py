@@ -18,13 +18,13 @@ from PySide6.QtWidgets import (
 
 from qlora_studio.core.errors import FailureCause, UserError
 from qlora_studio.core.runs import events as ev
-from qlora_studio.gui.monitor_page import MonitorPage
-from qlora_studio.gui.playground_page import PlaygroundPage
-from qlora_studio.gui.runs_page import RunsPage
+from qlora_studio.gui.pages.monitor_page import MonitorPage
+from qlora_studio.gui.pages.playground_page import PlaygroundPage
+from qlora_studio.gui.pages.runs_page import RunsPage
 from qlora_studio.gui.settings import Settings
-from qlora_studio.gui.setup_page import SetupPage
+from qlora_studio.gui.pages.setup_page import SetupPage
 from qlora_studio.gui.widgets.training_toolbar import TrainingToolbar
-from qlora_studio.gui.workers import TaskRunner, TrainController
+from qlora_studio.gui.workers.threads import TaskRunner, TrainController
 
 SETUP, MONITOR, RUNS, PLAYGROUND = range(4)
 FAILURE_TITLES = {FailureCause.OOM: "Out of GPU memory", FailureCause.NAN: "Training diverged (NaN/Inf)",
@@ -392,7 +392,7 @@ class MainWindow(QMainWindow):
         return self.playground.load_selected()
 
     def open_export(self, run_dir: str, adapter: str = "final"):
-        from qlora_studio.gui.export_dialog import ExportDialog
+        from qlora_studio.gui.dialogs.export_dialog import ExportDialog
 
         if self.controller.running:
             return None

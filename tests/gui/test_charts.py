@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qlora_studio.core.runs import events as ev
-from qlora_studio.gui.monitor_page import MonitorPage
+from qlora_studio.gui.pages.monitor_page import MonitorPage
 from qlora_studio.gui.widgets.charts import ChartBoard, LiveChart, LossChart, SmoothedSeries
 
 N = 100_000

@@ -28,8 +28,8 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
-from qlora_studio.gui.chat_worker import ChatController, ChatRequest, EvaluateRequest
-from qlora_studio.gui.evaluation_panel import EvaluationPanel
+from qlora_studio.gui.workers.chat import ChatController, ChatRequest, EvaluateRequest
+from qlora_studio.gui.panels.evaluation_panel import EvaluationPanel
 from qlora_studio.gui.widgets.form import fit_text_width, guard_wheel
 
 SIDES = ("tuned", "base")

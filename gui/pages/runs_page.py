@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
-from qlora_studio.gui.evaluation_panel import evaluation_summary
+from qlora_studio.gui.panels.evaluation_panel import evaluation_summary
 from qlora_studio.gui.widgets.charts import OVERLAY_COLORS, LiveChart, SmoothedSeries
 
 MAX_OVERLAY = len(OVERLAY_COLORS)

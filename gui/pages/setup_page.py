@@ -27,12 +27,12 @@ from PySide6.QtWidgets import (
 
 from qlora_studio.core.config import RunConfig, load_config
 from qlora_studio.core.errors import ConfigError
-from qlora_studio.gui.memory_panel import MemoryPanel
+from qlora_studio.gui.panels.memory_panel import MemoryPanel
 from qlora_studio.gui.settings import Settings
-from qlora_studio.gui.setup_groups import build_groups
+from qlora_studio.gui.pages.setup_groups import build_groups
 from qlora_studio.gui.widgets.form import Binding, Form, fit_text_width, guard_wheel
 from qlora_studio.gui.widgets.model_library import LibraryContext
-from qlora_studio.gui.xray import DataXRay
+from qlora_studio.gui.panels.xray import DataXRay
 
 
 class SetupPage(QWidget):
@@ -312,7 +312,7 @@ class SetupPage(QWidget):
 
     def import_config(self, path: str | Path | None = None):
         """An axolotl or LLaMA-Factory config: what carries over, and what does not, in a dialog."""
-        from qlora_studio.gui.import_dialog import import_config_file
+        from qlora_studio.gui.dialogs.import_dialog import import_config_file
 
         return import_config_file(self, path or None)
 

@@ -1,0 +1,1 @@
+"""Dialogs opened from the pages: export a run, import another tool's config."""

@@ -1,0 +1,1 @@
+"""Panels the pages are built from: the memory estimate, the dataset X-ray, the evaluation."""

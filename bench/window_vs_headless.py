@@ -145,7 +145,7 @@ class WindowDriver:
 
     def settle_setup(self) -> None:
         """The Setup page's background work for the new config (X-ray, estimate, model info) is done."""
-        from qlora_studio.gui.workers.threads import DebouncedTask, TaskRunner
+        from qlora_studio.gui.workers.tasks import DebouncedTask, TaskRunner
 
         runners = self.window.findChildren(TaskRunner)
         self.wait(lambda: not any(r.busy or (isinstance(r, DebouncedTask) and r.scheduled) for r in runners))

@@ -10,7 +10,7 @@ start on worker threads at once). Once the import has finished on one thread, ev
 sees the lazy module and is safe from any thread.
 
 `import_libraries()` does that first import under a lock; every thread that runs core work calls
-it first (the window's workers do, in `gui/workers/threads.py`). The cost is paid once per process.
+it first (the window's workers do, in `gui/workers/tasks.py`). The cost is paid once per process.
 """
 
 from __future__ import annotations

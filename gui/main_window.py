@@ -24,7 +24,8 @@ from qlora_studio.gui.pages.runs_page import RunsPage
 from qlora_studio.gui.settings import Settings
 from qlora_studio.gui.pages.setup_page import SetupPage
 from qlora_studio.gui.widgets.training_toolbar import TrainingToolbar
-from qlora_studio.gui.workers.threads import TaskRunner, TrainController
+from qlora_studio.gui.workers.tasks import TaskRunner
+from qlora_studio.gui.workers.training import TrainController
 
 SETUP, MONITOR, RUNS, PLAYGROUND = range(4)
 FAILURE_TITLES = {FailureCause.OOM: "Out of GPU memory", FailureCause.NAN: "Training diverged (NaN/Inf)",

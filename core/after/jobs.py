@@ -1,6 +1,6 @@
 """Long after-training jobs (evaluation, export) report progress and can be cancelled: core takes two
 plain callables, `progress(fraction, message)` and `cancel() -> bool`; the window adapts them to a
-worker thread in one place (gui/workers/threads.py: ProgressTask), the CLI passes a printer."""
+worker thread in one place (gui/workers/tasks.py: ProgressTask), the CLI passes a printer."""
 
 from __future__ import annotations
 

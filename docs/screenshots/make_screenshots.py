@@ -84,7 +84,7 @@ def settle(ms: int = 400) -> None:
 
 def setup_idle(window) -> None:
     """The Setup page's background work (X-ray, estimate, model info) is done."""
-    from qlora_studio.gui.workers.threads import DebouncedTask, TaskRunner
+    from qlora_studio.gui.workers.tasks import DebouncedTask, TaskRunner
 
     runners = window.findChildren(TaskRunner)
     wait_until(lambda: not any(r.busy or (isinstance(r, DebouncedTask) and r.scheduled) for r in runners))

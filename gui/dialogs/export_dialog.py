@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui.widgets.form import ChoiceButtons
-from qlora_studio.gui.workers.threads import ProgressTask
+from qlora_studio.gui.workers.tasks import ProgressTask
 
 FORMATS = [("adapter", "Adapter (PEFT)"), ("merged", "Merged model"), ("gguf", "GGUF file"), ("ollama", "Ollama")]
 HELP = {

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QL
 from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.form import fit_text_width, guard_wheel
 from qlora_studio.gui.widgets.stacked_bar import GIB, PART_COLORS, StackedBar
-from qlora_studio.gui.workers.threads import DebouncedTask, TaskRunner
+from qlora_studio.gui.workers.tasks import DebouncedTask, TaskRunner
 
 DEBOUNCE_MS = 300
 

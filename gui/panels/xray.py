@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 
 from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.axes import IntegerAxis
-from qlora_studio.gui.workers.threads import DebouncedTask
+from qlora_studio.gui.workers.tasks import DebouncedTask
 
 DEBOUNCE_MS = 500
 TRAINED_STYLE = "background:#bbf7d0;color:#14532d;"

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 )
 from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.model_download import DownloadPanel
-from qlora_studio.gui.workers.threads import TaskRunner
+from qlora_studio.gui.workers.tasks import TaskRunner
 
 COLUMNS = ["Model", "Source", "Size", "Architecture", "Parameters", "Fits"]
 FIT_COLORS = {"fits": "#15803d", "fits with changes": "#b45309", "too big": "#b91c1c"}

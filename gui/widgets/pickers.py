@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 
 from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.form import fit_text_width
-from qlora_studio.gui.workers.threads import DebouncedTask, TaskRunner
+from qlora_studio.gui.workers.tasks import DebouncedTask, TaskRunner
 
 MODEL_INFO_DEBOUNCE_MS = 400
 DATA_FILTER = "Datasets (*.jsonl *.json *.csv *.tsv *.parquet *.txt);;All files (*)"

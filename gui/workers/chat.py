@@ -17,7 +17,7 @@ from typing import Any
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from qlora_studio.core.libraries import import_libraries
-from qlora_studio.gui.workers.threads import TaskError
+from qlora_studio.gui.workers.tasks import TaskError
 
 
 @dataclass

@@ -51,7 +51,7 @@ def test_the_window_trains_on_the_gpu_and_draws_real_vram(tmp_path):
     folder = shape_folder("smollm2-135m", tmp_path)
     app = create_app()
     from qlora_studio.gui.main_window import MainWindow
-    from qlora_studio.gui.workers.threads import DebouncedTask, TaskRunner
+    from qlora_studio.gui.workers.tasks import DebouncedTask, TaskRunner
 
     settings = Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
     settings.set("setup/output_dir", str(tmp_path / "runs"))

@@ -6,7 +6,7 @@ import sys
 
 from PySide6.QtCore import QCoreApplication
 
-from qlora_studio.gui.workers.threads import TaskRunner
+from qlora_studio.gui.workers.tasks import TaskRunner
 
 
 def auto_config():

@@ -26,7 +26,7 @@ def main() -> int:
 
     from qlora_studio.gui.app import create_app
     from qlora_studio.gui.main_window import MainWindow
-    from qlora_studio.gui.workers.threads import TaskRunner
+    from qlora_studio.gui.workers.tasks import TaskRunner
 
     shots = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     size = tuple(int(v) for v in sys.argv[2].split("x")) if len(sys.argv) > 2 else None

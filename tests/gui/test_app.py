@@ -14,7 +14,7 @@ from PySide6.QtCore import QByteArray, QSettings
 
 from qlora_studio.core.model.devices import GpuInfo
 from qlora_studio.gui.settings import DEFAULTS, SETTINGS_ENV, Settings, default_output_dir
-from qlora_studio.gui.workers.threads import TaskRunner
+from qlora_studio.gui.workers.tasks import TaskRunner
 
 
 def test_startup_smoke_in_a_subprocess(tmp_path, tiny_model):

@@ -68,7 +68,7 @@ def test_a_pickled_model_starts_only_after_a_yes(window, qtbot, tiny_config, tin
 
 
 def test_a_task_error_never_shows_a_hub_token(monkeypatch):
-    from qlora_studio.gui.workers.threads import TaskError
+    from qlora_studio.gui.workers.tasks import TaskError
 
     token = "hf_" + "Z" * 34
     monkeypatch.setenv("HF_TOKEN", token)

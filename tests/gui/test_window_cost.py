@@ -7,7 +7,7 @@ import time
 
 from qlora_studio.core.runs import events as ev
 from qlora_studio.gui.gc_guard import GuiThreadGarbageCollector
-from qlora_studio.gui.workers.threads import EVENT_BATCH_MS, TrainController
+from qlora_studio.gui.workers.training import EVENT_BATCH_MS, TrainController
 
 
 def test_events_cross_in_batches_in_order_and_before_the_result(qtbot):

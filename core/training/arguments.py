@@ -88,11 +88,12 @@ def _speed_arguments(config: RunConfig, device, plan) -> dict[str, Any]:
         out["eval_rows"] = max(1, plan.micro_batch_tokens(config) // config.data.max_length)
     if plan.offloads(config) and device.type == "cuda":  # transformers pins host memory for it, which needs CUDA
         checkpointing["offload"] = True
-    if plan.levers.every_n_layers > 1:
-        checkpointing["every_n_layers"] = plan.levers.every_n_layers
-    if plan.levers.sequential:
+    levers = config.train.experimental
+    if levers.every_n_layers > 1:
+        checkpointing["every_n_layers"] = levers.every_n_layers
+    if levers.sequential:
         out["train_sampling_strategy"] = "sequential"
-    elif plan.levers.group_by_length and not plan.packed:
+    elif levers.group_by_length and not plan.packed:
         out["train_sampling_strategy"] = "group_by_length"
     return out
 

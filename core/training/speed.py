@@ -13,12 +13,12 @@ written to each run's config.yaml: `train.experimental` (config.schema.Experimen
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from qlora_studio.core.config.schema import ExperimentalSettings, RunConfig
+from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.planner.estimate import Estimate
 from qlora_studio.core.planner.plan import Assumptions, assume, estimate_for, model_config_of, with_reasons
@@ -28,7 +28,6 @@ class SpeedPlan:
     assumptions: Assumptions
     tokens_per_batch: int | None  # the packed budget; None when padded
     budget_bytes: int | None
-    levers: ExperimentalSettings = field(default_factory=ExperimentalSettings)
 
     @property
     def packed(self) -> bool:
@@ -116,7 +115,7 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], undo: Exi
         lean_4bit_lora(loaded.model)
     if levers.compile_layers:
         compile_decoder_layers(loaded.model)
-    return SpeedPlan(a, a.seq_len if packed else None, budget, levers)
+    return SpeedPlan(a, a.seq_len if packed else None, budget)
 
 
 def _module_restorer(model) -> Callable[[], None]:

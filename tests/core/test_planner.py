@@ -67,7 +67,7 @@ def test_experimental_levers_are_config_the_planner_and_the_run_both_read(llama8
     shape, model_config = config_shape(config), model_config_of(config)
     loaded = SimpleNamespace(source=SimpleNamespace(path=str(llama8b)))
     setup = estimate_config(sparse)
-    run = predict(sparse, loaded, SpeedPlan(assume(sparse, model_config, shape), 16384, None, sparse.train.experimental))
+    run = predict(sparse, loaded, SpeedPlan(assume(sparse, model_config, shape), 16384, None))
     assert setup.total_bytes == run.total_bytes > estimate_config(config).total_bytes  # half the layers keep activations
     # and the run folder's config.yaml carries it
     assert RunConfig.model_validate(sparse.model_dump(mode="json")).train.experimental.every_n_layers == 2

@@ -172,44 +172,40 @@ class Supervision:
 
     def _result(self, code: int) -> ev.RunResult:
         folder, last = self.folder, self.last
-        digest = _rank_digest(folder.path)
         if isinstance(last, ev.Finished):
             return ev.RunResult(last.status, str(folder.path), last.step, last.final_loss, last.adapter_dir,
-                                adapter_digest=digest)
-        if isinstance(last, ev.Failed) and not self.started and self.fresh:
+                                adapter_digest=_rank_digest(folder.path))
+        if not isinstance(last, ev.Failed):  # the child ended without a result
+            last = self._crashed(code)
+            self.emit(last)
+        if not self.started and self.fresh:
             shutil.rmtree(folder.path, ignore_errors=True)  # it never trained: no run folder to leave behind
             return ev.RunResult(last.status, None, 0, None, None, error=last.reason, cause=last.cause,
                                 details=last.details)
-        if isinstance(last, ev.Failed):
-            return ev.RunResult(last.status, str(folder.path), last.step or 0, None, None, error=last.reason,
-                                cause=last.cause, details=last.details)
-        return self._crashed(code)
+        return ev.RunResult(last.status, str(folder.path), last.step or 0, None, None, error=last.reason,
+                            cause=last.cause, details=last.details)
 
-    def _crashed(self, code: int) -> ev.RunResult:
-        """The child ended without a result: record the crash in the folder, keep its checkpoints."""
-        folder = self.folder
-        if not self.started and self.fresh:  # it never trained: no run folder to leave behind
-            shutil.rmtree(folder.path, ignore_errors=True)
+    def _crashed(self, code: int) -> ev.Failed:
+        """What a child that died took with it, recorded in the folder once it had trained (its
+        checkpoints are kept and resumable)."""
+        details = "".join(self.stderr)
+        if not self.started and self.fresh:
             reason = f"the training process {describe_exit(code, self.silent)} before the first step"
-            details = "".join(self.stderr)
-            self.emit(ev.Failed(reason, details, None, None, FailureCause.CRASH))
-            return ev.RunResult("failed", None, 0, None, None, error=reason, cause=FailureCause.CRASH, details=details)
+            return ev.Failed(reason, details, None, None, FailureCause.CRASH)
+        folder = self.folder
         folder.repair()  # what the dead process left half written
         checkpoints = folder.checkpoints()
         step = checkpoints[-1][0] if checkpoints else 0
         kept = (f"; the checkpoint of step {step} is kept: Resume continues from there" if checkpoints
                 else "; no checkpoint had been saved yet")
         reason = (_rank_failure(folder.path) or f"the training process {describe_exit(code, self.silent)}") + kept
-        details = "".join(self.stderr)
         failed = ev.Failed(reason, details, str(folder.path), step, FailureCause.CRASH)
         RunRecorder(folder)(failed)  # status.json and events.jsonl say what happened
-        self.emit(failed)
-        return ev.RunResult("failed", str(folder.path), step, None, None, error=reason, cause=FailureCause.CRASH,
-                            details=details)
+        return failed
 
 
 def describe_exit(code: int, silent: bool = False) -> str:
-    """How a child ended, in words: 'was killed by SIGKILL', 'crashed (SIGSEGV)', 'ended with exit code 3'."""
+    """How a child ended, in words: 'was killed by SIGKILL', 'crashed with SIGSEGV', 'ended with exit code 3 ...'."""
     if silent:
         return f"stopped answering (nothing for {SILENCE_LIMIT_S:.0f} s) and was ended"
     if code < 0:

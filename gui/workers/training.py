@@ -39,7 +39,7 @@ class TrainWorker(QtWorker):
         self._queue: list[Any] = []
 
     def post(self, event: Any) -> None:
-        """run_training's emit, on the training thread: queue the event, wake the GUI once."""
+        """the supervisor's emit, on the QThread that follows the child: queue the event, wake the GUI once."""
         with self._lock:
             first = not self._queue
             self._queue.append(event)
@@ -88,7 +88,7 @@ class TrainController(QObject):
     event = Signal(object)  # each core event, after the batch it came in
     finished = Signal(object)  # the RunResult
     busy_changed = Signal(bool)
-    _asked = Signal(str, list, object)  # training thread -> GUI thread
+    _asked = Signal(str, list, object)  # supervising thread -> GUI thread
 
     def __init__(self, parent: QObject | None = None, train: Callable[..., Any] | None = None):
         super().__init__(parent)
@@ -149,7 +149,7 @@ class TrainController(QObject):
 
     # ---- questions from the run ----
     def _ask(self, question: str, options: list[str]) -> str:
-        """Called by the runner on the training thread: blocks until the GUI answers."""
+        """Called by the supervisor on its QThread (the child waits for the answer): blocks until the GUI answers."""
         reply = _Reply()
         self._asked.emit(question, list(options), reply)
         control = self.control
@@ -210,7 +210,7 @@ class TrainController(QObject):
         if result is None:
             from qlora_studio.core.runs.events import RunResult
 
-            result = RunResult("failed", None, 0, None, None, error="the training thread ended without a result",
+            result = RunResult("failed", None, 0, None, None, error="the supervising thread ended without a result",
                                cause=FailureCause.CRASH)
         self._result = None
         self.busy_changed.emit(False)

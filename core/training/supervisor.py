@@ -91,7 +91,8 @@ class Supervision:
 
     def __init__(self, folder: RunFolder, config: RunConfig, emit: ev.Emit, control: TrainControl,
                  env: dict[str, str], fresh: bool):
-        self.folder, self.config, self.emit, self.control, self.env, self.fresh = folder, config, emit, control, env, fresh
+        self.folder, self.config, self.emit, self.control = folder, config, emit, control
+        self.env, self.fresh = env, fresh
         self.files = ControlFile(folder.path)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)

@@ -8,6 +8,7 @@ from typing import Any
 from qlora_studio.core.config.choices import LORA_TARGET_GROUPS
 from qlora_studio.core.config.schema import LoraSettings
 from qlora_studio.core.errors import ModelLoadError
+from qlora_studio.core.model.patches import RunPatches
 
 
 def select_targets(linear_names: list[str], spec: str | list[str]) -> list[str]:
@@ -72,7 +73,7 @@ def apply_lora(model, settings: LoraSettings) -> tuple[Any, list[str]]:
 MASKED_CHUNK_BYTES = 64 * 1024**2
 
 
-def lean_4bit_lora(model) -> int:
+def lean_4bit_lora(model, patches: RunPatches) -> int:
     """Give every peft LoRA layer over a bitsandbytes 4-bit linear a leaner forward; returns how many.
 
     peft's forward clones the base output ("defensively", for old torch), then materializes
@@ -87,7 +88,7 @@ def lean_4bit_lora(model) -> int:
 
     layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
     for layer in layers:
-        layer.__dict__["forward"] = _lean_forward(layer)
+        patches.set_attribute(layer, "forward", _lean_forward(layer))
     return len(layers)
 
 

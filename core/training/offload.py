@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from qlora_studio.core.model.patches import RunPatches
+
 SMALL_BYTES = 1 << 20  # rotary tables, row boundaries: shared by every layer, not worth moving
 
 
@@ -77,7 +79,7 @@ def offloading_checkpoint(checkpoint_function):
     return call
 
 
-def use_async_offload(model) -> None:
+def use_async_offload(model, patches: RunPatches) -> None:
     """Make `model.activation_checkpointing_enable(..., offload=True)` (what the Trainer calls when
     the run offloads) use these hooks instead of transformers' blocking ones."""
     enable = model.activation_checkpointing_enable
@@ -92,4 +94,4 @@ def use_async_offload(model) -> None:
             if getattr(module, "gradient_checkpointing", False) and hasattr(module, "_gradient_checkpointing_func"):
                 module._gradient_checkpointing_func = offloading_checkpoint(module._gradient_checkpointing_func)
 
-    model.activation_checkpointing_enable = activation_checkpointing_enable
+    patches.set_attribute(model, "activation_checkpointing_enable", activation_checkpointing_enable)

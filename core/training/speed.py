@@ -12,7 +12,6 @@ written to each run's config.yaml: `train.experimental` (config.schema.Experimen
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,8 +19,10 @@ import torch
 
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import UserError
+from qlora_studio.core.model.patches import RunPatches
 from qlora_studio.core.planner.estimate import Estimate
 from qlora_studio.core.planner.plan import Assumptions, assume, estimate_for, model_config_of, with_reasons
+
 
 @dataclass
 class SpeedPlan:
@@ -63,13 +64,11 @@ class SpeedPlan:
         return tokens_per_batch(config.train, config.data) if self.packed else None
 
 
-def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], undo: ExitStack,
+def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], patches: RunPatches,
                fsdp: bool = False) -> SpeedPlan:
     """Decide packing, attention, loss and offload for this run on this device, say so, and apply
-    them to the loaded model. Patches of a library's modules (Liger's) are undone by `undo`, the
-    run's one context manager, on any exit: registered before they are made, so a failure halfway
-    through patching is undone too. The model's own patches (LoRA forward, MLP tiles, offload
-    hooks) live and die with the model."""
+    them to the loaded model, every change through `patches` (model/patches.py), the run's one
+    context manager that undoes them all on any exit."""
     from qlora_studio.core.data.packing import packing_plan, tokens_per_batch
     from qlora_studio.core.model.devices import gpu_budget_bytes
     from qlora_studio.core.model.shape import model_shape
@@ -102,43 +101,35 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], undo: Exi
     if a.liger:  # here rather than in the Trainer, so the MLP tiling below wraps Liger's MLP
         from transformers.integrations.liger import apply_liger_kernel
 
-        undo.callback(_module_restorer(loaded.model))
+        patches.keep_module_names(modeling_module(loaded.model))  # before patching: a failure halfway is undone too
         kernels = {"fused_linear_cross_entropy": False, "cross_entropy": False} if a.loss == "chunked" else {}
         if levers.compile_layers:  # dynamo cannot trace Liger's RMSNorm autograd function; compile fuses these itself
             kernels.update(rms_norm=False, rope=False, swiglu=False)
         apply_liger_kernel(loaded.model, kernels)
     if a.mlp_tile:
-        tile_mlps(loaded.model, a.mlp_tile)
+        tile_mlps(loaded.model, a.mlp_tile, patches)
     if not levers.peft_lora:  # 6-7% faster on the 8B shape (bench/NOTES-speed.md, lever 11)
         from qlora_studio.core.model.lora import lean_4bit_lora
 
-        lean_4bit_lora(loaded.model)
+        lean_4bit_lora(loaded.model, patches)
+    if not levers.sync_offload:  # when the arguments offload (arguments._speed_arguments), the copies overlap compute
+        from qlora_studio.core.training.offload import use_async_offload
+
+        use_async_offload(loaded.model, patches)
     if levers.compile_layers:
-        compile_decoder_layers(loaded.model)
+        compile_decoder_layers(loaded.model, patches)
     return SpeedPlan(a, a.seq_len if packed else None, budget)
 
 
-def _module_restorer(model) -> Callable[[], None]:
-    """Liger patches the model's modeling module too (its RMSNorm class, rotary function): every model
-    built later in this process, a CPU export or the playground after the run, would run Triton
-    kernels. The returned function puts the module's own names back once the run is over."""
-    import sys
-
+def modeling_module(model) -> str:
+    """The name of the module that defines the (base) model's class: what Liger patches."""
     from peft import PeftModel
 
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    module = sys.modules[type(base).__module__]
-    saved = dict(vars(module))
-
-    def restore() -> None:
-        for name, value in saved.items():
-            if vars(module).get(name) is not value:
-                setattr(module, name, value)
-
-    return restore
+    return type(base).__module__
 
 
-def tile_mlps(model, tokens: int) -> int:
+def tile_mlps(model, tokens: int, patches: RunPatches) -> int:
     """Run every decoder layer's MLP over the sequence in tiles of `tokens`, each under non-reentrant
     checkpoint: in the backward only one tile's MLP activations exist. The MLP is per-token, so the
     result is the untiled one; the cost is one more MLP forward. Returns how many MLPs."""
@@ -147,7 +138,7 @@ def tile_mlps(model, tokens: int) -> int:
     mlps = [layer.mlp for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)
             and isinstance(getattr(layer, "mlp", None), torch.nn.Module)]
     for mlp in mlps:
-        mlp.__dict__["forward"] = _tiled(mlp.forward, tokens)  # wraps Liger's bound forward too
+        patches.set_attribute(mlp, "forward", _tiled(mlp.forward, tokens))  # wraps Liger's bound forward too
     return len(mlps)
 
 
@@ -203,14 +194,14 @@ def _set_attention(model, attention: str, rows_only: bool = False) -> None:
         inner.set_attn_implementation(attention)
 
 
-def compile_decoder_layers(model) -> int:
+def compile_decoder_layers(model, patches: RunPatches) -> int:
     """torch.compile every decoder layer in place (bitsandbytes >= 0.50 compiles Linear4bit); the
     layers stay modules, so checkpointing and peft work as before. Returns how many."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
-        layer.compile(dynamic=True)
+        patches.compile(layer, dynamic=True)
     return len(layers)
 
 

@@ -110,11 +110,6 @@ def build_trainer(config: RunConfig, loaded, data, folder, callback, plan=None) 
             tokens_per_batch=tokens_per_batch(config.train, config.data) if packed else None,
             chunked_loss=plan is not None and plan.assumptions.loss == "chunked",
         )
-    if plan is not None and not config.train.experimental.sync_offload:
-        from qlora_studio.core.training.offload import use_async_offload
-
-        # when the arguments offload (arguments._speed_arguments), the copies overlap compute
-        use_async_offload(trainer.model)
     trainer.remove_callback(PrinterCallback)  # progress is ours to show
     trainer.log_extras = callback.log_extras  # real tokens/s and VRAM into every report_to stream
     trainer.step_hooks = callback

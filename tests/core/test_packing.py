@@ -18,6 +18,7 @@ from qlora_studio.core.data.packing import (
     summarize_batching,
 )
 from qlora_studio.core.model.attention import VARLEN, register
+from qlora_studio.core.model.patches import RunPatches
 
 
 @pytest.fixture(autouse=True)
@@ -315,7 +316,7 @@ def test_tiled_mlp_under_checkpointing_gives_the_same_gradients(tiny_model):
         model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
         model.train()
         if tiled:
-            assert tile_mlps(model, 16) == 2 and batch["input_ids"].shape[1] > 3 * 16
+            assert tile_mlps(model, 16, RunPatches()) == 2 and batch["input_ids"].shape[1] > 3 * 16
         model(**batch, num_items_in_batch=n_items).loss.backward()
         grads.append(lora_grads(model))
     for name, grad in grads[0].items():
@@ -334,7 +335,7 @@ def test_chunked_loss_and_tiled_mlp_under_bf16_mixed_precision(tiny_model, tmp_p
 
     rows = make_rows(6, seed=3)
     model = load_qlora(tiny_model, VARLEN, dtype=torch.bfloat16)
-    assert tile_mlps(model, 16) == 2
+    assert tile_mlps(model, 16, RunPatches()) == 2
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, learning_rate=1e-3, optim="sgd",
                              use_cpu=True, bf16=True, gradient_checkpointing=True,
                              gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, max_steps=2,
@@ -359,21 +360,35 @@ def test_a_run_from_before_packing_resumes_padded(tmp_path, tiny_config):
     assert folder.load_config(["data.packing=on"]).data.packing == "on"
 
 
-def test_liger_module_patches_are_undone_after_the_run(tiny_model):
-    """Liger replaces names in the model's modeling module; a later model (a CPU export) must get the originals."""
+def test_every_patch_of_a_run_is_undone_on_any_exit(tiny_model):
+    """Liger's names in the modeling module, the lean LoRA forward, MLP tiles, the offload hook and
+    compiled layers all go through one RunPatches: a failure halfway through a run undoes them all,
+    so a model used later in the process (an export, the Playground) runs the libraries' own code."""
     import sys
 
-    from transformers import AutoModelForCausalLM
+    from peft.tuners.lora.bnb import Linear4bit
 
-    from qlora_studio.core.training.speed import _module_restorer
+    from qlora_studio.core.model.lora import lean_4bit_lora
+    from qlora_studio.core.training.offload import use_async_offload
+    from qlora_studio.core.training.speed import compile_decoder_layers, modeling_module, tile_mlps
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    module = sys.modules[type(model).__module__]
+    model = load_qlora(tiny_model)
+    module = sys.modules[modeling_module(model)]
     original = module.LlamaRMSNorm
-    restore = _module_restorer(model)
-    module.LlamaRMSNorm = type("PatchedNorm", (original,), {})  # what apply_liger_kernel does to the module
-    restore()
+    linears = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    with pytest.raises(RuntimeError, match="halfway"):
+        with RunPatches() as patches:
+            patches.keep_module_names(modeling_module(model))
+            module.LlamaRMSNorm = type("PatchedNorm", (original,), {})  # what apply_liger_kernel does to the module
+            assert lean_4bit_lora(model, patches) == 14 and tile_mlps(model, 16, patches) == 2
+            use_async_offload(model, patches)
+            assert compile_decoder_layers(model, patches) == 2
+            assert "forward" in vars(linears[0]) and "activation_checkpointing_enable" in vars(model)
+            raise RuntimeError("failed halfway through the run")
     assert module.LlamaRMSNorm is original
+    assert not any("forward" in vars(m) for m in model.modules())  # lean forwards and MLP tiles gone
+    assert "activation_checkpointing_enable" not in vars(model)
+    assert all(m._compiled_call_impl is None for m in model.modules())
 
 
 def test_lean_4bit_lora_forward_matches_peft(tiny_model):
@@ -388,7 +403,7 @@ def test_lean_4bit_lora_forward_matches_peft(tiny_model):
     for dtype, lean in ((torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.bfloat16, True)):
         model = load_qlora(tiny_model, "sdpa", dtype=dtype)
         if lean:
-            assert lean_4bit_lora(model) == 14  # 7 linears x 2 layers
+            assert lean_4bit_lora(model, RunPatches()) == 14  # 7 linears x 2 layers
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             out = model(**batch)
@@ -458,7 +473,7 @@ def test_lean_4bit_lora_saves_a_mask_not_a_dropped_copy(tiny_model):
     def saved_beyond_input(lean: bool) -> tuple[int, int, int]:
         model = load_qlora(tiny_model, dropout=0.25)
         if lean:
-            lean_4bit_lora(model)
+            lean_4bit_lora(model, RunPatches())
         model.train()
         layer = model.base_model.model.model.layers[0].mlp.down_proj
         x = torch.randn(3, 7, layer.in_features, requires_grad=True)
@@ -491,7 +506,7 @@ def test_lean_4bit_lora_dropout_masks_are_redrawn_alike_under_checkpointing(tiny
     grads = []
     for checkpointing in (False, True):
         model = load_qlora(tiny_model, dropout=0.25)
-        lean_4bit_lora(model)
+        lean_4bit_lora(model, RunPatches())
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()

@@ -12,10 +12,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def grads_and_held(model, ids, offload: bool):
     """Every parameter's gradient, and what the forward leaves on the GPU for the backward (the
     checkpoints: a peak would be the recomputed layer's attention, the same either way)."""
+    from qlora_studio.core.model.patches import RunPatches
     from qlora_studio.core.training.offload import use_async_offload
 
     model.activation_checkpointing_disable()
-    use_async_offload(model)
+    use_async_offload(model, RunPatches())
     model.activation_checkpointing_enable({"use_reentrant": False}, offload=offload)
     model.zero_grad(set_to_none=True)
     torch.cuda.synchronize()

@@ -13,35 +13,31 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import time
 import traceback
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from qlora_studio.core.config.files import absolute_paths
 from qlora_studio.core.config.schema import RunConfig
-from qlora_studio.core.errors import DivergedError, FailureCause, OutOfMemoryStop, UserError, cause_of
-from qlora_studio.core.model.devices import cap_gpu_memory, configure_cuda_allocator, device_name, torch_memory
-from qlora_studio.core.model.lora import adapter_digest, count_parameters
+from qlora_studio.core.errors import FailureCause, OutOfMemoryStop, UserError, cause_of
+from qlora_studio.core.model.devices import cap_gpu_memory, configure_cuda_allocator, torch_memory
+from qlora_studio.core.model.lora import adapter_digest
+from qlora_studio.core.model.patches import RunPatches
 from qlora_studio.core.planner.estimate import CUDA_CONTEXT_BYTES
 from qlora_studio.core.redact import redact
-from qlora_studio.core.training import disk
 from qlora_studio.core.runs import events as ev
-from qlora_studio.core.training import oom
-from qlora_studio.core.training.arguments import is_fsdp
-from qlora_studio.core.training.callback import StepMeter, Steering, StudioCallback
-from qlora_studio.core.runs.checkpoints import CheckpointStore
-from qlora_studio.core.training.control import TrainControl
-from qlora_studio.core.training.guard import BadStep, NanGuard, diverged_message
-from qlora_studio.core.training.loading import load_inputs, prepare_run_data, run_prediction, save_adapter
-from qlora_studio.core.training.probes import Prober
 from qlora_studio.core.runs.recorder import RunRecorder
-from qlora_studio.core.training.speed import plan_speed
-from qlora_studio.core.training.reporting import Reporting
 from qlora_studio.core.runs.store import RunFolder, checkpoint_name
+from qlora_studio.core.training import disk, oom
+from qlora_studio.core.training.arguments import is_fsdp
+from qlora_studio.core.training.callback import StudioCallback
+from qlora_studio.core.training.control import TrainControl
+from qlora_studio.core.training.loading import load_inputs, prepare_run_data, save_adapter
+from qlora_studio.core.training.meter import StepMeter
+from qlora_studio.core.training.reporting import Reporting
+from qlora_studio.core.training.speed import plan_speed
+from qlora_studio.core.training.steps import RunContext, StepReader
 from qlora_studio.core.training.trainer import build_trainer
 
 
@@ -77,7 +73,9 @@ def _launches_workers(config: RunConfig | None, resume_from: str | Path | None) 
 
 
 class Session:
-    """One run in this process: open its folder, load model and data, then train segment after segment."""
+    """One run in this process: open its folder, load model and data, then train segment after
+    segment. Each step is the step reader's (training/steps.py); here is only what happens around
+    and between segments."""
 
     def __init__(self, config: RunConfig | None, emit: ev.Emit | None, control: TrainControl,
                  resume_from: str | Path | None):
@@ -89,20 +87,9 @@ class Session:
         self.sinks: list[ev.Emit] = []  # rank 0 only: the run folder's recorder, then the caller's emit
         self._emit = emit
         self.folder: RunFolder | None = None
-        self.checkpoints = CheckpointStore(None)
-        self.resume_point: Path | None = None  # the checkpoint the next segment starts from
         self.start_step = 0
-        self.meter = StepMeter()
-        self.loaded = self.data = self.trainer = self.speed = None
-        self.prober: Prober | None = None
-        self.started = False
-        self.stopped = False
-        self.save_reason = "scheduled"
-        self.pending_extension = 0
-        self.last_loss: float | None = None
-        self.guard = NanGuard("stop")
-        self.diverged: DivergedError | None = None  # set at a NaN/Inf step that stops the run
-        self.disk_need: disk.DiskNeed | None = None
+        self.run_context: RunContext | None = None
+        self.steps: StepReader | None = None
         self.reporting: Reporting | None = None  # rank 0: TensorBoard / W&B beside the run folder
 
     def emit(self, event: ev.Event) -> None:
@@ -112,16 +99,16 @@ class Session:
     def warn(self, message: str) -> None:
         self.emit(ev.Warning(redact(message)))
 
-    # ---- the run ----
     def run(self) -> ev.RunResult:
-        with ExitStack() as undo:  # every patch of a library's modules this run makes, undone on any exit
+        with RunPatches() as patches:  # every patch this run makes, undone on any exit
             try:
-                self._open()
+                resume_point, start_step, elapsed = self._open()
                 cap_gpu_memory(self.config.train.experimental.card_gb, CUDA_CONTEXT_BYTES)  # before any allocation
-                self.loaded, self.data = load_inputs(self.config, self.warn, self.world_size, self.emit)
-                self.speed = plan_speed(self.config, self.loaded, self.warn, undo, fsdp=is_fsdp(self.config))
-                self.guard = NanGuard(self.config.train.on_nan, self.world_size, self.loaded.device)
-                self.prober = self._prober()
+                loaded, data = load_inputs(self.config, self.warn, self.world_size, self.emit)
+                speed = plan_speed(self.config, loaded, self.warn, patches, fsdp=is_fsdp(self.config))
+                self.run_context = RunContext(self.config, loaded, data, speed, self.folder, self.control, self.emit,
+                                              self.warn, self.rank, self.world_size)
+                self.steps = StepReader(self.run_context, StepMeter(elapsed), start_step, resume_point)
                 self._train_segments()
                 return self._finish()
             except Exception as exc:  # noqa: BLE001 - every failure becomes a Failed event, never a dead thread
@@ -129,8 +116,9 @@ class Session:
             finally:
                 self._release()
 
-    def _open(self) -> None:
-        rank0 = self.rank == 0
+    def _open(self) -> tuple[Path | None, int, float]:
+        """The run folder, new or resumed; returns where the run resumes: (checkpoint, step, elapsed seconds)."""
+        rank0, resumed = self.rank == 0, (None, 0, 0.0)
         if self.resume_from is not None:
             self.folder = RunFolder.open(self.resume_from)
             self.config = self.config or self.folder.load_config()
@@ -138,156 +126,49 @@ class Session:
             if rank0:
                 disk.check_writable(self.folder.path)
                 self.folder.repair()  # what a killed process left half written
-            self.resume_point, self.start_step, elapsed = self.folder.resume_point()
-            self.meter = StepMeter(elapsed)
+            resumed = self.folder.resume_point()
+            self.start_step = resumed[1]
             if rank0:
-                self.folder.truncate_records(self.start_step)
+                self.folder.truncate_records(resumed[1])
                 self.config.save(self.folder.config_path)
         else:
             self.config = absolute_paths(self.config)
             self.folder = RunFolder.create(self.config) if rank0 else None
         if rank0:
             self.sinks = [RunRecorder(self.folder)] + ([self._emit] if self._emit else [])
-            self.folder.mark_running(self.start_step)
+            self.folder.mark_running(resumed[1])
             self.reporting = Reporting(self.config, self.folder.path, self.warn)
-        self.checkpoints = CheckpointStore(self.folder, writer=rank0)
+        return resumed
 
     def _train_segments(self) -> None:
+        run, steps = self.run_context, self.steps
         while True:
-            self.trainer = build_trainer(self.config, self.loaded, self.data, self.folder,
-                                         StudioCallback(self, Steering(self.control, self.rank, self.world_size,
-                                                                       self.loaded.device, self.emit, self.meter)),
-                                         self.speed)
-            if self._nothing_left_to_train():
+            steps.trainer = build_trainer(run.config, run.loaded, run.data, self.folder, StudioCallback(steps), run.speed)
+            if steps.nothing_left_to_train(run.config.train.max_steps):
                 return
             ran_out_of_memory = False
             try:
-                self.trainer.train(resume_from_checkpoint=str(self.resume_point) if self.resume_point else None)
+                steps.trainer.train(resume_from_checkpoint=str(steps.resume_point) if steps.resume_point else None)
             except RuntimeError as exc:
                 if not oom.is_out_of_memory(exc):
                     raise
                 ran_out_of_memory = True  # handled below, outside the except block, so its frames are freed
-            if self.diverged is not None:
-                raise self.diverged
+            if steps.diverged is not None:
+                raise steps.diverged
             if ran_out_of_memory:
                 self._recover_from_oom()
-            elif self.pending_extension and not self.control.stop_requested:
+            elif steps.pending_extension and not self.control.stop_requested:
                 self._extend()
             else:
                 return
 
-    def _nothing_left_to_train(self) -> bool:
-        """Resumed at the last step (killed while saving the adapter): the Trainer would train one step
-        past max_steps when that is not an epoch's end, so the run only takes its state and ends."""
-        t = self.config.train
-        if self.resume_point is None or t.max_steps is None or self.start_step < t.max_steps:
-            return False
-        from transformers import TrainerState
-
-        self.trainer.state = TrainerState.load_from_json(str(self.resume_point / "trainer_state.json"))
-        self.segment_began(self.trainer.state)
-        return True
-
-    # ---- callback services ----
-    def segment_began(self, state) -> None:
-        self.meter.segment_began(state.num_input_tokens_seen)
-        if self.started:
-            return
-        self.started = True
-        loaded = self.loaded
-        if self.folder is not None:  # before the first step: room for the checkpoints and the adapter
-            self.disk_need = disk.estimate_need(loaded.model, loaded.tokenizer, self.config, state.max_steps)
-            disk.check_space(self.folder.path, self.disk_need, self.config.train.keep_checkpoints)
-        trainable, total = count_parameters(loaded.model)
-        predicted = run_prediction(self.config, loaded, self.speed, self.warn)
-        self.emit(ev.RunStarted(
-            run_dir=str(self.folder.path) if self.folder else "", config=self.config.model_dump(mode="json"),
-            total_steps=state.max_steps, start_step=self.start_step, device=str(loaded.device),
-            device_name=device_name(loaded.device), train_rows=self.data.report.train_rows,
-            eval_rows=self.data.report.eval_rows, trainable_params=trainable, total_params=total,
-            quantization=loaded.quantization,
-            predicted_peak_gb=round(predicted.peak_allocated_bytes / 2**30, 3) if predicted else None,
-            predicted_total_gb=round(predicted.total_bytes / 2**30, 3) if predicted else None,
-            prediction=f"{predicted.headline()}; assumes {predicted.assumptions()}" if predicted else "",
-            batching=self.speed.summary(),
-        ))
-        if self.folder is not None:
-            self.folder.save_data_report(self.data.report.to_dict())
-        if self.prober is not None and self.start_step == 0:
-            self.prober.answer(0, base=True)
-        first = f"step {self.start_step + 1}" if self.start_step else "the first step"
-        self.emit(ev.Preparing("first_step", f"running {first}"))
-
-    def step_metrics(self, state, logs: dict[str, Any]) -> ev.StepMetrics:
-        """This step's metrics (measured once: the reporting streams and the run's record share them)."""
-        return self.meter.measure(state, logs, self.config.train, self.loaded.device)
-
-    def step_logged(self, state, logs: dict[str, Any]) -> None:
-        metrics = self.step_metrics(state, logs)
-        metrics.tokens_per_batch = self.speed.micro_batch_tokens(self.config)
-        self.last_loss = metrics.loss
-        self.emit(ev.StepLogged(metrics, state.max_steps))
-
-    def before_update(self, optimizer) -> None:
-        """Between backward and the optimizer step: a NaN/Inf step's update is kept off the weights (training.guard)."""
-        self.guard.before_update(self.trainer, optimizer)
-
-    def step_read(self, step: int, loss: float, grad_norm: float | None, bad: bool) -> None:
-        """A step's numbers reached the host (before its log): the guard's verdict on it."""
-        bad_step = self.guard.judge(step, loss, grad_norm, bad)
-        if bad_step is None or self.diverged is not None:  # after a stop, later steps are only logged
-            return
-        if bad_step.stop:
-            message = self._diverged_message(bad_step)
-            self.diverged = DivergedError(message)
-        else:
-            message = f"{bad_step.what()} at step {bad_step.step}: its update was skipped (train.on_nan skip_step)"
-        self.emit(ev.NonFiniteStep(bad_step.step, bad_step.loss, bad_step.grad_norm, bad_step.action, message))
-
-    def _diverged_message(self, bad: BadStep, what: str | None = None) -> str:
-        return diverged_message(bad, self.config, self.loaded.compute_dtype, self.loaded.device.type,
-                                self._last_checkpoint_step(), what)
-
-    def _last_checkpoint_step(self) -> int | None:
-        found = self.folder.checkpoints() if self.folder is not None else []
-        return found[-1][0] if found else None
-
-    def stopping(self, reason: str) -> None:
-        self.stopped = True
-        self.save_reason = reason
-
-    def checkpoint_written(self, step: int, again: bool = False) -> None:
-        """The Trainer wrote `checkpoint-<step>` (or, `again`, a save was asked for a step already saved)."""
-        reason = "requested" if again else self.save_reason
-        self.save_reason = "scheduled"
-        if not again and not self.guard.weights_finite(self.loaded.model):
-            self.checkpoints.discard(step)  # never kept: the last good checkpoint stays the latest
-            raise DivergedError(self._diverged_message(BadStep(step, None, None, 1, True), "the weights became NaN/Inf"))
-        path = self.checkpoints.existing(step) if again else self.checkpoints.adopt(step, self.config, checkpoint_meta(self.trainer.state, self.config, self.meter, self.last_loss, reason))
-        if path is not None:
-            self.resume_point = path
-            self.emit(ev.CheckpointSaved(step, str(path), reason))
-            if self.prober is not None and not again and reason not in ("out of memory", "error"):
-                self.prober.answer(step)
-
-    def _prober(self) -> Prober | None:
-        """Probes are answered on rank 0; FSDP ranks each hold a shard of the model, so none answers there."""
-        if not self.config.probes or self.rank != 0:
-            return None
-        if is_fsdp(self.config):
-            self.warn("probes are not answered in FSDP runs (each process holds only a shard of the model)")
-            return None
-        from qlora_studio.core.model.loading import stop_token_ids
-
-        return Prober(self.config, self.loaded, stop_token_ids(self.loaded.tokenizer, self.loaded.source.path), self.emit)
-
-    # ---- settings the run changes itself ----
+    # ---- settings the run changes itself, between segments ----
     def _recover_from_oom(self) -> None:
         """Out of memory in the step after `global_step`: drop that step, make the next try smaller, go on."""
-        step = self.trainer.state.global_step
-        self._checkpoint_completed_step("out of memory")
+        run, step = self.run_context, self.steps.trainer.state.global_step
+        self.steps.checkpoint_now("out of memory")
         self._drop_trainer()
-        now = {"packed": self.speed.packed, "offloaded": self.speed.offloads(self.config)}
+        now = {"packed": run.speed.packed, "offloaded": run.speed.offloads(self.config)}
         decision = oom.after_out_of_memory(self.config, step + 1, self.world_size, **now)
         if isinstance(decision, oom.Ask):
             answer = self.control.ask(decision.question, list(decision.options), default=oom.STOP)
@@ -296,129 +177,95 @@ class Session:
             raise OutOfMemoryStop(decision.message)
         self._apply(decision.config)
         if decision.data_changed:
-            self.data = prepare_run_data(self.config, self.loaded, self.warn)
+            run.data = prepare_run_data(self.config, run.loaded, self.warn)
         self.emit(ev.SettingsChanged(step, "out_of_memory", decision.changes, decision.message))
 
-    def _checkpoint_completed_step(self, reason: str) -> None:
-        self.trainer.flush_step_log()  # the checkpoint's record holds the step's numbers
-        step = self.trainer.state.global_step
-        if step == 0:
-            self.resume_point = None
-        elif self.checkpoints.existing(step):
-            self.resume_point = self.checkpoints.existing(step)
-        else:
-            self.save_reason = reason
-            self.checkpoints.save_outside_loop(self.trainer)
-            self.checkpoint_written(step)
-
     def _extend(self) -> None:
-        steps, self.pending_extension = self.pending_extension, 0
-        done, old_total = self.trainer.state.global_step, self.trainer.state.max_steps
+        steps = self.steps
+        added, steps.pending_extension = steps.pending_extension, 0
+        done, old_total = steps.trainer.state.global_step, steps.trainer.state.max_steps
         self._drop_trainer()
-        self._apply(self.config.with_overrides({"train.max_steps": old_total + steps}))
+        self._apply(self.config.with_overrides({"train.max_steps": old_total + added}))
         if self.world_size > 1:  # rank 0 renames the checkpoint every rank resumes from
             import torch.distributed as dist
 
             dist.barrier()
-            self.resume_point = RunFolder(self.folder.path if self.folder else self.resume_from).checkpoints_dir / checkpoint_name(done)
-        message = (f"extended from {old_total} to {old_total + steps} steps; the learning-rate schedule now spans "
-                   f"{old_total + steps} steps")
-        self.emit(ev.SettingsChanged(done, "extended", {"max_steps": [old_total, old_total + steps]}, message))
+            steps.resume_point = RunFolder(self.folder.path if self.folder else self.resume_from).checkpoints_dir / checkpoint_name(done)
+        message = (f"extended from {old_total} to {old_total + added} steps; the learning-rate schedule now spans "
+                   f"{old_total + added} steps")
+        self.emit(ev.SettingsChanged(done, "extended", {"max_steps": [old_total, old_total + added]}, message))
 
     def _apply(self, config: RunConfig) -> None:
-        self.config = config
+        self.config = self.run_context.config = config
         if self.folder is not None:
             config.save(self.folder.config_path)
 
     def _drop_trainer(self) -> None:
-        self.trainer = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        self.steps.trainer = None
+        _free_memory()
 
     # ---- endings ----
     def _finish(self) -> ev.RunResult:
-        state = self.trainer.state
-        step = state.global_step
-        status = "stopped" if self.stopped or (self.control.stop_requested and step < state.max_steps) else "finished"
-        adapter_dir = save_adapter(self.loaded, self.trainer, self.folder, self.config, self.rank)
-        peak = torch_memory(self.loaded.device).get("vram_peak_gb")
-        run_dir = str(self.folder.path) if self.folder else None
-        self.emit(ev.Finished(status, step, state.max_steps, self.last_loss, adapter_dir, run_dir or "",
-                              round(self.meter.elapsed(), 3), peak))
-        digest = None if is_fsdp(self.config) else adapter_digest(self.loaded.model)  # FSDP ranks hold shards
-        return ev.RunResult(status, run_dir, step, self.last_loss, adapter_dir, adapter_digest=digest)
+        steps, loaded = self.steps, self.run_context.loaded
+        state = steps.trainer.state
+        stopped = steps.stopped or (self.control.stop_requested and state.global_step < state.max_steps)
+        status, run_dir = "stopped" if stopped else "finished", str(self.folder.path) if self.folder else None
+        adapter_dir = save_adapter(loaded, steps.trainer, self.folder, self.config, self.rank)
+        self.emit(ev.Finished(status, state.global_step, state.max_steps, steps.last_loss, adapter_dir, run_dir or "",
+                              round(steps.meter.elapsed(), 3), torch_memory(loaded.device).get("vram_peak_gb")))
+        digest = None if is_fsdp(self.config) else adapter_digest(loaded.model)  # FSDP ranks hold shards
+        return ev.RunResult(status, run_dir, state.global_step, steps.last_loss, adapter_dir, adapter_digest=digest)
+
+    def _step(self) -> int:
+        trainer = self.steps.trainer if self.steps else None
+        return trainer.state.global_step if trainer is not None else self.start_step
 
     def _explain(self, exc: Exception) -> Exception:
         """The user's error for a failure whose cause is a full disk (torch and safetensors say so untyped)."""
         if isinstance(exc, UserError):
             return exc
-        step = self.trainer.state.global_step if self.trainer is not None else self.start_step
-        full = disk.as_disk_error(exc, self.folder.path if self.folder else None, self.disk_need, step,
-                                  self._last_checkpoint_step())
+        last = self.steps.last_checkpoint_step() if self.steps else None
+        full = disk.as_disk_error(exc, self.folder.path if self.folder else None,
+                                  self.steps.disk_need if self.steps else None, self._step(), last)
         return full or exc
 
     def _fail(self, exc: Exception, details: str) -> ev.RunResult:
-        cause = cause_of(exc)
+        cause, steps = cause_of(exc), self.steps
         reason = str(exc).strip() if cause.is_users_to_fix else f"{type(exc).__name__}: {exc}".strip()
         reason, details = redact(reason), redact(details)  # a library's message may quote a Hub token
-        if cause is FailureCause.CRASH:
-            self._emergency_checkpoint()
-        elif cause is FailureCause.OOM and self.world_size == 1 and self.loaded is not None:
-            save_adapter(self.loaded, None, self.folder, self.config, self.rank)  # what was trained stays usable
+        if cause is FailureCause.CRASH and steps is not None:
+            steps.emergency_checkpoint()
+        elif cause is FailureCause.OOM and self.world_size == 1 and self.run_context is not None:
+            save_adapter(self.run_context.loaded, None, self.folder, self.config, self.rank)  # what was trained stays usable
         elif cause is FailureCause.DISK and self.folder is not None and self.rank == 0:
             self.folder.repair()  # drop the half-written save: its space is what the status record needs
-        step = self.trainer.state.global_step if self.trainer is not None else self.start_step
-        if not self.started and self.resume_from is None and self.folder is not None:
+        if not (steps and steps.started) and self.resume_from is None and self.folder is not None:
             # it never trained (a model or dataset that cannot load): no run folder to leave behind
             shutil.rmtree(self.folder.path, ignore_errors=True)
             self.folder, self.sinks = None, []
         if not self.sinks and self._emit and self.rank == 0:
             self.sinks = [self._emit]  # failed before (or without) a run folder: the caller still hears why
-        run_dir = str(self.folder.path) if self.folder else None
         if self.reporting is not None:
             self.reporting.close(failed=True)
-        failed = ev.Failed(reason.splitlines()[0] if reason else type(exc).__name__, details, run_dir, step, cause)
+        run_dir = str(self.folder.path) if self.folder else None
+        failed = ev.Failed(reason.splitlines()[0] if reason else type(exc).__name__, details, run_dir, self._step(), cause)
         for sink in self.sinks:
             try:
                 sink(failed)
             except OSError:  # the run folder's disk may be what failed; the caller still hears of it
                 pass
-        return ev.RunResult(cause.run_status, run_dir, step, self.last_loss, None, error=reason, cause=cause,
-                            details=details)
-
-    def _emergency_checkpoint(self) -> None:
-        """On an unexpected error, keep what was trained since the last checkpoint, or say why not."""
-        trainer = self.trainer
-        if trainer is None or self.folder is None:
-            return
-        step = trainer.state.global_step
-        latest = self.folder.checkpoints()[-1][0] if self.folder.checkpoints() else 0
-        if step <= latest:
-            return
-        try:
-            trainer.flush_step_log()
-            self.save_reason = "error"
-            self.checkpoints.save_outside_loop(trainer)
-            self.checkpoint_written(step)
-        except Exception as exc:  # noqa: BLE001 - the original error is reported next; this one is said first
-            self.warn(f"could not save a checkpoint of step {step} after the error ({type(exc).__name__}: {exc}); "
-                      f"the last saved step is {latest}")
+        return ev.RunResult(cause.run_status, run_dir, self._step(), steps.last_loss if steps else None, None,
+                            error=reason, cause=cause, details=details)
 
     def _release(self) -> None:
         """Free the model and the GPU memory, so many runs in one sitting do not leak."""
         if self.reporting is not None:
             self.reporting.close()
-        self.trainer = self.loaded = self.data = self.prober = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        self.run_context = self.steps = None
+        _free_memory()
 
 
-def checkpoint_meta(state, config: RunConfig, meter: StepMeter, loss: float | None, reason: str) -> dict[str, Any]:
-    """The counters a checkpoint carries beside the Trainer's state, for resuming and for people."""
-    t = config.train
-    return {"total_steps": state.max_steps, "tokens": int(state.num_input_tokens_seen),
-            "elapsed_s": round(meter.elapsed(), 3), "loss": loss, "micro_batch_size": t.micro_batch_size,
-            "grad_accum": t.grad_accum, "max_steps": t.max_steps, "max_length": config.data.max_length,
-            "gradient_checkpointing": t.gradient_checkpointing, "reason": reason, "saved_at": time.time()}
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -83,7 +83,7 @@ def test_a_checkpoint_with_nan_weights_is_never_kept(tiny_config, monkeypatch):
 
     def poison_weights(event):  # runs on the training thread, between step 4's log and its save
         if isinstance(event, ev.StepLogged) and event.metrics.step == 4:
-            lora = next(p for p in sessions[-1].loaded.model.parameters() if p.requires_grad)
+            lora = next(p for p in sessions[-1].run_context.loaded.model.parameters() if p.requires_grad)
             lora.data.fill_(float("inf"))
 
     result = run_training(tiny_config.with_overrides({"train.save_every_steps": 2}), poison_weights)

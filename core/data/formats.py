@@ -5,11 +5,10 @@ a list of {role, content} messages (or plain text for the `text` format).
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from qlora_studio.core.errors import DataError
-
-FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text")
 
 PROMPT_NAMES = ("prompt", "question", "query", "input", "instruction", "source", "human", "user")
 COMPLETION_NAMES = ("completion", "answer", "response", "output", "target", "assistant", "gpt", "reply")
@@ -68,63 +67,65 @@ def detect_format(columns: dict[str, str], sample: list[dict[str, Any]], label: 
     )
 
 
+@dataclass(frozen=True)
+class RowFormat:
+    """One row format: the columns it reads, by role, and how a row becomes messages (or text)."""
+
+    needs: tuple[tuple[str, tuple[str, ...]], ...]  # (role, the column names that can hold it, preferred first)
+    read: Callable[[dict[str, Any], dict[str, str]], tuple[list[dict[str, str]], str]]  # (row, columns) -> (messages, text)
+    optional: tuple[str, ...] = ("system",)  # read when the file has them
+    any_single_column: bool = False  # a file of one column is this format whatever the column's name
+
+
+def _alpaca(row: dict[str, Any], cols: dict[str, str]) -> tuple[list[dict[str, str]], str]:
+    instruction = _text(row.get(cols["instruction"]), cols["instruction"])
+    extra = _optional_text(row.get(cols["input"])) if "input" in cols else ""
+    user = f"{instruction}\n\n{extra}" if extra else instruction
+    return [{"role": "user", "content": user},
+            {"role": "assistant", "content": _text(row.get(cols["output"]), cols["output"])}], ""
+
+
+ROW_FORMATS: dict[str, RowFormat] = {
+    "alpaca": RowFormat((("instruction", ("instruction",)), ("output", ("output", "response"))), _alpaca,
+                        optional=("input", "system")),
+    "sharegpt": RowFormat((("conversation", CONVERSATION_NAMES),),
+                          lambda row, cols: (_conversation(row.get(cols["conversation"]), sharegpt=True), "")),
+    "messages": RowFormat((("conversation", CONVERSATION_NAMES),),
+                          lambda row, cols: (_conversation(row.get(cols["conversation"]), sharegpt=False), "")),
+    "prompt_completion": RowFormat(
+        (("prompt", PROMPT_NAMES), ("completion", COMPLETION_NAMES)),
+        lambda row, cols: (_prompt_completion(row.get(cols["prompt"]), row.get(cols["completion"]), cols), "")),
+    "text": RowFormat((("text", TEXT_NAMES),), lambda row, cols: ([], _text(row.get(cols["text"]), cols["text"])),
+                      optional=(), any_single_column=True),
+}
+FORMATS = tuple(ROW_FORMATS)
+
+
 def required_columns(fmt: str, columns: dict[str, str], label: str) -> dict[str, str]:
     """The columns `fmt` reads, by role: {'conversation': 'messages'} etc. Missing ones are an error."""
-    names = set(columns)
-
-    def need(role: str, candidates: tuple[str, ...]) -> str:
-        found = _first_present(names, candidates)
+    spec, names = ROW_FORMATS[fmt], set(columns)
+    picked = {}
+    for role, candidates in spec.needs:
+        found = _first_present(names, candidates) or (next(iter(names)) if spec.any_single_column and len(names) == 1 else None)
         if found is None:
             raise DataError(
                 f"the {fmt} format needs a {role} column ({' / '.join(candidates[:4])}); the columns are "
                 f"{', '.join(sorted(columns.values()))} (map yours with data.columns)",
                 path=label,
             )
-        return columns[found]
-
-    if fmt in ("messages", "sharegpt"):
-        return {"conversation": need("conversation", CONVERSATION_NAMES)}
-    if fmt == "alpaca":
-        picked = {"instruction": need("instruction", ("instruction",)), "output": need("output", ("output", "response"))}
-        if "input" in names:
-            picked["input"] = columns["input"]
-        if "system" in names:
-            picked["system"] = columns["system"]
-        return picked
-    if fmt == "prompt_completion":
-        picked = {"prompt": need("prompt", PROMPT_NAMES), "completion": need("completion", COMPLETION_NAMES)}
-        if "system" in names:
-            picked["system"] = columns["system"]
-        return picked
-    text = _first_present(names, TEXT_NAMES) or (next(iter(names)) if len(names) == 1 else None)
-    if text is None:
-        raise DataError(
-            f"the text format needs a text column; the columns are {', '.join(sorted(columns.values()))}", path=label
-        )
-    return {"text": columns[text]}
+        picked[role] = columns[found]
+    picked.update({role: columns[role] for role in spec.optional if role in names})
+    return picked
 
 
 def normalize_row(row: dict[str, Any], fmt: str, cols: dict[str, str], system_prompt: str | None) -> tuple[list[dict[str, str]], str]:
     """(messages, text) for one row; raises RowProblem when the row does not fit."""
-    if fmt == "text":
-        return [], _text(row.get(cols["text"]), cols["text"])
-    if fmt == "alpaca":
-        instruction = _text(row.get(cols["instruction"]), cols["instruction"])
-        extra = _optional_text(row.get(cols["input"])) if "input" in cols else ""
-        user = f"{instruction}\n\n{extra}" if extra else instruction
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": _text(row.get(cols["output"]), cols["output"])}]
-        system = _optional_text(row.get(cols["system"])) if "system" in cols else ""
-        if system:
-            messages.insert(0, {"role": "system", "content": system})
-    elif fmt == "prompt_completion":
-        messages = _prompt_completion(row.get(cols["prompt"]), row.get(cols["completion"]), cols)
-        system = _optional_text(row.get(cols["system"])) if "system" in cols else ""
-        if system and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": system})
-    else:
-        messages = _conversation(row.get(cols["conversation"]), sharegpt=(fmt == "sharegpt"))
-    if system_prompt and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system_prompt})
+    messages, text = ROW_FORMATS[fmt].read(row, cols)
+    if not messages:
+        return messages, text
+    system = (_optional_text(row.get(cols["system"])) if "system" in cols else "") or system_prompt
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
     return messages, ""
 
 

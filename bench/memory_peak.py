@@ -61,7 +61,6 @@ def main() -> None:
     from qlora_studio.core.model.devices import configure_cuda_allocator
 
     configure_cuda_allocator()
-    from qlora_studio.core.planner.estimate import format_estimate
     from qlora_studio.core.planner.plan import estimate_config
     from qlora_studio.core.quiet import quiet_libraries
     from qlora_studio.core.training import runner
@@ -90,7 +89,7 @@ def main() -> None:
     if args.card:
         config = config.with_overrides({"train.experimental.card_gb": args.card})
     e = estimate_config(config, args.card)
-    print(format_estimate(e, args.card), flush=True)
+    print(e.breakdown(args.card), flush=True)
     simulate_card(args.card)
 
     before = {}

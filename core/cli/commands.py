@@ -117,7 +117,6 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from qlora_studio.core.planner.estimate import format_estimate
     from qlora_studio.core.planner.plan import detect_budget_gb, estimate_config
 
     config = load_run_config(args)
@@ -126,7 +125,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(estimate.to_dict(budget), default=str))
     else:
-        print(format_estimate(estimate, budget))
+        print(estimate.breakdown(budget))
     return 0
 
 

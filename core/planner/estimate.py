@@ -37,20 +37,12 @@ from qlora_studio.core.config.choices import LORA_TARGET_GROUPS, OPTIMIZERS
 from qlora_studio.core.model.lora import MASKED_CHUNK_BYTES, select_targets
 from qlora_studio.core.model.quant_layout import CUDA_ALLOC_ROUND, int8_bytes, packed_4bit_bytes, quant_constants_4bit_bytes
 from qlora_studio.core.model.shape import ModelShape
+from qlora_studio.core.planner.loss_memory import loss_bytes
 
 GIB = 1024**3
 MIB = 1024**2
 BUDGETS_GB = (8, 12, 16, 24, 48, 80)
 
-LOGITS_BYTES_PER_ELEMENT = 12.0
-LIGER_CHUNK_BYTES_PER_ELEMENT = 8.0  # fp32 chunk logits and their gradient
-LIGER_INPUT_GRAD_BYTES = 4.0  # fp32 gradient of the hidden states, filled chunk by chunk
-# Our chunked loss (training/lean_loss.py) at its peak, the backward of one chunk: bf16 logits,
-# their fp32 copy, log-softmax and the fp32 and bf16 gradients; plus the trained tokens' hidden
-# states, their gradient and the gradient scattered back into the sequence.
-CHUNKED_BYTES_PER_ELEMENT = 18.0
-CHUNKED_HIDDEN_COPIES = 3
-CHUNK_TOKENS_MIN, CHUNK_TOKENS_MAX = 128, 512
 # sdpa with a mask: the bool mask (1 byte per pair) lives through forward and backward; the
 # kernel converts it to a bf16 bias per call (measured about 2.4 bytes per pair at 16k, H100).
 MASK_BYTES_PER_PAIR = 1.0
@@ -162,6 +154,43 @@ class Estimate:
         """The one predicted number, as every view shows it."""
         return f"predicted peak {self.total_bytes / GIB:.2f} GiB on the GPU ({self.includes()})"
 
+    def breakdown(self, budget_gb: float | None) -> str:
+        """The estimate part by part, as `qlora-studio estimate` prints it, with the verdict for `budget_gb`."""
+        def gib(n: int) -> str:
+            return f"{n / GIB:7.2f} GiB"
+
+        mode = self.mode if self.mode != "4bit" else f"4-bit{' + double quant' if self.double_quant else ''}"
+        lines = [
+            f"{self.model}: {self.params / 1e9:.2f}B parameters, {mode}",
+            f"assumes {self.assumptions()}",
+            "",
+            f"  weights            {gib(self.weights_bytes)}   (quantization constants {self.quant_constants_bytes / MIB:.1f} MiB)",
+        ]
+        if self.mode == "4bit" and self.double_quant_saving_bytes >= 0:
+            lines.append(f"  double quant saves {self.double_quant_saving_bytes / MIB:7.1f} MiB"
+                         + ("" if self.double_quant else "   (it is off: turn quantization.double_quant on)"))
+        elif self.mode == "4bit":
+            lines.append(f"  double quant costs {-self.double_quant_saving_bytes / MIB:7.2f} MiB on layers this small")
+        lines += [
+            f"  LoRA adapters      {gib(self.lora_bytes)}   ({self.lora_params / 1e6:.1f}M trainable parameters)",
+            f"  gradients          {gib(self.gradients_bytes)}",
+            f"  optimizer states   {gib(self.optimizer_bytes)}",
+            f"  activations        {gib(self.activations_bytes - self.logits_bytes)}"
+            + (f"   ({self.checkpoint_bytes / GIB:.2f} GiB layer checkpoints on the GPU)" if self.gradient_checkpointing else ""),
+            f"  logits + loss      {gib(self.logits_bytes)}",
+            f"  CUDA context+slack {gib(self.overhead_bytes + RUNTIME_WORKSPACE_BYTES)}   (workspaces included)",
+            f"  total              {gib(self.total_bytes)}   = {self.includes()}",
+        ]
+        if budget_gb is not None:
+            verdict = "fits" if self.fits(budget_gb) else "does NOT fit"
+            lines.append(f"\n{verdict} in {budget_gb:g} GiB ({(budget_gb * GIB - self.total_bytes) / GIB:+.2f} GiB headroom)")
+            if not self.fits(budget_gb):
+                lines.append("try: qlora-studio fit CONFIG --gpu-gb " + f"{budget_gb:g}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"how: {d}" for d in self.decisions]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
     def to_dict(self, budget_gb: float | None = None) -> dict[str, Any]:
         data = asdict(self)
         data["tokens"] = self.tokens
@@ -231,7 +260,7 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
         # (bench/memory_peak.py, bench/results/planner-validation-*), 2 x (4,096 + 14,336) = 36.9.
         # (Tiled, the MLP input is counted whole above; a tile's is a view of it.)
         recomputed += mlp_tokens * compute_bytes * ((shape.hidden if mlp_tokens == tokens else 0) + shape.intermediate)
-    logits = int(_loss_bytes(shape, tokens, loss, compute_bytes))
+    logits = int(loss_bytes(shape, tokens, loss, compute_bytes))
     hidden_state = tokens * shape.hidden * compute_bytes
     if mlp_tokens < tokens:
         # Tiled, the layer also holds the whole MLP input (the tiles' checkpoints keep views of it,
@@ -314,37 +343,6 @@ def _weight_bytes(shape: ModelShape, mode: str, double_quant: bool, compute_byte
     return weights, constants, constants_other
 
 
-def liger_chunk_tokens(shape: ModelShape, tokens: int) -> int:
-    """Rows per chunk of Liger's fused linear cross-entropy: tokens / ceil(vocab / hidden), to a power of two."""
-    return liger_chunk_tokens_for(tokens, shape.hidden, shape.vocab)
-
-
-def _loss_bytes(shape: ModelShape, tokens: int, loss: str, compute_bytes: int) -> float:
-    """Memory of lm_head + loss at their peak: full logits, Liger's fused chunks, or our chunked loss."""
-    if loss == "liger":
-        # only one chunk's fp32 logits (and their gradient) plus the input's gradient
-        return (LIGER_CHUNK_BYTES_PER_ELEMENT * liger_chunk_tokens(shape, tokens) * shape.vocab
-                + LIGER_INPUT_GRAD_BYTES * tokens * shape.hidden)
-    if loss == "chunked":
-        chunk = chunked_loss_chunk_tokens(tokens, shape.hidden, shape.vocab)
-        return (CHUNKED_BYTES_PER_ELEMENT * chunk * shape.vocab
-                + CHUNKED_HIDDEN_COPIES * compute_bytes * tokens * shape.hidden)
-    return LOGITS_BYTES_PER_ELEMENT * tokens * shape.vocab
-
-
-def chunked_loss_chunk_tokens(trained: int, hidden: int, vocab: int) -> int:
-    """Chunk length of our chunked loss: a chunk's logits about the size of the hidden states (as
-    Liger sizes its chunks), between 128 and 512 tokens, so long batches do not grow the chunk
-    (at 80k tokens and a 128k vocabulary Liger's chunks reach 4,096 tokens, 4 GiB)."""
-    wanted = liger_chunk_tokens_for(trained, hidden, vocab)
-    return max(CHUNK_TOKENS_MIN, min(CHUNK_TOKENS_MAX, wanted))
-
-
-def liger_chunk_tokens_for(tokens: int, hidden: int, vocab: int) -> int:
-    factor = math.ceil(vocab / hidden)
-    return 2 ** math.ceil(math.log2(max(1, math.ceil(tokens / factor))))
-
-
 def _attention_bytes(shape: ModelShape, attention: str, packed: bool, masked: bool, seq_len: int, micro_batch: int,
                      compute_bytes: int, layers: int) -> int:
     """What the attention path holds beyond q, k, v and its output (counted per layer elsewhere)."""
@@ -398,40 +396,3 @@ def _in_mlp(lin) -> bool:
 
 def _round(nbytes: int) -> int:
     return -(-nbytes // CUDA_ALLOC_ROUND) * CUDA_ALLOC_ROUND
-
-
-def format_estimate(e: Estimate, budget_gb: float | None) -> str:
-    def gib(n: int) -> str:
-        return f"{n / GIB:7.2f} GiB"
-
-    mode = e.mode if e.mode != "4bit" else f"4-bit{' + double quant' if e.double_quant else ''}"
-    lines = [
-        f"{e.model}: {e.params / 1e9:.2f}B parameters, {mode}",
-        f"assumes {e.assumptions()}",
-        "",
-        f"  weights            {gib(e.weights_bytes)}   (quantization constants {e.quant_constants_bytes / MIB:.1f} MiB)",
-    ]
-    if e.mode == "4bit" and e.double_quant_saving_bytes >= 0:
-        lines.append(f"  double quant saves {e.double_quant_saving_bytes / MIB:7.1f} MiB"
-                     + ("" if e.double_quant else "   (it is off: turn quantization.double_quant on)"))
-    elif e.mode == "4bit":
-        lines.append(f"  double quant costs {-e.double_quant_saving_bytes / MIB:7.2f} MiB on layers this small")
-    lines += [
-        f"  LoRA adapters      {gib(e.lora_bytes)}   ({e.lora_params / 1e6:.1f}M trainable parameters)",
-        f"  gradients          {gib(e.gradients_bytes)}",
-        f"  optimizer states   {gib(e.optimizer_bytes)}",
-        f"  activations        {gib(e.activations_bytes - e.logits_bytes)}"
-        + (f"   ({e.checkpoint_bytes / GIB:.2f} GiB layer checkpoints on the GPU)" if e.gradient_checkpointing else ""),
-        f"  logits + loss      {gib(e.logits_bytes)}",
-        f"  CUDA context+slack {gib(e.overhead_bytes + RUNTIME_WORKSPACE_BYTES)}   (workspaces included)",
-        f"  total              {gib(e.total_bytes)}   = {e.includes()}",
-    ]
-    if budget_gb is not None:
-        verdict = "fits" if e.fits(budget_gb) else "does NOT fit"
-        lines.append(f"\n{verdict} in {budget_gb:g} GiB ({(budget_gb * GIB - e.total_bytes) / GIB:+.2f} GiB headroom)")
-        if not e.fits(budget_gb):
-            lines.append("try: qlora-studio fit CONFIG --gpu-gb " + f"{budget_gb:g}")
-    lines += [f"warning: {w}" for w in e.warnings]
-    lines += [f"how: {d}" for d in e.decisions]
-    lines += [f"note: {n}" for n in e.notes]
-    return "\n".join(lines)

@@ -8,7 +8,7 @@ from typing import Any
 from qlora_studio.core.config.choices import OPTIMIZERS
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.model.shape import model_shape
-from qlora_studio.core.planner.estimate import GIB, Estimate, format_estimate
+from qlora_studio.core.planner.estimate import GIB, Estimate
 from qlora_studio.core.planner.plan import MLP_TILE_TOKENS, assume, estimate_for, model_config_of, with_reasons
 
 
@@ -146,4 +146,4 @@ def _diff(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, Any]]:
 def format_fit(result: FitResult) -> str:
     if result.config is None:
         return result.message
-    return "\n".join([result.message, "", format_estimate(result.estimate, result.budget_gb)])
+    return "\n".join([result.message, "", result.estimate.breakdown(result.budget_gb)])

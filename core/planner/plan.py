@@ -25,7 +25,8 @@ from qlora_studio.core.data.packing import packing_plan, tokens_per_batch
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.model.devices import expandable_segments_expected, liger_applies
 from qlora_studio.core.model.shape import ModelShape, builtin_shape_note, load_model_config, model_shape
-from qlora_studio.core.planner.estimate import CHUNK_TOKENS_MAX, GIB, Estimate, estimate, liger_chunk_tokens
+from qlora_studio.core.planner.estimate import GIB, Estimate, estimate
+from qlora_studio.core.planner.loss_memory import CHUNK_TOKENS_MAX, liger_chunk_tokens
 
 CHUNKED_LOSS_MIN_VOCAB = 32_000
 MLP_TILE_TOKENS = 8192

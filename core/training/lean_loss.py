@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from qlora_studio.core.planner.estimate import chunked_loss_chunk_tokens
+from qlora_studio.core.planner.loss_memory import chunked_loss_chunk_tokens
 
 IGNORE_INDEX = -100
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")

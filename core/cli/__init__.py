@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qlora_studio.core.cli import after_commands as a
     from qlora_studio.core.cli import commands as c
 
     parser = argparse.ArgumentParser(
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("runs", c.cmd_runs, "list the runs in an output folder", (as_json,))
     p.add_argument("output_dir", nargs="?", help="a runs folder (default: the one the window uses too; see `env`)")
 
-    p = command("generate", c.cmd_generate, "answer a prompt with a trained adapter (checks that it stops)",
+    p = command("generate", a.cmd_generate, "answer a prompt with a trained adapter (checks that it stops)",
                 (debug, pickles))
     p.add_argument("run_dir", help="a run folder (its adapter/) or an adapter folder")
     p.add_argument("prompt", nargs="+", help="the user message")
@@ -118,13 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("run_dir", help="a run folder (its final adapter/), a checkpoint folder or an adapter folder")
     checkpoint.add_argument("--checkpoint", metavar="step-N", help="a checkpoint of the run instead of its final adapter")
 
-    p = command("evaluate", c.cmd_evaluate, "score base vs tuned: exact match, stop rate, validation loss; saved in the run",
+    p = command("evaluate", a.cmd_evaluate, "score base vs tuned: exact match, stop rate, validation loss; saved in the run",
                 (checkpoint, as_json, debug, pickles))
     p.add_argument("--data", help="rows to score (default: the run's own validation split), e.g. sample:dates-eval")
     p.add_argument("--limit", type=int, help="score only the first N rows")
     p.add_argument("--max-new-tokens", type=int, default=64)
 
-    p = command("chat", c.cmd_chat, "chat with a trained adapter (or its base), replies streamed; --prompt for one reply",
+    p = command("chat", a.cmd_chat, "chat with a trained adapter (or its base), replies streamed; --prompt for one reply",
                 (checkpoint, debug, pickles))
     p.add_argument("--base", action="store_true", help="the base model (the adapter switched off)")
     p.add_argument("--prompt", help="answer this one message and exit (no conversation)")
@@ -135,13 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from qlora_studio.core.after.export import EXPORT_TARGETS, GGUF_QUANTS
 
-    p = command("export", c.cmd_export, "export a run: its adapter, a merged model, a GGUF file or an Ollama folder",
+    p = command("export", a.cmd_export, "export a run: its adapter, a merged model, a GGUF file or an Ollama folder",
                 (checkpoint, debug, pickles))
     p.add_argument("--to", required=True, choices=EXPORT_TARGETS)
     p.add_argument("--out", help="target folder (a .gguf file for --to gguf); default: exports/ inside the run folder")
-    p.add_argument("--quant", default="q8_0", choices=GGUF_QUANTS, help="GGUF tensor type (gguf, ollama)")
+    p.add_argument("--quant", default="q8_0", choices=GGUF_QUANTS,
+                   help="GGUF tensor type (gguf, ollama); q4_k_m, q5_k_m and q6_k need the gguf extra (llama.cpp)")
     p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"), help="merged weights")
     p.add_argument("--system", help="the Modelfile's SYSTEM prompt (ollama; default: the chat template's own)")
+    p.add_argument("--check", action="store_true",
+                   help="then answer the run's held-out rows (or probes) with the run and with the export, side by side")
+    p.add_argument("--check-rows", type=int, default=100, help="rows the parity check answers (default 100)")
 
     p = command("init", c.cmd_init, "write a documented config file to start from (the demo, every key explained)")
     p.add_argument("path", nargs="?", default="qlora-studio.yaml", help="where to write it; - prints it")

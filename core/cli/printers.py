@@ -176,3 +176,16 @@ def format_report(report, color: bool = False) -> str:
                 text += segment["text"]
         lines.append(text)
     return "\n".join(lines)
+
+
+def progress_printer():
+    """A job's progress (export, evaluation) as a line on stderr every ten percent."""
+    last = [-1]
+
+    def show(fraction: float, message: str) -> None:
+        percent = int(fraction * 100)
+        if percent // 10 != last[0] // 10 or fraction >= 1.0:
+            last[0] = percent
+            print(f"  {percent:3d}%  {message}", file=sys.stderr, flush=True)
+
+    return show

@@ -145,11 +145,11 @@ def test_cancel_leaves_nothing(exported, tmp_path):
 
 def test_gguf_refuses_what_llama_cpp_would_not_read(exported, tmp_path):
     with pytest.raises(ExportError, match="not offered"):
-        write_gguf(exported["merged"], tmp_path / "x.gguf", "q4_k_m")
+        write_gguf(exported["merged"], tmp_path / "x.gguf", "q3_k_s")
     other = tmp_path / "gpt2-like"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ExportError, match="supports Llama, Mistral, Qwen2 and SmolLM"):
+    with pytest.raises(ExportError, match="GGUF export covers Llama, Mistral, SmolLM2, Qwen2 and Qwen3; GPT2LMHeadModel"):
         write_gguf(other, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
 

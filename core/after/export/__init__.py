@@ -4,6 +4,8 @@ transformers folder, a GGUF file for llama.cpp / LM Studio, and an Ollama folder
     merge.py        base (dequantized from the 4-bit weights training saw) + adapter -> merged folder
     gguf_file.py    merged folder -> .gguf (tensors, hyper-parameters), on gguf's GGUFWriter
     gguf_vocab.py   the tokenizer as GGUF metadata (tokens, types, merges, pre-tokenizer name)
+    llamacpp.py     llama.cpp (optional): the K-quant quantizer and a runtime for the parity check
+    parity.py       the exported artefact against the run, on its held-out rows: exact match, stops
     chat_format.py  a Jinja chat template measured and rebuilt as Ollama's Go template
     ollama.py       .gguf -> folder with model.gguf + Modelfile
     run.py          `export_run`: what `qlora-studio export` and the window's Export dialog call
@@ -25,7 +27,9 @@ from qlora_studio.core.after.jobs import Cancelled
 from qlora_studio.core.atomic import replace_dir
 from qlora_studio.core.errors import UserError
 
-GGUF_QUANTS = ("f16", "q8_0", "f32", "bf16", "q5_1", "q5_0", "q4_1", "q4_0")  # the first two are what most people want
+# q4_k_m (what Ollama and LM Studio users load) and q8_0 first: what most people want. The K-quants
+# need llama.cpp's quantizer (llamacpp.py, the `gguf` extra); the rest our writer makes alone.
+GGUF_QUANTS = ("q4_k_m", "q8_0", "q5_k_m", "q6_k", "f16", "f32", "bf16", "q5_1", "q5_0", "q4_1", "q4_0")
 EXPORT_TARGETS = ("adapter", "merged", "gguf", "ollama")
 
 

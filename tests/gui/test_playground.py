@@ -138,6 +138,29 @@ def test_export_from_the_window(window, qtbot, tiny_run, tmp_path):
     dialog.close()
 
 
+def test_export_dialog_checks_the_export_and_greys_what_the_model_cannot_do(window, qtbot, tiny_run, tmp_path,
+                                                                           monkeypatch):
+    dialog = window.open_export(tiny_run.run_dir)
+    dialog.format.setValue("merged")
+    dialog.out.setText(str(tmp_path / "merged"))
+    assert dialog.check.isEnabled() and dialog.check.isChecked()  # on by default
+    with qtbot.waitSignal(dialog.task.result, timeout=120_000):
+        assert dialog.start()
+    assert not dialog.parity.isHidden() and "same reply" in dialog.parity.text()
+    assert "validation split rows (merged: merged)" in dialog.parity.text()
+    assert (Path(tiny_run.run_dir) / "parity.json").is_file()
+    dialog.close()
+
+    from qlora_studio.core.after.export import run as export_module
+
+    reason = "GGUF export covers Llama, Mistral, SmolLM2, Qwen2 and Qwen3; Gemma 2 needs its norm offset"
+    monkeypatch.setattr(export_module, "gguf_blocker", lambda ref: reason)
+    dialog = window.open_export(tiny_run.run_dir)
+    assert not dialog.format.buttons["gguf"].isEnabled() and not dialog.format.buttons["ollama"].isEnabled()
+    assert dialog.format.value() == "merged" and dialog.format.buttons["gguf"].toolTip() == reason
+    dialog.close()
+
+
 def _fake_run(root: Path, name: str) -> Path:
     run = root / name
     (run / "checkpoints").mkdir(parents=True)

@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="then answer the run's held-out rows (or probes) with the run and with the export, side by side")
     p.add_argument("--check-rows", type=int, default=100, help="rows the parity check answers (default 100)")
+    p.add_argument("--check-data", help="a file of rows for the parity check (default: the run's validation split)")
 
     p = command("init", c.cmd_init, "write a documented config file to start from (the demo, every key explained)")
     p.add_argument("path", nargs="?", default="qlora-studio.yaml", help="where to write it; - prints it")

@@ -90,7 +90,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.check:
         from qlora_studio.core.after.export.parity import check_parity, save_parity
 
-        parity = check_parity(ref, path, args.to, limit=args.check_rows, progress=progress_printer())
+        parity = check_parity(ref, path, args.to, data=args.check_data, limit=args.check_rows,
+                              progress=progress_printer())
         save_parity(parity, ref.run_dir)
         print("\n".join(parity.lines()))
     if args.to == "ollama":

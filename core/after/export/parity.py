@@ -69,9 +69,11 @@ class Parity:
         return asdict(self)
 
 
-def check_parity(ref: AdapterRef, artefact: str | Path, kind: str, *, limit: int = 100, max_new_tokens: int = 64,
-                 progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Parity:
-    """Compare `artefact` (what `export_run` wrote as `kind`) with the run it came from."""
+def check_parity(ref: AdapterRef, artefact: str | Path, kind: str, *, data: str | None = None, limit: int = 100,
+                 max_new_tokens: int = 64, progress: ProgressFn | None = None,
+                 cancel: CancelFn | None = None) -> Parity:
+    """Compare `artefact` (what `export_run` wrote as `kind`) with the run it came from, on the run's
+    validation split (`data` None; its probes when it has none) or on the rows of the file `data`."""
     from qlora_studio.core.after.inference import InferenceSession
     from qlora_studio.core.model.generation import Sampling
 
@@ -80,7 +82,7 @@ def check_parity(ref: AdapterRef, artefact: str | Path, kind: str, *, limit: int
     artefact = Path(artefact)
     job.report(0.0, "loading the tuned model")
     session = InferenceSession(ref)
-    label, prompts, references = _rows(session, limit)
+    label, prompts, references = _rows(session, data, limit)
     answered = session.replies(prompts, Sampling(max_new_tokens=max_new_tokens), cancel=lambda: job.cancelled,
                                progress=lambda done, total: job.report(0.5 * done / total, f"tuned: {done}/{total}"))
     job.check()
@@ -106,17 +108,18 @@ def save_parity(parity: Parity, run_dir: str | Path | None) -> Path | None:
     return path
 
 
-def _rows(session, limit: int) -> tuple[str, list, list[str | None]]:
+def _rows(session, data: str | None, limit: int) -> tuple[str, list, list[str | None]]:
     from qlora_studio.core.data.heldout import held_out_rows
     from qlora_studio.core.errors import DataError
 
     config = session.config
     try:
-        rows = held_out_rows(config.data, session.chat.tokenizer, session.chat.stop_ids, config.train.seed, None, limit)
+        rows = held_out_rows(config.data, session.chat.tokenizer, session.chat.stop_ids, config.train.seed, data, limit)
         if rows.prompts:
             return rows.label, rows.prompts, list(rows.references)
     except DataError:
-        pass
+        if data is not None:
+            raise
     if not config.probes:
         raise ExportError("the parity check needs held-out rows (data.validation_split) or probes; the run has neither")
     probes = config.probes[:limit]

@@ -30,7 +30,8 @@ INSTALL_HINT = "pip install 'qlora-studio[gguf]' (llama-cpp-python)"
 
 
 def available() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+    """Installed, and runnable as a child (a frozen app has no `python -m`; it does not bundle llama.cpp)."""
+    return not getattr(sys, "frozen", False) and importlib.util.find_spec("llama_cpp") is not None
 
 
 def require(what: str) -> None:

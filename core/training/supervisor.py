@@ -15,6 +15,7 @@ folder, whose last checkpoint stays resumable: a native crash costs the run, nev
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import os
@@ -37,6 +38,65 @@ from qlora_studio.core.runs.store import RunFolder
 HEARTBEAT_S = 1.0  # the child's
 SILENCE_LIMIT_S = 120.0  # no line for this long: the child is hung (a heartbeat thread still runs in a busy one)
 STDERR_LINES = 200  # the child's last stderr lines, kept as the details of a crash
+
+
+class Spare:
+    """One worker started before its run (`worker --spare`): python up and the libraries imported
+    while the user is still setting up, so Start waits only for the run's own loading. It is taken
+    only by a run whose environment and working folder are those it started with; otherwise it is
+    let go and the run starts cold. A frozen app (no `python -m`) starts every run cold."""
+
+    _lock = threading.Lock()
+    _waiting: tuple[subprocess.Popen, dict[str, str], str] | None = None
+
+    @classmethod
+    def prepare(cls) -> None:
+        """Have one spare waiting (no-op if one already is)."""
+        if getattr(sys, "frozen", False):
+            return
+        with cls._lock:
+            if cls._waiting is not None and cls._waiting[0].poll() is None:
+                return
+            env, cwd = dict(os.environ), os.getcwd()
+            process = _start([sys.executable, "-m", "qlora_studio.core.training.worker", "--spare"], env,
+                             stdin=subprocess.PIPE)
+            cls._waiting = (process, env, cwd)
+
+    @classmethod
+    def take(cls, env: dict[str, str]) -> subprocess.Popen | None:
+        """The waiting spare for a run with `env`, if it matches and is alive; it is no longer the spare."""
+        with cls._lock:
+            waiting, cls._waiting = cls._waiting, None
+        if waiting is None:
+            return None
+        process, spare_env, cwd = waiting
+        if process.poll() is None and spare_env == env and cwd == os.getcwd():
+            return process
+        _let_go(process)
+        return None
+
+    @classmethod
+    def release(cls) -> None:
+        """Let the spare go (the app is closing)."""
+        with cls._lock:
+            waiting, cls._waiting = cls._waiting, None
+        if waiting is not None:
+            _let_go(waiting[0])
+
+
+atexit.register(Spare.release)
+
+
+def _start(command: list[str], env: dict[str, str], stdin=subprocess.DEVNULL) -> subprocess.Popen:
+    # A session of its own: Ctrl+C in a terminal reaches this process, which asks the child to stop
+    # after a checkpoint, instead of killing it mid-step.
+    return subprocess.Popen(command, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            bufsize=1, start_new_session=True)
+
+
+def _let_go(process: subprocess.Popen) -> None:
+    """A spare not taken holds nothing yet (no run, no files, no GPU): ended at once, without waiting for its imports."""
+    _kill(process)
 
 
 def run_supervised(config: RunConfig | None, emit: ev.Emit | None, control: TrainControl | None,
@@ -102,11 +162,17 @@ class Supervision:
 
     def run(self) -> ev.RunResult:
         self.files.clear()  # a stale request must not steer the new child
-        # A session of its own: Ctrl+C in a terminal reaches this process, which asks the child to stop
-        # after a checkpoint, instead of killing it mid-step.
-        process = subprocess.Popen(child_command(self.folder.path, self.config.distributed.num_processes),
-                                   env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
+        processes = self.config.distributed.num_processes
+        process = Spare.take(self.env) if processes == 1 else None
+        if process is not None:
+            try:
+                process.stdin.write(f"{self.folder.path}\n")
+                process.stdin.close()
+            except OSError:  # it died after all: start cold
+                _kill(process)
+                process = None
+        if process is None:
+            process = _start(child_command(self.folder.path, processes), self.env)
         self.control.process_id = process.pid
         done = threading.Event()
         readers = [threading.Thread(target=self._read, args=(process.stdout, self.lines), daemon=True),

@@ -1,5 +1,7 @@
 """The child that trains one run folder for a supervisor (training.supervisor):
-`python -m qlora_studio.core.training.worker RUN_DIR`, alone or as one rank of torch's launcher.
+`python -m qlora_studio.core.training.worker RUN_DIR`, alone or as one rank of torch's launcher;
+or, started ahead of its run as the supervisor's spare, `... worker --spare`: it imports the
+libraries, then reads the run folder from stdin (an empty line or a closed stdin: it exits).
 
 Rank 0 writes one JSON object a line on stdout (the events, a heartbeat every second, and the
 questions the run asks) and follows <run>/control.json for requests and answers. Whatever the
@@ -111,5 +113,25 @@ def main(run_dir: str) -> int:
     return result.exit_code
 
 
+def spare() -> int:
+    """Import what training needs (the seconds a cold start costs), then train the run folder the
+    supervisor names on stdin."""
+    from qlora_studio.core.model.devices import configure_cuda_allocator
+    from qlora_studio.core.quiet import quiet_libraries
+
+    configure_cuda_allocator()
+    quiet_libraries()
+    from qlora_studio.core.libraries import import_libraries
+
+    import_libraries()  # torch, transformers, datasets, peft
+    import bitsandbytes  # noqa: F401
+    import transformers.trainer  # noqa: F401 - the Trainer, accelerate with it
+
+    import qlora_studio.core.training.runner  # noqa: F401
+
+    run_dir = sys.stdin.readline().strip()
+    return main(run_dir) if run_dir else 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(spare() if sys.argv[1] == "--spare" else main(sys.argv[1]))

@@ -23,6 +23,7 @@ from qlora_studio.gui.workers.tasks import TaskError, QtWorker, wire_worker
 
 Answerer = Callable[[str, list[str]], str]
 EVENT_BATCH_MS = 200
+SPARE_AFTER_MS = 3000  # the first run's worker starts this long after the window (core: supervisor.Spare)
 
 
 class TrainWorker(QtWorker):
@@ -69,9 +70,18 @@ class TrainWorker(QtWorker):
 
 
 def train_in_child(config: Any, emit: Callable[[Any], None], control: Any, resume_from: str | None = None) -> Any:
-    from qlora_studio.core.training.supervisor import run_supervised
+    from qlora_studio.core.training.supervisor import Spare, run_supervised
 
-    return run_supervised(config, emit, control, resume_from)
+    try:
+        return run_supervised(config, emit, control, resume_from)
+    finally:
+        Spare.prepare()  # the next run's worker imports its libraries while the user reads this run's results
+
+
+def prepare_spare_worker() -> None:
+    from qlora_studio.core.training.supervisor import Spare
+
+    Spare.prepare()
 
 
 class _Reply:
@@ -107,6 +117,8 @@ class TrainController(QObject):
         self._batch_timer.setSingleShot(True)
         self._batch_timer.timeout.connect(self.deliver)
         self._delivered_at = float("-inf")
+        if self.train is train_in_child:  # after the window's own start-up, so the two do not compete
+            QTimer.singleShot(SPARE_AFTER_MS, self, prepare_spare_worker)
 
     # ---- state ----
     @property

@@ -69,6 +69,58 @@ def add_trainer_callback(callback) -> None:
     runner.build_trainer = with_callback
 
 
+def step_clock(steps: list[tuple[float, int]]):
+    """A Trainer callback that appends (seconds, real tokens) per optimizer step to `steps`: host clock
+    between CUDA syncs, tokens from the Trainer's non-padding count (include_num_input_tokens_seen)."""
+    import torch
+    from transformers import TrainerCallback
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            sync()
+            self.t, self.tokens = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            sync()
+            steps.append((time.perf_counter() - self.t, int(state.num_input_tokens_seen - self.tokens)))
+
+    return Clock()
+
+
+def epoch_clock(epochs: list[dict]):
+    """A Trainer callback that appends one record per epoch to `epochs`: wall-clock seconds from
+    on_epoch_begin to on_epoch_end (time.perf_counter after torch.cuda.synchronize at both ends, so
+    the epoch's queued GPU work is inside), optimizer steps, and the Trainer's token count over the
+    epoch (a lagging count, e.g. the studio's step logs read a step late, shifts it by a step)."""
+    import torch
+    from transformers import TrainerCallback
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    class EpochClock(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            sync()
+            self.t, self.step, self.tokens = time.perf_counter(), state.global_step, state.num_input_tokens_seen
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            sync()
+            epochs.append({"seconds": round(time.perf_counter() - self.t, 3), "steps": state.global_step - self.step,
+                           "tokens_seen": int(state.num_input_tokens_seen - self.tokens)})
+
+    return EpochClock()
+
+
+def epoch_figures(epochs: list[dict], real_tokens: int | None) -> dict:
+    """The headline: the rows' real tokens over the second epoch's wall-clock time (the first holds
+    warm-up: kernel compiles, autotuning, allocator growth)."""
+    second = epochs[1] if len(epochs) > 1 else None
+    rate = round(real_tokens / second["seconds"], 1) if second and real_tokens and second["seconds"] > 0 else None
+    return {"epochs": epochs, "epoch_real_tokens": real_tokens, "epoch2_s": second["seconds"] if second else None,
+            "epoch2_tokens_per_s": rate}
+
+
 KERNEL_KINDS = (  # first match wins: kernel-name fragments -> what the time is spent on
     ("4-bit dequantize", ("dequantize", "kdequant")),
     ("attention", ("flash", "fmha", "attention", "attn")),

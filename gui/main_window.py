@@ -1,4 +1,7 @@
-"""The main window: Setup, Monitor, Runs and Playground pages around one `TrainController`."""
+"""The main window: Setup, Monitor, Runs and Playground pages around one `TrainController`.
+
+The window builds the pages, the toolbar and the status line, restores its state, finds the GPU,
+moves between pages and opens the dialogs; `RunBinder` carries a run from Start to its end."""
 
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from qlora_studio.core.errors import FailureCause, UserError
 from qlora_studio.core.runs import events as ev
+from qlora_studio.gui.dialogs import prompts
 from qlora_studio.gui.pages.monitor_page import MonitorPage
 from qlora_studio.gui.pages.playground_page import PlaygroundPage
+from qlora_studio.gui.pages.run_binder import RunBinder
 from qlora_studio.gui.pages.runs_page import RunsPage
 from qlora_studio.gui.settings import Settings
 from qlora_studio.gui.pages.setup_page import SetupPage
@@ -28,8 +32,6 @@ from qlora_studio.gui.workers.tasks import TaskRunner
 from qlora_studio.gui.workers.training import TrainController
 
 SETUP, MONITOR, RUNS, PLAYGROUND = range(4)
-FAILURE_TITLES = {FailureCause.OOM: "Out of GPU memory", FailureCause.NAN: "Training diverged (NaN/Inf)",
-                  FailureCause.DISK: "Disk full or not writable"}
 
 
 def _probe_gpus():
@@ -42,23 +44,6 @@ def _run_history(run_dir: str):
     from qlora_studio.core.runs.store import RunFolder
 
     return RunFolder(run_dir).history()
-
-
-def _resumable(run_dir: str) -> bool:
-    from qlora_studio.core.runs.store import summarize_run
-
-    return summarize_run(Path(run_dir)).resumable
-
-
-def show_error(parent: QWidget, title: str, reason: str, details: str = "") -> QMessageBox:
-    """A non-blocking error dialog: the one-line reason, the traceback behind "Show Details…"."""
-    box = QMessageBox(QMessageBox.Icon.Critical, title, reason, QMessageBox.StandardButton.Ok, parent)
-    box.setObjectName("errorDialog")
-    if details:
-        box.setDetailedText(details)
-    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-    box.open()
-    return box
 
 
 class MainWindow(QMainWindow):
@@ -76,15 +61,10 @@ class MainWindow(QMainWindow):
             self.setWindowIcon(QIcon(str(icon)))
         self.gpus: list[Any] | None = None
         self.last_error_box: QMessageBox | None = None
-        self._run_paused = False  # the running run is paused (its checkpoints may be chatted with)
         self.export_dialog = None
-        self._close_after_run = False
-        self._run_config = None
 
         self.controller = TrainController(self)
         self.controller.answer_question = self.ask_user
-        self.controller.events.connect(self._on_events)
-        self.controller.finished.connect(self._on_run_finished)
 
         self.setup = SetupPage(self.settings)
         self.monitor = MonitorPage()
@@ -109,14 +89,19 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.banner)
         layout.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
-        self._build_toolbar()
+        self.toolbar = TrainingToolbar(self.settings.get("monitor/extend_steps"), self)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.toolbar)
+        bar = self.toolbar  # its controls, by the names the tests read
+        self.start_action, self.pause_action = bar.start_action, bar.pause_action
+        self.stop_action, self.save_action = bar.stop_action, bar.save_action
+        self.extend_spin, self.extend_button = bar.extend_spin, bar.extend_button
         self.state_label = QLabel("Idle")
         self.state_label.setObjectName("stateLabel")
         self.statusBar().addPermanentWidget(self.state_label)
+        self.run_binder = RunBinder(self)
 
         self.setup.error.connect(lambda title, reason, details: self.report_error(title, reason, details))
         self.setup.config_changed.connect(self._on_config_changed)
-        self.setup.start_blocker_changed.connect(lambda _reason: self._update_actions())
         self.setup.memory.budget_changed.connect(lambda value: self.settings.set("memory/budget", value))
         self.runs.replay_requested.connect(self.replay_run)
         self.runs.resume_requested.connect(self.resume_run)
@@ -142,21 +127,7 @@ class MainWindow(QMainWindow):
         self.runs.set_output_dir(self.setup.config.output_dir)
         self.playground.set_output_dir(self.setup.config.output_dir)
         self.gpu_probe.request()
-        self._update_actions()
-
-    # ---- building ----
-    def _build_toolbar(self) -> None:
-        self.toolbar = TrainingToolbar(self.settings.get("monitor/extend_steps"), self)
-        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.toolbar)
-        bar = self.toolbar
-        self.start_action, self.pause_action = bar.start_action, bar.pause_action
-        self.stop_action, self.save_action = bar.stop_action, bar.save_action
-        self.extend_spin, self.extend_button = bar.extend_spin, bar.extend_button
-        self.start_action.triggered.connect(self.start_training)
-        self.pause_action.toggled.connect(self._on_pause_toggled)
-        self.stop_action.triggered.connect(self.stop_training)
-        self.save_action.triggered.connect(self._save_now)
-        self.extend_button.clicked.connect(self._extend)
+        self.run_binder.update_actions()
 
     # ---- state ----
     def _restore_state(self) -> None:
@@ -182,12 +153,6 @@ class MainWindow(QMainWindow):
         self.settings.set("monitor/extend_steps", self.extend_spin.value())
         self.settings.sync()
 
-    def _update_actions(self) -> None:
-        self.toolbar.set_state(self.controller.running, self.controller.stopping, self.setup.start_blocker)
-        self.runs.set_busy(self.controller.running)
-        # A paused run's child holds still: the playground may load its checkpoints from the run folder meanwhile.
-        self.playground.set_training(self.controller.running and not self._run_paused)
-
     # ---- GPU ----
     @Slot(object, object)
     def _on_gpus(self, _tag, gpus: list[Any]) -> None:
@@ -206,179 +171,19 @@ class MainWindow(QMainWindow):
             self.setup.memory.set_detected_gpu("", None)
         self.gpus_detected.emit(self.gpus)
 
-    # ---- training ----
+    # ---- training (RunBinder's, under the names callers know) ----
     def start_training(self) -> bool:
-        if self.controller.running:
-            return False
-        blocker = self.setup.start_blocker
-        if blocker:  # Start is disabled then; the shortcut or a caller may still ask
-            self.statusBar().showMessage(f"Cannot start: {blocker}", 8000)
-            return False
-        config = self.setup.config
-        if not self._pickle_consent(config.model.name_or_path):
-            return False
-        self._run_config = config
-        predicted = self.setup.memory.predicted_peak_gb(config)
-        self.monitor.begin_live(config.run_name or Path(config.model.name_or_path).name, predicted)
-        self.controller.start(config)
-        self._after_start()
-        return True
+        return self.run_binder.start()
 
     def resume_run(self, run_dir: str, extend: int = 0) -> bool:
-        """Continue a run from its latest checkpoint; `extend` more steps than it planned (a
-        finished run has nothing to resume without them)."""
-        if self.controller.running:
-            return False
-        from qlora_studio.core.runs.store import RunFolder
-
-        folder = RunFolder(run_dir)
-        try:
-            model = folder.load_config().model.name_or_path
-        except UserError:
-            model = ""  # the run reports its broken folder itself
-        if model and not self._pickle_consent(model):
-            return False
-        try:
-            config = folder.extended_config(extend) if extend else None
-        except UserError as exc:
-            self.report_error("Train more", str(exc))
-            return False
-        self._run_config = config
-        self.monitor.begin_live(f"{folder.path.name} ({'+' + str(extend) + ' steps' if extend else 'resuming'})")
-        self.monitor.replay_log(folder.history())  # the log goes on from where the run left it
-        self.controller.start(config, resume_from=run_dir)
-        self._after_start()
-        return True
-
-    def _ask_extend(self, run_dir: str) -> None:
-        from PySide6.QtWidgets import QInputDialog
-
-        steps, ok = QInputDialog.getInt(self, "Train more", f"Steps to add to {Path(run_dir).name}:",
-                                        self.extend_spin.value(), 1, 1_000_000)
-        if ok:
-            self.resume_run(run_dir, extend=steps)
-
-    def _after_start(self) -> None:
-        self.tabs.setCurrentIndex(MONITOR)
-        self.state_label.setText("Training")
-        self._update_actions()
-
-    def _pickle_consent(self, origin: str) -> bool:
-        """A model folder with only pickled weights loads after the user's yes (once per model and session)."""
-        from qlora_studio.core.model.consent import allow_pickle, pickle_allowed, pickled_only
-
-        pickles = pickled_only(origin)
-        if not pickles or pickle_allowed(origin):
-            return True
-        if not self.ask_pickle_consent(origin, pickles):
-            self.statusBar().showMessage("Not started: the model's weights are pickled and loading them was declined", 8000)
-            return False
-        allow_pickle(origin)
-        return True
-
-    def ask_pickle_consent(self, origin: str, pickles: list[str]) -> bool:
-        answer = QMessageBox.warning(
-            self, "Load pickled weights?",
-            f"{origin} holds its weights only as pickle files ({', '.join(pickles[:3])}).\n\n"
-            "Loading a pickle can run any code hidden in it, with your permissions. Load it only if you trust where "
-            "this model came from (safetensors weights carry no such risk).",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
-        return answer == QMessageBox.StandardButton.Yes
-
-    def _on_pause_toggled(self, paused: bool) -> None:
-        if not self.controller.running:
-            return
-        if paused:
-            self.controller.control.pause()
-            self.state_label.setText("Pausing after this step…")
-        else:
-            self._run_paused = False  # the playground lets go of its model before the run goes on
-            self._update_actions()
-            self.controller.control.resume()
-            self.state_label.setText("Training")
+        """Continue a run from its latest checkpoint; `extend` more steps than it planned."""
+        return self.run_binder.resume(run_dir, extend)
 
     def stop_training(self) -> None:
-        if not self.controller.running:
-            return
-        self.controller.control.request_stop()
-        self.monitor.mark_stopping()
-        self.state_label.setText("Stopping: saving a checkpoint…")
-        self._update_actions()
-
-    def _save_now(self) -> None:
-        self.controller.control.request_save()
-        self.statusBar().showMessage("A checkpoint will be saved after the current step", 4000)
-
-    def _extend(self) -> None:
-        steps = self.extend_spin.value()
-        self.controller.control.extend(steps)
-        self.statusBar().showMessage(f"Adding {steps} steps after the current one", 4000)
-
-    @Slot(object)
-    def _on_events(self, batch: list[ev.Event]) -> None:
-        with self.monitor.batch():
-            for event in batch:
-                self._on_event(event)
+        self.run_binder.stop()
 
     def _on_event(self, event: ev.Event) -> None:
-        self.monitor.handle_event(event)
-        match event:
-            case ev.RunStarted(start_step=start) if start:
-                # a resumed run: its folder already holds the curves up to the checkpoint (a small file,
-                # read here so the earlier steps are drawn before the next step event arrives)
-                from qlora_studio.core.runs.store import RunFolder
-
-                self.monitor.prefill(RunFolder(event.run_dir).history(), start)
-                self.runs.refresh()
-            case ev.RunStarted():
-                self.runs.refresh()
-            case ev.Preparing(message=message):
-                self.state_label.setText(f"Preparing: {message}")
-            case ev.StepLogged():
-                self.state_label.setText(f"Training: step {event.metrics.step} / {event.total_steps}")
-                self.runs.show_progress(self.monitor.run_dir, event.metrics.step, event.total_steps)
-            case ev.SettingsChanged() if "max_steps" in event.changes:  # "+ steps": the plan grew
-                total = event.changes["max_steps"][1]
-                self.state_label.setText(f"Training: step {self.monitor.step} / {total}")
-                self.runs.show_progress(self.monitor.run_dir, self.monitor.step, total)
-            case ev.Paused():
-                self.state_label.setText(f"Paused at step {event.step}")
-                self._run_paused = True
-                self._update_actions()
-                self.playground.refresh()
-            case ev.Resumed():
-                self._run_paused = False
-                self._update_actions()
-
-    @Slot(object)
-    def _on_run_finished(self, result: ev.RunResult) -> None:
-        self._run_paused = False
-        self.monitor.end_live(result.status)
-        self._update_actions()
-        self.runs.refresh()
-        self.playground.refresh()
-        if result.status == "finished" or result.cause is None:
-            self.state_label.setText(f"{result.status.capitalize()} at step {result.step}")
-            self.statusBar().showMessage(f"Run {result.status}: {result.run_dir}", 8000)
-        else:
-            self.state_label.setText("Stopped" if result.status == "stopped" else "Failed")
-            where = f"\n\nRun folder: {result.run_dir}" if result.run_dir else ""
-            title = FAILURE_TITLES.get(result.cause, "Training failed")
-            box = self.report_error(title, result.error or "training failed", (result.details or "") + where)
-            if result.cause is FailureCause.CRASH and result.run_dir and _resumable(result.run_dir):
-                resume = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
-                resume.setObjectName("resumeCrashedRun")
-                resume.clicked.connect(lambda: self.resume_run(result.run_dir))
-        self.run_ended.emit(result)
-        if self._close_after_run:
-            self.close()
-
-    def ask_user(self, question: str, options: list[str]) -> str:
-        """A question from the training thread (e.g. out of memory at micro-batch 1)."""
-        box = QMessageBox(QMessageBox.Icon.Question, "Training needs a decision", question, parent=self)
-        buttons = {box.addButton(option.capitalize(), QMessageBox.ButtonRole.AcceptRole): option for option in options}
-        box.exec()
-        return buttons.get(box.clickedButton(), options[-1])
+        self.run_binder.on_event(event)
 
     # ---- runs ----
     def _on_config_changed(self, config) -> None:
@@ -415,28 +220,36 @@ class MainWindow(QMainWindow):
         self.monitor.load_history(history)
         self.tabs.setCurrentIndex(MONITOR)
 
-    # ---- errors ----
+    # ---- dialogs (methods, so a test can answer in the user's place) ----
     def report_error(self, title: str, reason: str, details: str = "") -> QMessageBox:
-        self.last_error_box = show_error(self, title, reason, details)
+        self.last_error_box = prompts.show_error(self, title, reason, details)
         return self.last_error_box
 
-    # ---- closing ----
-    def confirm_quit_during_run(self) -> bool:
-        answer = QMessageBox.question(
-            self, "Quit QLoRA Studio",
-            "A run is training. Stop it (saving a checkpoint you can resume) and quit?",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
-        return answer == QMessageBox.StandardButton.Yes
+    def ask_pickle_consent(self, origin: str, pickles: list[str]) -> bool:
+        return prompts.ask_pickle_consent(self, origin, pickles)
 
+    def ask_user(self, question: str, options: list[str]) -> str:
+        """A question from the training thread (e.g. out of memory at micro-batch 1)."""
+        return prompts.ask_decision(self, question, options)
+
+    def _ask_extend(self, run_dir: str) -> None:
+        steps = prompts.ask_extra_steps(self, Path(run_dir).name, self.extend_spin.value())
+        if steps is not None:
+            self.resume_run(run_dir, extend=steps)
+
+    def confirm_quit_during_run(self) -> bool:
+        return prompts.confirm_quit_during_run(self)
+
+    # ---- closing ----
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
         if self.controller.running:
-            if not self._close_after_run:
+            if not self.run_binder.close_window_after:
                 if not self.confirm_quit_during_run():
                     event.ignore()
                     return
-                self._close_after_run = True
+                self.run_binder.close_window_after = True
                 self.stop_training()
-            # the run saves its checkpoint and ends; _on_run_finished closes the window again
+            # the run saves its checkpoint and ends; RunBinder closes the window again
             self.state_label.setText("Stopping: saving a checkpoint, then quitting…")
             event.ignore()
             return

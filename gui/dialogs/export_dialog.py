@@ -96,7 +96,7 @@ class ExportDialog(QDialog):
                 item.setEnabled(False)
                 item.setToolTip(f"needs llama.cpp: {llamacpp.INSTALL_HINT}")
         self.quant.setCurrentIndex(self.quant.findData("q4_k_m" if has_llama_cpp else "q8_0"))
-        self.check = QCheckBox(f"Then check it against the run ({CHECK_ROWS} held-out rows, or the probes)")
+        self.check = QCheckBox(f"Then check it against the run (its held-out rows, at most {CHECK_ROWS}; or its probes)")
         self.check.setObjectName("exportCheck")
         self.check.setChecked(True)
         self.blocker = QLabel("")
@@ -261,6 +261,7 @@ class ExportDialog(QDialog):
             self.parity.setText("\n".join(parity.lines()))
             self.parity.setStyleSheet("font-family: monospace" + ("; color:#b91c1c" if parity.warnings else ""))
             self.parity.setVisible(True)
+            self.adjustSize()  # room for the table, without squeezing the wrapped help text
         self.show_button.setEnabled(True)
 
     def _on_error(self, error) -> None:

@@ -8,93 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPlainTextEdit,
-    QPushButton,
-    QSpinBox,
-    QSplitter,
-    QTabWidget,
-    QTextBrowser,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
-from qlora_studio.gui import fmt
-from qlora_studio.gui.workers.chat import ChatController, ChatRequest, EvaluateRequest
+from qlora_studio.gui.panels.chat_panel import ChatPanel
 from qlora_studio.gui.panels.evaluation_panel import EvaluationPanel
 from qlora_studio.gui.widgets.form import fit_text_width, guard_wheel
+from qlora_studio.gui.workers.chat import ChatController, EvaluateRequest
 
-SIDES = ("tuned", "base")
-SIDE_TITLES = {"tuned": "Tuned (base + adapter)", "base": "Base model (adapter off)"}
 TRAINING_NOTE = ("A run is training: the playground waits until it pauses or ends (it would share the device with "
                  "it). Paused, its checkpoints can be loaded here.")
-
-
-class Transcript(QTextBrowser):
-    """One side's conversation, drawn from its messages; the reply being streamed is drawn last."""
-
-    def __init__(self, side: str, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setObjectName(f"{side}Transcript")
-        self.side = side
-        self.messages: list[dict[str, str]] = []
-        self.notes: dict[int, str] = {}  # message index -> how the reply ended
-        self.streaming: str | None = None
-        self.setOpenLinks(False)
-
-    def reset(self) -> None:
-        self.messages, self.notes, self.streaming = [], {}, None
-        self._render()
-
-    def add_user(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
-        self.streaming = ""
-        self._render()
-
-    def add_chunk(self, text: str) -> None:
-        self.streaming = (self.streaming or "") + text
-        self._render()
-
-    def finish(self, reply) -> None:
-        """The reply ended: keep the clean text (stop tokens removed) and say how it ended."""
-        self.messages.append({"role": "assistant", "content": reply.text})
-        how = "stopped" if reply.cancelled else "ended by itself" if reply.stopped else "hit the token limit"
-        self.notes[len(self.messages) - 1] = f"{reply.new_tokens} token{'' if reply.new_tokens == 1 else 's'} in {reply.seconds:.1f} s, {how}"
-        self.streaming = None
-        self._render()
-
-    def drop_unanswered(self) -> None:
-        """A reply broke off (an error): forget the message it was answering."""
-        if self.messages and self.messages[-1]["role"] == "user":
-            self.messages.pop()
-        self.streaming = None
-        self._render()
-
-    def _render(self) -> None:
-        parts = []
-        for index, message in enumerate(self.messages):
-            parts.append(_bubble("You" if message["role"] == "user" else "Model", message["content"], message["role"]))
-            if index in self.notes:
-                parts.append(f'<p style="color:#64748b;font-size:small;margin:0 0 8px 0;">{self.notes[index]}</p>')
-        if self.streaming is not None:
-            parts.append(_bubble("Model", self.streaming + " ▍", "assistant"))
-        self.setHtml("".join(parts))
-        bar = self.verticalScrollBar()
-        bar.setValue(bar.maximum())
-
-
-def _bubble(who: str, text: str, role: str) -> str:
-    color, background = ("#334155", "#eef2f7") if role == "user" else ("#1e3a8a", "#ffffff")
-    return (f'<div style="background:{background};margin:4px 0;"><b style="color:{color};">{who}</b>'
-            f'<div style="white-space:pre-wrap;color:#0f172a;">{fmt.escape(text) or "&nbsp;"}</div></div>')
 
 
 class PlaygroundPage(QWidget):
@@ -106,7 +29,6 @@ class PlaygroundPage(QWidget):
         self.output_dir: str | None = None
         self.training = False
         self.controller = ChatController(self)
-        self._pending: list[str] = []  # sides whose reply is still to come
 
         # ---- which model ----
         self.run_combo = QComboBox()
@@ -127,83 +49,21 @@ class PlaygroundPage(QWidget):
             top.addWidget(widget)
         top.addWidget(self.status, 1)
 
-        # ---- chat ----
-        self.system = QLineEdit()
-        self.system.setObjectName("systemPrompt")
-        self.system.setPlaceholderText("system prompt (optional; the run's data.system_prompt when it has one)")
-        self.temperature = QDoubleSpinBox()
-        self.temperature.setObjectName("temperature")
-        self.temperature.setRange(0.0, 2.0)
-        self.temperature.setSingleStep(0.1)
-        self.temperature.setSpecialValueText("0 (greedy)")
-        self.temperature.setToolTip("0 picks the most likely token every time (the same reply each time)")
-        self.top_p = QDoubleSpinBox()
-        self.top_p.setObjectName("topP")
-        self.top_p.setRange(0.05, 1.0)
-        self.top_p.setSingleStep(0.05)
-        self.top_p.setValue(1.0)
-        self.top_p.setToolTip("Sample only from the most likely tokens that together have this probability")
-        self.max_new_tokens = QSpinBox()
-        self.max_new_tokens.setObjectName("maxNewTokens")
-        self.max_new_tokens.setRange(1, 8192)
-        self.max_new_tokens.setValue(256)
         fit_text_width(self.run_combo, 24)  # a long run name must not widen the window
         self.run_combo.setMinimumWidth(220)
         fit_text_width(self.adapter_combo, 12)
-        for widget in (self.run_combo, self.adapter_combo, self.temperature, self.top_p, self.max_new_tokens):
+        for widget in (self.run_combo, self.adapter_combo):
             guard_wheel(widget)  # scrolling the page must not change a setting it passes over
-        self.system.setMinimumWidth(120)
-        self.compare = QCheckBox("Base model beside it")
-        self.compare.setObjectName("compareBase")
-        self.compare.setChecked(True)
-        self.compare.setToolTip("Answer each message with the base model too (the same weights with the adapter off)")
-        settings = QHBoxLayout()
-        settings.addWidget(QLabel("System"))
-        settings.addWidget(self.system, 1)
-        for label, widget in (("Temperature", self.temperature), ("Top-p", self.top_p), ("Max new tokens", self.max_new_tokens)):
-            settings.addWidget(QLabel(label))
-            settings.addWidget(widget)
-        settings.addWidget(self.compare)
 
-        self.transcripts = {side: Transcript(side) for side in SIDES}
-        self.side_titles = {side: QLabel(SIDE_TITLES[side]) for side in SIDES}
-        panes = QSplitter(Qt.Orientation.Horizontal)
-        for side in SIDES:
-            pane = QWidget()
-            column = QVBoxLayout(pane)
-            column.setContentsMargins(0, 0, 0, 0)
-            self.side_titles[side].setObjectName("paneTitle")
-            column.addWidget(self.side_titles[side])
-            column.addWidget(self.transcripts[side], 1)
-            panes.addWidget(pane)
-
-        self.input = QPlainTextEdit()
-        self.input.setObjectName("chatInput")
-        self.input.setPlaceholderText("Type a message; Ctrl+Enter sends it")
-        self.input.setMaximumHeight(80)
-        self.send_button = QPushButton("Send")
-        self.send_button.setObjectName("sendButton")
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setObjectName("stopChatButton")
-        self.new_button = QPushButton("New chat")
-        self.new_button.setObjectName("newChatButton")
-        buttons = QVBoxLayout()
-        for button in (self.send_button, self.stop_button, self.new_button):
-            buttons.addWidget(button)
-        entry = QHBoxLayout()
-        entry.addWidget(self.input, 1)
-        entry.addLayout(buttons)
-
-        chat = QWidget()
-        chat_layout = QVBoxLayout(chat)
-        chat_layout.addLayout(settings)
-        chat_layout.addWidget(panes, 1)
-        chat_layout.addLayout(entry)
-
+        self.chat = ChatPanel()
+        # the chat's parts, by the names the tests read
+        self.system, self.compare, self.max_new_tokens = self.chat.system, self.chat.compare, self.chat.max_new_tokens
+        self.transcripts, self.input = self.chat.transcripts, self.chat.input
+        self.send_button, self.stop_button = self.chat.send_button, self.chat.stop_button
         self.evaluation = EvaluationPanel()
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
-        self.tabs.addTab(chat, "Chat")
+        self.tabs.addTab(self.chat, "Chat")
         self.tabs.addTab(self.evaluation, "Evaluate")
 
         layout = QVBoxLayout(self)
@@ -214,16 +74,14 @@ class PlaygroundPage(QWidget):
         self.run_combo.currentIndexChanged.connect(self._fill_adapters)
         self.load_button.clicked.connect(self.load_selected)
         self.export_button.clicked.connect(self._export)
-        self.send_button.clicked.connect(self.send)
+        self.chat.send_requested.connect(self.send)
         self.stop_button.clicked.connect(self.controller.stop)
-        self.new_button.clicked.connect(self.new_chat)
-        QShortcut(QKeySequence("Ctrl+Return"), self.input, activated=self.send)
         self.evaluation.run_requested.connect(self._evaluate)
         self.evaluation.stop_button.clicked.connect(self.controller.stop)
         c = self.controller
         c.loaded.connect(self._on_loaded)
-        c.chunk.connect(lambda side, text: self.transcripts[side].add_chunk(text))
-        c.replied.connect(self._on_replied)
+        c.chunk.connect(self.chat.add_chunk)
+        c.replied.connect(self.chat.finish)
         c.progress.connect(self.evaluation.show_progress)
         c.evaluated.connect(self.evaluation.show_result)
         c.failed.connect(self._on_failed)
@@ -291,42 +149,16 @@ class PlaygroundPage(QWidget):
 
     def _on_loaded(self, ref, where: str) -> None:
         self.status.setText(f"{ref.name} loaded {where}")
-        if not self.system.text() and ref.config.data.system_prompt:
-            self.system.setText(ref.config.data.system_prompt)
-        self.side_titles["tuned"].setText(f"Tuned: {ref.name}")
+        self.chat.show_loaded(ref.name, ref.config.data.system_prompt)
         self.evaluation.set_run(ref)
         self._update()
 
     # ---- chat ----
     def send(self, text: str | None = None) -> bool:
-        from qlora_studio.core.model.generation import Sampling
-
         text = (text if isinstance(text, str) else self.input.toPlainText()).strip()
         if not text or self.controller.busy or self.controller.ref is None:
             return False
-        sides = ["tuned", "base"] if self.compare.isChecked() else ["tuned"]
-        system = self.system.text().strip()
-        request = []
-        for side in sides:
-            transcript = self.transcripts[side]
-            transcript.add_user(text)
-            request.append((side, ([{"role": "system", "content": system}] if system else []) + list(transcript.messages)))
-        sampling = Sampling(self.max_new_tokens.value(), self.temperature.value(), self.top_p.value())
-        self._pending = list(sides)
-        self.input.clear()
-        # Typing goes on in the message box: the Send button is about to be disabled, and Qt would hand its
-        # focus to the next widget in the chain (the toolbar's step box).
-        self.input.setFocus()
-        return self.controller.chat(ChatRequest(request, sampling))
-
-    def _on_replied(self, side: str, reply) -> None:
-        self.transcripts[side].finish(reply)
-        if side in self._pending:
-            self._pending.remove(side)
-
-    def new_chat(self) -> None:
-        for transcript in self.transcripts.values():
-            transcript.reset()
+        return self.controller.chat(self.chat.take_message(text))
 
     # ---- evaluation and export ----
     def _evaluate(self, data: str | None, limit: int | None, max_new_tokens: int) -> None:
@@ -343,9 +175,7 @@ class PlaygroundPage(QWidget):
             self.status.setText("Not loaded")
         if what == "evaluate":
             self.evaluation.failed(error.reason)
-        for side in self._pending:  # the replies that broke off
-            self.transcripts[side].drop_unanswered()
-        self._pending = []
+        self.chat.break_off()
         if not (what == "evaluate" and "cancelled" in error.reason):
             self.error.emit({"load": "Load model", "chat": "Chat", "evaluate": "Evaluate"}[what], error.reason, error.details)
 
@@ -371,9 +201,7 @@ class PlaygroundPage(QWidget):
         has_run = self.run_combo.currentData() is not None
         self.load_button.setEnabled(has_run and not busy and not self.training)
         self.export_button.setEnabled(has_run and not self.training)
-        for widget in (self.send_button, self.new_button):
-            widget.setEnabled(loaded and not busy and not self.training)
-        self.stop_button.setEnabled(busy)
+        self.chat.set_state(loaded and not busy and not self.training, busy)
         self.evaluation.set_enabled(loaded and not self.training, busy)
         tip = TRAINING_NOTE if self.training else ""
         for widget in (self.load_button, self.send_button, self.export_button):

@@ -13,24 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (
-    QComboBox,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QScrollArea,
-    QSplitter,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QLabel, QScrollArea, QSplitter, QVBoxLayout, QWidget
 
 from qlora_studio.core.config import RunConfig, load_config
 from qlora_studio.core.errors import ConfigError
 from qlora_studio.gui.panels.memory_panel import MemoryPanel
 from qlora_studio.gui.settings import Settings
 from qlora_studio.gui.pages.setup_groups import build_groups
-from qlora_studio.gui.widgets.form import Binding, Form, fit_text_width, guard_wheel
+from qlora_studio.gui.widgets.config_bar import ConfigBar
+from qlora_studio.gui.widgets.form import Binding, Form
 from qlora_studio.gui.widgets.model_library import LibraryContext
 from qlora_studio.gui.panels.xray import DataXRay
 
@@ -47,7 +38,6 @@ class SetupPage(QWidget):
         self._loading = False
         self._problems: dict[str, str] = {}
         self._model_problem = ""  # what the model line shows in red (or that only a built-in shape is known)
-        self._presets: dict[str, dict] | None = None  # each preset's config, to name the one Setup holds
         self._blocker = ""
 
         self.memory = MemoryPanel()
@@ -70,7 +60,13 @@ class SetupPage(QWidget):
         column = QVBoxLayout(left)
         column.setContentsMargins(4, 4, 8, 4)
         column.setSpacing(8)
-        column.addLayout(self._build_config_row())
+        self.config_bar = ConfigBar(self._start_folder)
+        self.preset_combo = self.config_bar.preset_combo
+        self.config_bar.preset_chosen.connect(self.apply_preset)
+        self.config_bar.load_requested.connect(self.load_config_file)
+        self.config_bar.import_requested.connect(self.import_config)
+        self.config_bar.save_requested.connect(self.save_config_file)
+        column.addWidget(self.config_bar)
         for box in self.groups.boxes:
             column.addWidget(box)
         self.problem_label = QLabel("")
@@ -82,24 +78,16 @@ class SetupPage(QWidget):
         for binding in self.form.bindings.values():
             binding.changed.connect(lambda *_, key=binding.key: self._edited(key))
 
-        scroll = QScrollArea()
-        scroll.setWidget(left)
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll = _vertical_scroll(left)
         # as narrow as the form allows, never narrower (its content would be cut: no horizontal bar)
         scroll.setMinimumWidth(left.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         right = QWidget()
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(8, 4, 4, 4)
         right_layout.addWidget(self.memory)
         right_layout.addWidget(self.xray, 1)
         # On a short screen the column scrolls rather than squeezing wrapped lines out of sight.
-        right_scroll = QScrollArea()
-        right_scroll.setWidget(right)
-        right_scroll.setWidgetResizable(True)
-        right_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        right_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        right_scroll = _vertical_scroll(right)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(scroll)
         self.splitter.addWidget(right_scroll)
@@ -127,28 +115,6 @@ class SetupPage(QWidget):
             return config.with_overrides(overrides, source="saved window state")
         except ConfigError:
             return config.with_overrides({"output_dir": self.settings.output_dir()})
-
-    def _build_config_row(self) -> QHBoxLayout:
-        from qlora_studio.resources import preset_paths
-
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Preset"))
-        self.preset_combo = guard_wheel(fit_text_width(QComboBox(), 10))
-        self.preset_combo.setObjectName("presetCombo")
-        self.preset_combo.addItems(list(preset_paths()))
-        self.preset_combo.setPlaceholderText("your own settings")  # shown while no preset is what Setup holds
-        self.preset_combo.setCurrentIndex(-1)
-        self.preset_combo.setToolTip("Load a bundled starting point (the output folder stays yours)")
-        self.preset_combo.activated.connect(lambda _: self.apply_preset(self.preset_combo.currentText()))
-        row.addWidget(self.preset_combo, 1)
-        for name, text, slot in (("loadConfigButton", "Load config…", self._browse_load),
-                                 ("importConfigButton", "Import…", self.import_config),
-                                 ("saveConfigButton", "Save config…", self._browse_save)):
-            button = QPushButton(text)
-            button.setObjectName(name)
-            button.clicked.connect(slot)
-            row.addWidget(button)
-        return row
 
     # ---- config in and out ----
     @property
@@ -262,19 +228,7 @@ class SetupPage(QWidget):
         self.set_config(config)
 
     def _show_preset(self, config: RunConfig) -> None:
-        """The preset box names a preset only while Setup holds exactly it (any output folder)."""
-        from qlora_studio.resources import preset_paths
-
-        if self._presets is None:
-            self._presets = {}
-            for name, path in preset_paths().items():
-                try:
-                    self._presets[name] = load_config(path).model_dump(exclude={"output_dir"})
-                except ConfigError:
-                    continue
-        shown = config.model_dump(exclude={"output_dir"})
-        match = next((name for name, preset in self._presets.items() if preset == shown), None)
-        self.preset_combo.setCurrentIndex(self.preset_combo.findText(match) if match else -1)
+        self.config_bar.show_config(config)
 
     def load_config_file(self, path: str | Path) -> bool:
         from qlora_studio.core.config import absolute_paths
@@ -305,27 +259,26 @@ class SetupPage(QWidget):
     def _start_folder(self) -> str:
         return self.settings.get("setup/config_folder") or str(Path.home())
 
-    def _browse_load(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load config", self._start_folder(), "Config (*.yaml *.yml)")
-        if path:
-            self.load_config_file(path)
-
     def import_config(self, path: str | Path | None = None):
         """An axolotl or LLaMA-Factory config: what carries over, and what does not, in a dialog."""
         from qlora_studio.gui.dialogs.import_dialog import import_config_file
 
         return import_config_file(self, path or None)
 
-    def _browse_save(self) -> None:
-        start = str(Path(self._start_folder()) / "qlora-studio.yaml")
-        path, _ = QFileDialog.getSaveFileName(self, "Save config", start, "Config (*.yaml *.yml)")
-        if path:
-            self.save_config_file(path)
-
     def shutdown(self) -> None:
         self.model.shutdown()
         self.memory.shutdown()
         self.xray.shutdown()
+
+
+def _vertical_scroll(widget: QWidget) -> QScrollArea:
+    """`widget` in a frameless area that scrolls up and down, never sideways (it takes the width it is given)."""
+    scroll = QScrollArea()
+    scroll.setWidget(widget)
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    return scroll
 
 
 def _value(config: RunConfig, key: str) -> Any:

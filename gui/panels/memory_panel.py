@@ -1,4 +1,5 @@
-"""The memory panel: core's estimate as a stacked bar against a budget, and "Make it fit".
+"""The memory panel: the budget to plan for, core's estimate against it (drawn by `EstimateView`), and
+"Make it fit".
 
 Estimates read config.json and build the model on the meta device (seconds the first time), so
 they run off the GUI thread, debounced: a burst of edits costs one estimate.
@@ -9,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Signal, Slot
-from PySide6.QtWidgets import QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from qlora_studio.gui import fmt
+from qlora_studio.gui.widgets.estimate_view import EstimateView
 from qlora_studio.gui.widgets.form import fit_text_width, guard_wheel
-from qlora_studio.gui.widgets.stacked_bar import GIB, PART_COLORS, StackedBar
+from qlora_studio.gui.widgets.stacked_bar import GIB
 from qlora_studio.gui.workers.tasks import DebouncedTask, TaskRunner
 
 DEBOUNCE_MS = 300
@@ -58,18 +59,10 @@ class MemoryPanel(QGroupBox):
         self.fit_button.setToolTip("The fastest settings that fit the budget, keeping the effective batch:\n"
                                    "micro-batch / grad accumulation, gradient checkpointing, optimizer,\n"
                                    "then max length")
-        self.bar = StackedBar()
-        self.total_label = QLabel("Estimating…")
-        self.total_label.setObjectName("memoryTotal")
-        self.total_label.setWordWrap(True)
-        self.assumes_label = QLabel("")
-        self.assumes_label.setObjectName("memoryAssumes")
-        self.assumes_label.setWordWrap(True)
-        self.dq_label = QLabel("")
-        self.dq_label.setObjectName("dqSaving")
-        self.dq_label.setWordWrap(True)
-        self.dq_label.setToolTip("Double quantization stores the 4-bit blocks' scales in 8 bits, "
-                                 "with a second-level scale")
+        self.view = EstimateView()
+        # the view's parts, by the names the window and tests read
+        self.bar, self.total_label = self.view.bar, self.view.total_label
+        self.assumes_label, self.dq_label = self.view.assumes_label, self.view.dq_label
         self.message = QLabel("")
         self.message.setObjectName("fitMessage")
         self.message.setWordWrap(True)
@@ -79,17 +72,9 @@ class MemoryPanel(QGroupBox):
         top.addWidget(QLabel("Budget"))
         top.addWidget(self.budget_combo, 1)
         top.addWidget(self.fit_button)
-        self.legend = QGridLayout()
-        self.legend.setHorizontalSpacing(14)
-        self.legend.setVerticalSpacing(2)
-        self._legend_labels: list[QLabel] = []
         layout = QVBoxLayout(self)
         layout.addLayout(top)
-        layout.addWidget(self.bar)
-        layout.addLayout(self.legend)
-        layout.addWidget(self.total_label)
-        layout.addWidget(self.assumes_label)
-        layout.addWidget(self.dq_label)
+        layout.addWidget(self.view)
         layout.addWidget(self.message)
 
         self._fill_budgets()
@@ -183,10 +168,7 @@ class MemoryPanel(QGroupBox):
     @Slot(object, object)
     def _on_estimate_error(self, config, error) -> None:
         self.estimate = None
-        self.bar.set_parts([], None)
-        self._set_legend([])
-        self.total_label.setText(f"<span style='color:#b91c1c'>No estimate: {fmt.escape(error.reason)}</span>")
-        self.dq_label.setText("")
+        self.view.show_failure(error.reason)
         self.estimate_failed.emit(error.reason)
 
     def predicted_peak_gb(self, config) -> float | None:
@@ -197,54 +179,9 @@ class MemoryPanel(QGroupBox):
         same = self._estimated_for[0].model_dump() == config.model_dump()
         return round(self.estimate.peak_allocated_bytes / GIB, 3) if same else None
 
-    def _set_legend(self, parts: list[tuple[str, int]]) -> None:
-        for label in self._legend_labels:
-            self.legend.removeWidget(label)
-            label.deleteLater()
-        self._legend_labels = []
-        for i, ((name, nbytes), color) in enumerate(zip(parts, PART_COLORS)):
-            label = QLabel(f"<span style='color:{color};font-size:13pt'>■</span> {fmt.escape(name)} "
-                           f"<b>{fmt.size(nbytes)}</b>")
-            label.setWordWrap(True)  # the legend fits a narrow column (1024 px screens) instead of being cut
-            self.legend.addWidget(label, i // 2, i % 2)
-            self._legend_labels.append(label)
-
     def _show(self) -> None:
-        e = self.estimate
-        budget = self.budget_gb
-        if e is None:
-            return
-        self.bar.set_parts(e.parts(), budget * GIB if budget else None)
-        self._set_legend(e.parts())
-        total = f"Predicted peak <b>{fmt.size(e.total_bytes)}</b> on the GPU"
-        self.total_label.setToolTip(e.headline() + "\n" + "\n".join(e.warnings + e.decisions + e.notes))
-        self.assumes_label.setText(f"<span style='color:#64748b'>{fmt.escape(e.includes())}; assumes "
-                                   f"{fmt.escape(e.assumptions())}</span>")
-        if budget:
-            spare = budget * GIB - e.total_bytes
-            verdict = (f"<span style='color:#15803d'>fits {budget:g} GB with {fmt.size(spare)} to spare</span>"
-                       if spare >= 0 else
-                       f"<span style='color:#b91c1c'><b>does not fit</b> {budget:g} GB: {fmt.size(-spare)} over</span>")
-            total += f" · {verdict}"
-        self.total_label.setText(total)
-        saving = e.double_quant_saving_bytes
-        if e.mode != "4bit":
-            self.dq_label.setText("Double quant applies to 4-bit weights only")
-        elif e.double_quant and saving >= 0:
-            self.dq_label.setText(f"Double quant saves <b>{saving / 2**20:.1f} MiB</b> of quantization constants")
-        elif e.double_quant:
-            # its per-weight tables outweigh the saving on very small layers
-            self.dq_label.setText(f"Double quant costs <b>{-saving / 2**20:.2f} MiB</b> here: layers this small "
-                                  "gain nothing from it")
-        elif saving > 0:
-            self.dq_label.setText(f"Double quant is off: turning it on would save <b>{saving / 2**20:.1f} MiB</b>")
-        else:
-            self.dq_label.setText("Double quant is off: it would save nothing on layers this small")
-        # What the run does to fit, and what the figure assumes, in plain colour; warning colour only for
-        # what needs the user's action.
-        self.dq_label.setText(self.dq_label.text() + "".join(
-            f"<br><span style='color:#b45309'>{fmt.escape(w)}</span>" for w in e.warnings) + "".join(
-            f"<br><span style='color:#64748b'>{fmt.escape(line)}</span>" for line in e.decisions + e.notes))
+        if self.estimate is not None:
+            self.view.show_estimate(self.estimate, self.budget_gb)
 
     # ---- make it fit ----
     def make_it_fit(self) -> None:

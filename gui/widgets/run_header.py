@@ -1,13 +1,16 @@
 """The monitor's header: run title, status badge, device line, progress bar and the headline
-numbers (elapsed, ETA, loss, eval loss, tokens/s, peak VRAM)."""
+numbers (elapsed, ETA, loss, eval loss, tokens/s, peak VRAM), and the stage of the run they show
+(loading, running, paused, ended) with the clock that counts its time."""
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
+from qlora_studio.core.runs import events as ev
 from qlora_studio.gui import fmt
 
 
@@ -44,6 +47,7 @@ class RunHeader(QWidget):
         self._elapsed_at_step = 0.0
         self._wall_at_step: float | None = None
         self._rate_origin: tuple[int, float] | None = None  # (step, elapsed) at the first step of this session
+        self._holds = 0
 
         self.title = QLabel("No run yet")
         self.title.setObjectName("runTitle")
@@ -99,6 +103,58 @@ class RunHeader(QWidget):
         self.title.setText(title or "Starting…")
         self.device.setText("")
 
+    @contextmanager
+    def held(self):
+        """No repaint until the outermost `held` ends, then one: a progress bar repaints at once on each
+        new value, in Python's time, which the thread that trains shares."""
+        self._holds += 1
+        self.setUpdatesEnabled(False)
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            if not self._holds:
+                self.setUpdatesEnabled(True)
+
+    def begin_live(self) -> None:
+        """A run is starting: the clock runs; each stage before step 1 arrives as a Preparing event."""
+        self.live = True
+        self.paused = False
+        self.set_status("loading")
+        self.clock.start()
+
+    def show_started(self, e: ev.RunStarted) -> None:
+        self.title.setText(e.run_dir.rstrip("/").split("/")[-1] or "Run")
+        self.device.setText(
+            f"{e.device_name} · {e.quantization.label} · {fmt.params(e.total_params)} parameters + "
+            f"{fmt.params(e.trainable_params)} trainable · {e.train_rows:,} train / {e.eval_rows:,} eval rows")
+        self.set_plan(e.start_step, e.total_steps)
+        self.set_status("running")
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        if not paused:
+            self.resumed()
+        self.set_status("paused" if paused else "running")
+
+    def stop_live(self, status: str) -> None:
+        """The run ended (`status`): the clock stops, the ETA goes."""
+        self.stop_clock()
+        self.set_status(status)
+        self.stat_eta.set("–")
+        if not self.total_steps:  # it ended before a plan was known: not "loading…" any more
+            self.show_stage(f"{status} before the first step")
+
+    def stop_clock(self) -> None:
+        self.live = False
+        self.clock.stop()
+
+    def show_preparing(self, e: ev.Preparing) -> None:
+        if e.stage == "first_step":
+            self.progress.setFormat(f"step %v / %m · {e.message}…")
+        else:
+            self.show_stage(f"{e.message}…" if e.total is None else e.message, e.done, e.total)
+
     def show_stage(self, message: str, done: int | None = None, total: int | None = None) -> None:
         """A stage before the first step, on the progress bar (counted where the stage counts)."""
         self.progress.setRange(0, max(total or 1, 1))
@@ -118,6 +174,11 @@ class RunHeader(QWidget):
         self.progress.setRange(0, max(total_steps, 1))
         self.progress.setValue(min(step, self.progress.maximum()))
         self.progress.setFormat("step %v / %m")
+
+    def show_step(self, m: ev.StepMetrics) -> None:
+        self.stat_loss.set(fmt.loss(m.loss))
+        self.stat_tps.set(f"{m.tokens_per_s:,.0f}")
+        self.step_done(m.step, m.elapsed_s)
 
     def step_done(self, step: int, elapsed_s: float) -> None:
         self.step = step

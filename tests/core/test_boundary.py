@@ -73,3 +73,19 @@ def test_core_reads_no_switch_from_the_environment():
     named = {m for path in core.rglob("*.py") for m in re.findall(r"QLORA_STUDIO_[A-Z_]+", path.read_text())}
     assert named == allowed
 
+
+
+def test_modules_and_classes_stay_readable():
+    """Issue 24's size rule for core and gui: no module over 400 lines, no class over 250."""
+    import ast
+
+    too_big = []
+    for package in ("core", "gui"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            source = path.read_text(encoding="utf-8")
+            if len(source.splitlines()) > 400:
+                too_big.append(f"{path.relative_to(ROOT)}: {len(source.splitlines())} lines")
+            too_big += [f"{path.relative_to(ROOT)}: class {node.name} {node.end_lineno - node.lineno + 1} lines"
+                        for node in ast.walk(ast.parse(source))
+                        if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 250]
+    assert not too_big, too_big

@@ -45,8 +45,10 @@ QUANT_NOTES = {"q4_k_m": "q4_k_m (recommended, what Ollama and LM Studio load)",
 CHECK_ROWS = 100
 
 
-def _export(ref, to: str, out: str, quant: str, system: str | None, check: bool, progress=None, cancel=None):
-    """(the exported path, the parity check or None): export, then answer the held-out rows with both."""
+def _export(ref, to: str, out: str, quant: str, system: str | None, check: bool, check_data: str | None,
+            progress=None, cancel=None):
+    """(the exported path, the parity check or None): export, then answer the held-out rows (the run's
+    validation split, or the file `check_data`) with both."""
     from qlora_studio.core.after.export.parity import check_parity, save_parity
     from qlora_studio.core.after.export.run import export_run
     from qlora_studio.core.after.jobs import Job
@@ -56,7 +58,8 @@ def _export(ref, to: str, out: str, quant: str, system: str | None, check: bool,
                       progress=job.sub(0.0, 0.6 if check else 1.0).report)
     if not check:
         return path, None
-    parity = check_parity(ref, path, to, limit=CHECK_ROWS, progress=job.sub(0.6, 1.0).report, cancel=cancel)
+    parity = check_parity(ref, path, to, data=check_data, limit=CHECK_ROWS, progress=job.sub(0.6, 1.0).report,
+                          cancel=cancel)
     save_parity(parity, ref.run_dir)
     return path, parity
 
@@ -99,6 +102,10 @@ class ExportDialog(QDialog):
         self.check = QCheckBox(f"Then check it against the run (its held-out rows, at most {CHECK_ROWS}; or its probes)")
         self.check.setObjectName("exportCheck")
         self.check.setChecked(True)
+        self.check_data = QLineEdit()
+        self.check_data.setObjectName("exportCheckData")
+        self.check_data.setPlaceholderText("the run's validation split (a .jsonl file or sample:NAME to check on other rows)")
+        self.check.toggled.connect(self.check_data.setEnabled)
         self.blocker = QLabel("")
         self.blocker.setObjectName("hint")
         self.blocker.setWordWrap(True)
@@ -121,6 +128,7 @@ class ExportDialog(QDialog):
         form.addRow("System prompt", self.system)
         form.addRow("Save to", out_row)
         form.addRow("", self.check)
+        form.addRow("Check on", self.check_data)
 
         self.progress = QProgressBar()
         self.progress.setObjectName("exportProgress")
@@ -208,6 +216,7 @@ class ExportDialog(QDialog):
             self.format.buttons[name].setToolTip(self._gguf_blocker)
         needs_llama_cpp = to in ("gguf", "ollama") and not llamacpp.available()
         self.check.setEnabled(to != "adapter" and not needs_llama_cpp)
+        self.check_data.setEnabled(self.check.isEnabled() and self.check.isChecked())
         self.check.setToolTip(f"checking a GGUF file needs llama.cpp: {llamacpp.INSTALL_HINT}" if needs_llama_cpp
                               else "the adapter is the run's own" if to == "adapter" else "")
         self.blocker.setText(self._gguf_blocker if to in ("gguf", "ollama") else "")
@@ -242,7 +251,9 @@ class ExportDialog(QDialog):
         self.parity.setVisible(False)
         system = self.system.text().strip() or None
         check = self.check.isEnabled() and self.check.isChecked()
-        return self.task.start(ref, self.format.value(), self.out.text().strip(), self.quant.currentData(), system, check)
+        check_data = self.check_data.text().strip() or None
+        return self.task.start(ref, self.format.value(), self.out.text().strip(), self.quant.currentData(), system, check,
+                               check_data)
 
     def _on_progress(self, fraction: float, message: str) -> None:
         self.progress.setValue(int(fraction * 1000))

@@ -1,9 +1,9 @@
 """The `qlora-studio` command: training from a config file, and one-line errors for user mistakes."""
 
 import json
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,8 +12,10 @@ from qlora_studio.core.cli import main
 
 
 def cli(*args, timeout=600):
-    exe = shutil.which("qlora-studio")
-    command = [exe, *args] if exe else [sys.executable, "-m", "qlora_studio.core.cli", *args]
+    """The installed entry point of the Python running the tests (not whichever is first on PATH: an
+    older install elsewhere would answer), or the module where the script is not installed."""
+    exe = Path(sys.executable).with_name("qlora-studio")
+    command = [str(exe), *args] if exe.is_file() else [sys.executable, "-m", "qlora_studio.core.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 

@@ -174,13 +174,21 @@ def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int,
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
     trainer.remove_callback(PrinterCallback)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return {**train_measured(trainer), "batching": f"padded to the longest of {batch} rows"}
+
+
+def train_measured(trainer) -> dict:
+    """Train with the step and epoch clocks, peaks counted from here: status, throughput, peaks, epochs
+    (the plain and Unsloth arms alike)."""
+    import torch
+
     steps_seen: list[tuple[float, int]] = []
     epochs_seen: list[dict] = []
     trainer.add_callback(step_clock(steps_seen))
     trainer.add_callback(epoch_clock(epochs_seen))
-    for callback in callbacks:
-        trainer.add_callback(callback)
-    if cuda:
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -188,8 +196,7 @@ def arm_plain(folder: Path, rows: Path, max_length: int, batch: int, steps: int,
         status = "trained"
     except torch.OutOfMemoryError:
         status = "oom"
-    return {"status": status, **_throughput(steps_seen), **_peaks(), "epochs": epochs_seen,
-            "batching": f"padded to the longest of {batch} rows"}
+    return {"status": status, **_throughput(steps_seen), **_peaks(), "epochs": epochs_seen}
 
 
 def arm_studio(folder: Path, rows: Path, max_length: int, batch: int, steps: int, work: Path, overrides: dict,

@@ -60,8 +60,8 @@ def main() -> None:
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from common import epoch_clock, epoch_figures, save, step_clock
-    from side_by_side import _peaks, _throughput
+    from common import epoch_figures, save
+    from side_by_side import train_measured
 
     cuda = torch.cuda.is_available()
     model, tokenizer = FastLanguageModel.from_pretrained(model_name=args.folder, max_seq_length=args.max_length,
@@ -79,22 +79,12 @@ def main() -> None:
                        seed=3407)
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=dataset, args=config)
     trainer.remove_callback(PrinterCallback)
-    steps_seen: list[tuple[float, int]] = []
-    epochs_seen: list[dict] = []
-    trainer.add_callback(step_clock(steps_seen))
-    trainer.add_callback(epoch_clock(epochs_seen))
     batching = (f"padding_free={getattr(trainer.args, 'padding_free', None)}, packing={getattr(trainer.args, 'packing', None)}, "
                 f"{args.batch} rows per micro-batch")
     print(f"unsloth arm: {batching}; attention: {attention_backend()}", flush=True)
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        trainer.train()
-        status = "trained"
-    except torch.OutOfMemoryError:
-        status = "oom"
-    record = {"status": status, **_throughput(steps_seen), **_peaks(),
+    measured = train_measured(trainer)
+    epochs_seen = measured.pop("epochs")
+    record = {**measured,
               **epoch_figures(epochs_seen, args.real_tokens), "rows": len(dataset), "batching": batching,
               "attention": attention_backend(), "lora_dropout": args.lora_dropout, "load_s": loaded_s,
               "unsloth_versions": versions(), "workload": args.workload, "arm": args.arm,

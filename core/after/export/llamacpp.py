@@ -41,8 +41,8 @@ def require(what: str) -> None:
 
 
 def quantize(f16_file: Path, out_file: Path, quant: str, cancel: Callable[[], bool] | None = None) -> None:
-    """`f16_file` quantized by llama.cpp into `out_file` (a K-quant, see K_QUANTS)."""
-    require(f"GGUF type {quant.upper()}")
+    """`f16_file` quantized by llama.cpp into `out_file` (a K-quant, see K_QUANTS); the caller has
+    checked `require` before writing the f16 file."""
     _child(["quantize", str(f16_file), str(out_file), quant], f"quantizing to {quant.upper()}", cancel)
 
 
@@ -69,9 +69,9 @@ def _child(args: list[str], doing: str, cancel: Callable[[], bool] | None,
             if cancel is not None and cancel():
                 child.kill()
                 break
-            done, total = (int(v) for v in line.split())
-            if progress is not None:
-                progress(done, total)
+            counts = line.split()
+            if progress is not None and len(counts) == 2 and all(c.isdigit() for c in counts):  # native code may print too
+                progress(int(counts[0]), int(counts[1]))
         code = child.wait()
         if cancel is not None and cancel():
             from qlora_studio.core.after.export import ExportCancelled

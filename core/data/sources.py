@@ -117,7 +117,28 @@ def _load_file(path: Path, settings: DataSettings) -> SourcePart:
         return part
     if len(ds) == 0:
         raise DataError("the file holds no rows", path=label)
+    if kind in ("jsonl", "json") and _has_time_columns(ds):
+        ds = _as_written(path, kind, field_name if kind == "json" else None)
     return SourcePart(ds, label, kind, path)
+
+
+def _has_time_columns(ds) -> bool:
+    return any(getattr(f, "dtype", "").startswith(("timestamp", "date")) for f in ds.features.values())
+
+
+def _as_written(path: Path, kind: str, field_name: str | None):
+    """pyarrow's JSON reader turns a column whose every value is an ISO date into timestamps, which
+    read back as "1903-06-01 00:00:00": such a file is read with Python's json instead, strings kept
+    as written."""
+    import datasets
+
+    text = path.read_text(encoding="utf-8")
+    if kind == "jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        data = json.loads(text)
+        rows = data[field_name] if field_name else data
+    return datasets.Dataset.from_list(rows)
 
 
 def _check_text_file(path: Path, binary_ok: bool) -> None:

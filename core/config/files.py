@@ -81,9 +81,21 @@ def absolute_paths(config: RunConfig, base: str | Path | None = None) -> RunConf
         updates["data"] = config.data.model_copy(update=data_updates)
     if anchored(config.model.name_or_path):
         updates["model"] = config.model.model_copy(update={"name_or_path": anchored(config.model.name_or_path)})
+    rewards = [_anchored_reward(r, anchored) for r in config.train.grpo.rewards]
+    if rewards != config.train.grpo.rewards:  # a python reward's file, as `path.py:function`
+        grpo = config.train.grpo.model_copy(update={"rewards": rewards})
+        updates["train"] = config.train.model_copy(update={"grpo": grpo})
     output = runs_dir(config)
     updates["output_dir"] = str((output if output.is_absolute() else base / output).resolve())
     return config.model_copy(update=updates)
+
+
+def _anchored_reward(reward, anchored):
+    if reward.preset != "python" or not reward.function or ":" not in reward.function:
+        return reward
+    file, _, name = reward.function.rpartition(":")
+    found = anchored(file)
+    return reward.model_copy(update={"function": f"{found}:{name}"}) if found else reward
 
 
 # ---- documentation ----------------------------------------------------------------------------

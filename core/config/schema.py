@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from qlora_studio.core.atomic import write_text_atomic
 from qlora_studio.core.config.choices import CHAT_TEMPLATES, LORA_TARGET_GROUPS, OPTIMIZERS, REPORTERS
+from qlora_studio.core.config.methods import METHOD_FORMATS, DpoSettings, GrpoSettings, KtoSettings, Method, OrpoSettings
 from qlora_studio.core.errors import ConfigError
 
 DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -89,8 +90,9 @@ class LoraSettings(_Section):
 class DataSettings(_Section):
     path: str = DEMO_DATA
     """A file (.jsonl .json .csv .tsv .parquet .txt), a folder of them, a save_to_disk folder, a Hub dataset id, or sample:<name>."""
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text"] = "auto"
-    """Row format; auto detects it from the columns."""
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "preference", "unpaired",
+                    "prompt"] = "auto"
+    """Row format; auto detects it from the columns. SFT: alpaca, sharegpt, messages, prompt_completion, text; DPO/ORPO: preference (prompt / chosen / rejected); KTO: unpaired (prompt / completion / label) or preference; GRPO: prompt (a prompt and an optional reference answer)."""
     subset: str | None = None
     """Hub dataset configuration (subset) name."""
     split: str = "train"
@@ -147,6 +149,16 @@ class ExperimentalSettings(_Section):
 
 
 class TrainSettings(_Section):
+    method: Method = "sft"
+    """sft: learn the answers in the data; dpo / orpo: prefer the chosen answer of each pair; kto: answers marked good or bad; grpo: learn from rewards on sampled answers (train.grpo.rewards)."""
+    dpo: DpoSettings = Field(default_factory=DpoSettings)
+    """DPO's settings (read when method is dpo)."""
+    orpo: OrpoSettings = Field(default_factory=OrpoSettings)
+    """ORPO's settings (read when method is orpo)."""
+    kto: KtoSettings = Field(default_factory=KtoSettings)
+    """KTO's settings (read when method is kto)."""
+    grpo: GrpoSettings = Field(default_factory=GrpoSettings)
+    """GRPO's settings (read when method is grpo)."""
     epochs: float = Field(1, gt=0)
     """Passes over the training data (ignored when max_steps is set)."""
     max_steps: int | None = Field(None, ge=1)
@@ -238,6 +250,16 @@ class RunConfig(_Section):
         if self.train.tokens_per_batch is not None and self.train.tokens_per_batch < self.data.max_length:
             raise ValueError(f"train.tokens_per_batch ({self.train.tokens_per_batch}) must hold one row of "
                              f"data.max_length ({self.data.max_length}) tokens; raise it or set it to null")
+        method = self.train.method
+        if method != "sft" and self.distributed.num_processes > 1:
+            raise ValueError(f"train.method {method} trains on one GPU; set distributed.num_processes to 1")
+        if self.data.format != "auto" and self.data.format not in METHOD_FORMATS[method]:
+            raise ValueError(f"data.format {self.data.format} does not fit train.method {method}; use auto or one of "
+                             f"{', '.join(METHOD_FORMATS[method])}")
+        rows = self.train.micro_batch_size * self.train.grad_accum
+        if method == "grpo" and rows % self.train.grpo.num_generations:
+            raise ValueError(f"train.grpo.num_generations ({self.train.grpo.num_generations}) must divide "
+                             f"micro_batch_size x grad_accum ({rows}): each prompt's answers are compared in one step")
         return self
 
     @property

@@ -6,6 +6,7 @@ the window's preview) runs the same steps and reports what they found.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -260,17 +261,39 @@ def _usable(ds):
 
 
 def prepare_data(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int,
-                 warn: Callable[[str], None] | None = None, progress: Progress | None = None) -> PreparedData:
+                 warn: Callable[[str], None] | None = None, progress: Progress | None = None,
+                 method: str = "sft") -> PreparedData:
     """Tokenized training (and validation) rows; `progress(stage, done, total)` hears reading and
-    tokenizing."""
+    tokenizing. Past SFT, rows in TRL's shape for `method` (data/method_data.py), which its trainer
+    tokenizes with the chat template chosen here (set on the tokenizer)."""
+    if method != "sft":
+        return _prepare_method(settings, tokenizer, seed, warn, progress, method)
     train, evaluation, report, template = _build(settings, tokenizer, stop_ids, seed, warn, progress=progress)
     return PreparedData(train, evaluation, report, template)
 
 
+def _prepare_method(settings: DataSettings, tokenizer, seed: int, warn, progress, method: str, examples: int = 0):
+    from qlora_studio.core.data.method_data import prepare_method_data
+
+    template, template_name, template_warning = choose_template(tokenizer, settings.chat_template)
+    if template_warning and warn:
+        warn(template_warning)
+    tokenizer = copy.copy(tokenizer)  # the caller's (perhaps cached) tokenizer keeps its own template
+    tokenizer.chat_template = template  # TRL renders with the tokenizer's own template
+    train, evaluation, report = prepare_method_data(settings, method, tokenizer, seed, warn, progress, examples)
+    report.template = template_name
+    if template_warning:
+        report.warnings.insert(0, template_warning)
+    return PreparedData(train, evaluation, report, template)
+
+
 def inspect_data(settings: DataSettings, tokenizer, stop_ids: list[int], seed: int = 42,
-                 examples: int = 3, preview: int = 50, batching: Callable[[list[int]], str] | None = None) -> DataReport:
+                 examples: int = 3, preview: int = 50, batching: Callable[[list[int]], str] | None = None,
+                 method: str = "sft") -> DataReport:
     """The X-ray: everything `prepare_data` would do, reported instead of trained on; `batching`
     describes the micro-batches the training rows' lengths make."""
+    if method != "sft":
+        return _prepare_method(settings, tokenizer, seed, None, None, method, examples).report
     train, _, report, _ = _build(settings, tokenizer, stop_ids, seed, None, examples=examples, preview=preview)
     if batching is not None:
         from qlora_studio.core.data.packing import row_lengths
@@ -299,7 +322,8 @@ def inspect_config(config, examples: int = 2, preview: int = 0, skip_bad_rows: b
     from qlora_studio.core.data.packing import describe_batching
 
     return inspect_data(data, tokenizer, stop_token_ids(tokenizer, source_path), seed=config.train.seed,
-                        examples=examples, preview=preview, batching=lambda lengths: describe_batching(config, lengths))
+                        examples=examples, preview=preview, batching=lambda lengths: describe_batching(config, lengths),
+                        method=config.train.method)
 
 
 def _tokenizer_for(model_settings):

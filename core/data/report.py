@@ -48,6 +48,11 @@ class DataReport:
     validation_prompts: list[str] = field(default_factory=list)  # a few user prompts held out (probe suggestions)
     warnings: list[str] = field(default_factory=list)
     batching: str = ""  # how the run will cut the training rows into micro-batches (packed or padded), per epoch
+    method: str = "sft"  # train.method the rows were read for (data/method_data.py past SFT)
+    flagged_rows: int = 0  # rows that teach nothing (identical chosen and rejected), left out
+    flagged_examples: list[dict[str, str]] = field(default_factory=list)  # where, reason
+    answers: int = 0  # GRPO: rows with a reference answer
+    labels: dict[str, int] = field(default_factory=dict)  # KTO: desirable / undesirable rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,6 +17,8 @@ prediction are one number, made under the same stated assumptions:
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,13 +62,23 @@ def config_shape(config: RunConfig) -> ModelShape:
     return model_shape(model_config_of(config))
 
 
+def run_packing_plan(config: RunConfig, model_config):
+    """Whether the run packs its rows, from config.json (`speed.plan_speed` checks it on the model)."""
+    t, d = config.train, config.data
+    plan = packing_plan(d.packing, config.model.attn_implementation, model_config, tokens_per_batch(t, d))
+    if t.method != "sft":  # TRL pads its pairs and groups
+        plan = dataclasses.replace(plan, packed=False, attention="sdpa" if plan.attention == "varlen" else plan.attention,
+                                   reason=f"{t.method.upper()} batches are padded (TRL)")
+    return plan
+
+
 def assume(config: RunConfig, model_config, shape: ModelShape, *, budget_bytes: int | None = None,
            device_type: str = "cuda", packed: bool | None = None, fsdp: bool = False,
            packed_reason: str | None = None) -> Assumptions:
     """The run's batching and levers. `packed`: the verdict of the run's probe (None: from config.json)."""
     t, d = config.train, config.data
     budget_tokens = tokens_per_batch(t, d)
-    plan = packing_plan(d.packing, config.model.attn_implementation, model_config, budget_tokens)
+    plan = run_packing_plan(config, model_config)
     if packed is None:
         packed = plan.packed
     reasons = {"packing": packed_reason or plan.reason}
@@ -87,6 +99,8 @@ def assume(config: RunConfig, model_config, shape: ModelShape, *, budget_bytes: 
 def _choose_loss(config: RunConfig, model_config, shape: ModelShape, tokens: int, liger: bool, device_type: str,
                  fsdp: bool) -> tuple[str, str]:
     setting = config.train.chunked_loss
+    if config.train.method != "sft":
+        return "full", f"{config.train.method.upper()}: TRL computes the log-probs itself"
     plain = "liger" if liger else "full"
     if setting == "off":
         return plain, "train.chunked_loss is off"

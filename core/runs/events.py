@@ -37,9 +37,13 @@ class StepMetrics:
     vram_peak_gb: float | None = None
     vram_device_used_gb: float | None = None
     tokens_per_batch: int | None = None  # packed runs: the token budget of a micro-batch
+    # The method's own curves past SFT, by TRL's names: DPO "rewards/margins", "rewards/accuracies"...;
+    # GRPO "reward", "reward/exact_match", "kl"... (training/methods.py: METHOD_CURVES)
+    method: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None or not k.startswith("vram_")}
+        return {k: v for k, v in asdict(self).items()
+                if (v is not None or not k.startswith("vram_")) and not (k == "method" and not v)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StepMetrics":

@@ -10,9 +10,11 @@ from qlora_studio.core.model.devices import liger_applies
 from qlora_studio.core.training.reporting import report_to
 
 
-def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str, has_eval: bool, plan=None):
+def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str, has_eval: bool, plan=None,
+                       arguments_class=None, method_arguments: dict[str, Any] | None = None):
     """`plan`: the run's SpeedPlan (training/speed.py); None trains padded batches with Liger as
-    train.liger_kernels says and no offload."""
+    train.liger_kernels says and no offload. `arguments_class`: a TRL method's config class (a
+    TrainingArguments), made with `method_arguments` besides."""
     import torch
     from transformers import TrainingArguments
 
@@ -33,7 +35,10 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
             "activation_checkpointing": t.gradient_checkpointing, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
             "state_dict_type": "FULL_STATE_DICT",
         }}
-    return TrainingArguments(
+    if arguments_class is not None:
+        extra |= method_arguments or {}
+        extra["gradient_checkpointing"] = t.gradient_checkpointing and not sharded  # TRL's default is on
+    return (arguments_class or TrainingArguments)(
         output_dir=output_dir,
         per_device_train_batch_size=t.micro_batch_size,
         per_device_eval_batch_size=extra.pop("eval_rows", t.micro_batch_size),

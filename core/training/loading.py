@@ -29,6 +29,10 @@ def load_inputs(config: RunConfig, warn: Callable[[str], None], world_size: int,
     from qlora_studio.core.model.loading import load_for_training
 
     set_seed(config.train.seed)
+    if config.train.method == "grpo":  # a bad regex or a python reward without consent: before the model loads
+        from qlora_studio.core.training.rewards import check_rewards
+
+        check_rewards(config.train.grpo, has_answers=True)
     with _main_process_first(world_size):
         kwargs: dict[str, Any] = {}
         if is_fsdp(config):
@@ -66,8 +70,13 @@ def prepare_run_data(config: RunConfig, loaded, warn: Callable[[str], None], emi
             emit(ev.Preparing("tokenize", f"tokenizing {done:,} / {total:,} rows", done, total))
 
     stops = stop_token_ids(loaded.tokenizer, loaded.source.path)
-    data = prepare_data(config.data, loaded.tokenizer, stops, config.train.seed, warn=warn, progress=progress)
+    data = prepare_data(config.data, loaded.tokenizer, stops, config.train.seed, warn=warn, progress=progress,
+                        method=config.train.method)
     loaded.tokenizer.chat_template = data.template
+    if config.train.method == "grpo":
+        from qlora_studio.core.training.rewards import check_rewards
+
+        check_rewards(config.train.grpo, has_answers=data.report.answers > 0)
     return data
 
 

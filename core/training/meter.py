@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -61,10 +62,21 @@ class StepMeter:
             micro_batch_size=train.micro_batch_size,
             grad_accum=train.grad_accum,
             **torch_memory(device),
+            method=method_curves(train.method, logs),
         )
         self.last_tokens = tokens
         self.last = metrics
         return metrics
+
+
+def method_curves(method: str, logs: dict[str, Any]) -> dict[str, float]:
+    """The numbers a preference or RL trainer logs beside the loss, for the method's charts."""
+    if method == "sft":
+        return {}
+    from qlora_studio.core.training.methods import is_method_curve
+
+    return {k: round(float(v), 6) for k, v in logs.items()
+            if is_method_curve(method, k) and isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 def _mark(like) -> Any:

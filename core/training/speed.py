@@ -21,7 +21,7 @@ from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.model.patches import RunPatches
 from qlora_studio.core.planner.estimate import Estimate
-from qlora_studio.core.planner.plan import Assumptions, assume, estimate_for, model_config_of, with_reasons
+from qlora_studio.core.planner.plan import Assumptions, assume, estimate_for, model_config_of, run_packing_plan, with_reasons
 
 
 @dataclass
@@ -69,7 +69,6 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], patches: 
     """Decide packing, attention, loss and offload for this run on this device, say so, and apply
     them to the loaded model, every change through `patches` (model/patches.py), the run's one
     context manager that undoes them all on any exit."""
-    from qlora_studio.core.data.packing import packing_plan, tokens_per_batch
     from qlora_studio.core.model.devices import gpu_budget_bytes
     from qlora_studio.core.model.shape import model_shape
 
@@ -78,7 +77,7 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], patches: 
     shape = model_shape(model_config)
     budget = gpu_budget_bytes(loaded.device, config.train.experimental.card_gb)
     setting = config.data.packing
-    static = packing_plan(setting, config.model.attn_implementation, model_config, tokens_per_batch(config.train, config.data))
+    static = run_packing_plan(config, model_config)
     packed, reason = _verify_packing(loaded.model, static, setting, fsdp)
     levers = config.train.experimental
     _set_attention(loaded.model, static.attention if packed else _padded_attention(config, note), levers.varlen_rows_only)
@@ -102,7 +101,9 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], patches: 
         from transformers.integrations.liger import apply_liger_kernel
 
         patches.keep_module_names(modeling_module(loaded.model))  # before patching: a failure halfway is undone too
-        kernels = {"fused_linear_cross_entropy": False, "cross_entropy": False} if a.loss == "chunked" else {}
+        # TRL's preference and RL trainers make their log-probs with their own output head
+        own_loss = a.loss == "chunked" or config.train.method != "sft"
+        kernels = {"fused_linear_cross_entropy": False, "cross_entropy": False} if own_loss else {}
         if levers.compile_layers:  # dynamo cannot trace Liger's RMSNorm autograd function; compile fuses these itself
             kernels.update(rms_norm=False, rope=False, swiglu=False)
         apply_liger_kernel(loaded.model, kernels)

@@ -70,7 +70,15 @@ class LaggedStepLogs:
         """The count without a device sync: all tokens from the shape; non-padding ones summed on the device."""
         mode = self.args.include_num_input_tokens_seen
         name = getattr(self.model, "main_input_name", "input_ids")
-        if self.args.world_size > 1 or mode == "no" or name not in inputs:
+        if name not in inputs and mode != "no":
+            # TRL's pair batches (ORPO: chosen_/rejected_attention_mask); GRPO's rows are prompts
+            # before generation, its trainer counts what it generates (training/methods.py)
+            masks = [v for k, v in inputs.items() if k.endswith("attention_mask")] if hasattr(inputs, "items") else []
+            if masks:
+                counted = sum(mask.sum() for mask in masks)
+                self._device_tokens = counted if self._device_tokens is None else self._device_tokens + counted
+            return
+        if self.args.world_size > 1 or mode == "no":
             return super()._track_num_input_tokens(inputs)
         if mode == "non_padding" and "attention_mask" in inputs:
             counted = inputs["attention_mask"].sum()
@@ -153,6 +161,24 @@ class LaggedStepLogs:
             logs["grad_norm"] = grad_norm
         with _as_of(state, record):
             self.log(logs, self._log_start_time)
+
+
+class StepTotals:
+    """Mixed into every trainer a run uses (before the library's class): this optimizer step's loss
+    (summed over micro-batches) and gradient norm before clipping, as the loop computes them anyway,
+    for the NaN guard to flag before the update (training.guard)."""
+
+    step_loss = None
+    step_grad_norm = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.step_loss = loss if self.step_loss is None else self.step_loss + loss
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):  # the loop's norm, kept (no second pass over the gradients)
+        self.step_grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        return self.step_grad_norm
 
 
 @contextlib.contextmanager

@@ -9,10 +9,10 @@ from transformers import PrinterCallback, Trainer
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.training.arguments import training_arguments
 from qlora_studio.core.training.reporting import ReportingMixin, trainer_environment
-from qlora_studio.core.training.step_logs import LaggedStepLogs
+from qlora_studio.core.training.step_logs import LaggedStepLogs, StepTotals
 
 
-class StudioTrainer(LaggedStepLogs, ReportingMixin, Trainer):
+class StudioTrainer(LaggedStepLogs, ReportingMixin, StepTotals, Trainer):
     """The Trainer a run uses: the place for batching and logging that differ from the stock one
     (step logs read a step late: training/step_logs.py).
 
@@ -73,24 +73,16 @@ class StudioTrainer(LaggedStepLogs, ReportingMixin, Trainer):
             loss = loss * self.accelerator.num_processes
         return loss
 
-    # This optimizer step's loss (summed over micro-batches) and gradient norm before clipping, as
-    # the loop computes them anyway, for the NaN guard to flag before the update (training.guard).
-    step_loss = None
-    step_grad_norm = None
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        self.step_loss = loss if self.step_loss is None else self.step_loss + loss
-        return loss
-
-    def _get_grad_norm(self, model, grad_norm=None):  # the loop's norm, kept (no second pass over the gradients)
-        self.step_grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        return self.step_grad_norm
 
 
 def build_trainer(config: RunConfig, loaded, data, folder, callback, plan=None) -> StudioTrainer:
     """The Trainer for one segment of the run, its checkpoints in the run folder; `plan` is the
-    run's SpeedPlan (packing, loss, offload), None for a plain padded run."""
+    run's SpeedPlan (packing, loss, offload), None for a plain padded run. Methods past SFT train
+    with TRL's trainers (training/methods.py)."""
+    if config.train.method != "sft":
+        from qlora_studio.core.training.methods import build_method_trainer
+
+        return build_method_trainer(config, loaded, data, folder, callback, plan)
     from qlora_studio.core.data.packing import PackedCollator, tokens_per_batch
     from qlora_studio.core.data.pipeline import make_collator
 

@@ -160,9 +160,13 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
 
 
+def _sharegpt(turns: list) -> bool:
+    return bool(turns) and isinstance(turns[0], dict) and "from" in turns[0]
+
+
 def _prompt_messages(value: Any, column: str) -> list[dict[str, str]]:
     if isinstance(value, list):
-        messages = _conversation(value, sharegpt=False, need_assistant=False)
+        messages = _conversation(value, sharegpt=_sharegpt(value), need_assistant=False)
         if messages[-1]["role"] == "assistant":
             raise RowProblem(f"'{column}' ends with an assistant turn; the prompt should end with the user's turn")
         return messages
@@ -172,8 +176,10 @@ def _prompt_messages(value: Any, column: str) -> list[dict[str, str]]:
 def _answer(value: Any, column: str, prompt: list[dict[str, str]]) -> list[dict[str, str]]:
     """The assistant reply of a chosen / rejected / completion cell: a string, the reply as
     messages, or the whole conversation with the prompt in front (UltraFeedback)."""
+    if isinstance(value, dict):  # one message (LLaMA-Factory's ShareGPT pairs)
+        value = [value]
     if isinstance(value, list):
-        turns = _conversation(value, sharegpt=False)
+        turns = _conversation(value, sharegpt=_sharegpt(value))
         if turns[:len(prompt)] == prompt:
             turns = turns[len(prompt):]
         elif turns and turns[0]["role"] == "user" and prompt and turns[0]["content"] == prompt[0]["content"] and len(turns) > len(prompt):

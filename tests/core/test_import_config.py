@@ -112,8 +112,38 @@ def test_llamafactory_rules():
     assert config["data"]["validation_path"].endswith("alpaca_en_demo.json") and config["data"]["validation_split"] == 0.0
     assert "hf_secret" not in json.dumps(config)  # a token is never carried
     validate_config(config)
-    with pytest.raises(ConfigImportError, match="supervised fine-tuning"):
-        import_dict(lf({"dataset": "identity", "stage": "dpo"}), source_dir=EXAMPLES)
+    with pytest.raises(ConfigImportError, match="stage: ppo cannot be imported"):
+        import_dict(lf({"dataset": "identity", "stage": "ppo"}), source_dir=EXAMPLES)
+
+
+def test_llamafactory_preference_stages(tmp_path):
+    """stage dpo / kto with LLaMA-Factory's pref_* settings and its ranking datasets (ShareGPT and alpaca)."""
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "dpo_en_demo": {"file_name": "dpo_en_demo.json", "ranking": True, "formatting": "sharegpt",
+                        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
+        "pairs": {"file_name": "pairs.json", "ranking": True, "columns": {"prompt": "question", "chosen": "good",
+                                                                          "rejected": "bad"}},
+    }))
+    config, _, _ = import_dict(lf({"dataset": "dpo_en_demo", "stage": "dpo", "pref_beta": 0.2, "pref_ftx": 0.5,
+                                   "dataset_dir": str(tmp_path)}), source_dir=tmp_path)
+    assert config["train"]["method"] == "dpo" and config["train"]["dpo"] == {"beta": 0.2, "sft_weight": 0.5}
+    assert (config["data"]["format"], config["data"]["columns"]) == ("preference", {"prompt": "conversations"})
+    validate_config(config)
+    config, _, _ = import_dict(lf({"dataset": "pairs", "stage": "dpo", "pref_loss": "orpo", "dataset_dir": str(tmp_path)}),
+                               source_dir=tmp_path)
+    assert config["train"]["method"] == "orpo"
+    assert config["data"]["columns"] == {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    validate_config(config)
+    # the ShareGPT pair rows LLaMA-Factory ships read as pairs
+    from qlora_studio.core.config.schema import DataSettings
+    from qlora_studio.core.data.method_data import load_method_rows
+
+    rows = tmp_path / "dpo.jsonl"
+    rows.write_text(json.dumps({"conversations": [{"from": "human", "value": "Hi?"}],
+                                "chosen": {"from": "gpt", "value": "Hello!"}, "rejected": {"from": "gpt", "value": "No."}}))
+    _, got, _, _, bad_count, _, _ = load_method_rows(
+        DataSettings(path=str(rows), format="preference", columns={"prompt": "conversations"}), "dpo")
+    assert not bad_count and got[0]["chosen"] == [{"role": "assistant", "content": "Hello!"}]
 
 
 def test_axolotl_rules():
@@ -132,8 +162,16 @@ def test_axolotl_rules():
     assert {"optimizer", "lora_target_modules", "save_steps"} <= {d[0] for d in dropped}  # dropped, not invented
     assert "optimizer" not in train and "target_modules" not in config["lora"]
     validate_config(config)
-    with pytest.raises(ConfigImportError, match="supervised"):
-        import_dict(ax({"rl": "dpo"}))
+    config, _, dropped = import_dict(ax({"rl": "ipo", "rl_beta": 0.3}))
+    assert config["train"]["method"] == "dpo" and config["train"]["dpo"] == {"loss_type": "ipo", "beta": 0.3}
+    validate_config(config)
+    config, _, dropped = import_dict(ax({"rl": "grpo", "micro_batch_size": 4, "gradient_accumulation_steps": 2,
+                                         "trl": {"num_generations": 4, "reward_funcs": ["rewards.correct"]}}))
+    assert config["train"]["method"] == "grpo" and config["train"]["grpo"] == {"num_generations": 4}
+    assert "trl.reward_funcs" in {d[0] for d in dropped}
+    validate_config(config)
+    with pytest.raises(ConfigImportError, match="rl: simpo cannot be imported"):
+        import_dict(ax({"rl": "simpo"}))
 
 
 def test_detection_and_bad_files(tmp_path):

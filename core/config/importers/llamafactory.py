@@ -87,14 +87,43 @@ _LF_SHAREGPT_DEFAULT_TAGS = {"role_tag": "from", "content_tag": "value", "user_t
 _ROLE_NAMES = {"user", "human", "prompter", "assistant", "gpt", "model", "bot", "chatgpt", "system", "developer"}
 
 
+def _preference_stage(imp: Draft, keys: Keys, stage: str) -> None:
+    """stage dpo (its pref_loss may make it ORPO) or kto, with LLaMA-Factory's pref_* settings."""
+    loss = str(keys.take("pref_loss") or "sigmoid")
+    if stage == "dpo" and loss not in ("sigmoid", "ipo", "hinge", "orpo"):
+        raise ConfigImportError(f"pref_loss: {loss} cannot be imported: QLoRA Studio's DPO takes sigmoid, ipo or "
+                                "hinge, and orpo as its own method")
+    method = "orpo" if loss == "orpo" else stage
+    imp.carry("stage", "train.method", method)
+    if method == "dpo" and loss != "sigmoid":
+        imp.carry("pref_loss", "train.dpo.loss_type", loss)
+    beta = keys.take("pref_beta")
+    if beta is not None:
+        imp.carry("pref_beta", f"train.{method}.beta", float(beta))
+    ftx = keys.take("pref_ftx")
+    if ftx and method == "dpo":
+        imp.carry("pref_ftx", "train.dpo.sft_weight", float(ftx))
+    elif ftx:
+        imp.drop("pref_ftx", ftx, f"{method.upper()} has no added SFT loss setting")
+    for key, dotted in (("kto_chosen_weight", "train.kto.desirable_weight"),
+                        ("kto_rejected_weight", "train.kto.undesirable_weight")):
+        value = keys.take(key)
+        if value is not None:
+            imp.carry(key, dotted, float(value))
+
+
 def import_llamafactory(raw: dict[str, Any], imp: Draft) -> None:
     keys = Keys(raw, imp)
 
     stage = keys.take("stage") or "sft"
-    if stage not in ("sft", "pt"):
-        raise ConfigImportError(f"stage: {stage} cannot be imported: QLoRA Studio does supervised fine-tuning (sft)")
-    imp.carried.append(f"stage -> supervised fine-tuning (= {stage})" if "stage" in raw else
-                       "default: stage = sft (LLaMA-Factory default)")
+    if stage not in ("sft", "pt", "dpo", "kto"):
+        raise ConfigImportError(f"stage: {stage} cannot be imported: QLoRA Studio trains sft, pt (as text), dpo "
+                                "(with pref_loss sigmoid, ipo, hinge or orpo) and kto")
+    if stage in ("dpo", "kto"):
+        _preference_stage(imp, keys, stage)
+    else:
+        imp.carried.append(f"stage -> supervised fine-tuning (= {stage})" if "stage" in raw else
+                           "default: stage = sft (LLaMA-Factory default)")
 
     # model
     base = keys.take("model_name_or_path")
@@ -341,12 +370,32 @@ def _llamafactory_dataset(imp: Draft, source: str, name: str, info: dict[str, An
         value = keys.take(key)
         if value is not None:
             imp.carry(keys.name(key), dotted, str(value))
-    if as_bool(keys.take("ranking")):
-        raise ConfigImportError(f"dataset {name} is a preference (ranking) dataset: QLoRA Studio does supervised fine-tuning")
+    ranking = as_bool(keys.take("ranking"))
     formatting = keys.take("formatting") or "alpaca"
     columns = dict(keys.take("columns") or {})
     tags = dict(keys.take("tags") or {})
     ours: dict[str, str] = {}
+    if ranking or stage == "kto":
+        if formatting != "alpaca" and not ranking:
+            raise ConfigImportError(f"dataset {name}: {formatting} KTO data cannot be imported yet; give it "
+                                    "prompt / completion / label columns")
+        sharegpt = formatting == "sharegpt"  # the prompt is the conversation before the two answers
+        roles = ({"messages" if sharegpt else "prompt": "prompt", "chosen": "chosen", "rejected": "rejected"} if ranking
+                 else {"prompt": "prompt", "response": "completion", "kto_tag": "label"})
+        imp.put("data.format", "preference" if ranking else "unpaired")
+        imp.carried.append(f"{label} -> data.format = {'preference' if ranking else 'unpaired'}")
+        defaults = {"prompt": "instruction", "response": "output", "chosen": "chosen", "rejected": "rejected",
+                    "kto_tag": "kto_tag", "messages": "conversations"}
+        for theirs_role, our_name in roles.items():
+            column = columns.pop(theirs_role, defaults[theirs_role])
+            if column != our_name:
+                ours[our_name] = column
+        for theirs_role, column in columns.items():
+            imp.drop(f"{keys.name('columns')}.{theirs_role}", column, "not read for preference rows")
+        if ours:
+            imp.put("data.columns", ours)
+        keys.drop_rest({}, "not read for preference rows")
+        return
     if stage == "pt":
         text = columns.pop("prompt", "text")
         if text != "text":

@@ -18,7 +18,6 @@ prediction are one number, made under the same stated assumptions:
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from qlora_studio.core.model.devices import expandable_segments_expected, liger_
 from qlora_studio.core.model.shape import ModelShape, builtin_shape_note, load_model_config, model_shape
 from qlora_studio.core.planner.estimate import GIB, Estimate, estimate
 from qlora_studio.core.planner.loss_memory import CHUNK_TOKENS_MAX, liger_chunk_tokens
+from qlora_studio.core.planner.method_memory import method_batch_sentence, method_loss, method_rows, with_generation
 
 CHUNKED_LOSS_MIN_VOCAB = 32_000
 MLP_TILE_TOKENS = 8192
@@ -86,8 +86,10 @@ def assume(config: RunConfig, model_config, shape: ModelShape, *, budget_bytes: 
         attention, seq_len, micro = plan.attention, budget_tokens, 1
     else:
         attention = plan.attention if not plan.packed else ("sdpa" if plan.attention == "varlen" else plan.attention)
-        seq_len, micro = d.max_length, t.micro_batch_size
+        seq_len, micro = method_rows(config, d.max_length, t.micro_batch_size)
     liger = liger_applies(t.liger_kernels, device_type)
+    if t.method != "sft":
+        reasons["method"] = method_batch_sentence(config, seq_len, micro)
     loss, reasons["loss"] = _choose_loss(config, model_config, shape, seq_len * micro, liger, device_type, fsdp)
     a = Assumptions(packed, attention, seq_len, micro, False, loss, liger, reasons)
     a.offload, reasons["offload"] = _choose_offload(config, shape, a, budget_bytes, device_type, fsdp)
@@ -100,7 +102,7 @@ def _choose_loss(config: RunConfig, model_config, shape: ModelShape, tokens: int
                  fsdp: bool) -> tuple[str, str]:
     setting = config.train.chunked_loss
     if config.train.method != "sft":
-        return "full", f"{config.train.method.upper()}: TRL computes the log-probs itself"
+        return method_loss(config.train.method)
     plain = "liger" if liger else "full"
     if setting == "off":
         return plain, "train.chunked_loss is off"
@@ -173,13 +175,14 @@ def estimate_for(shape: ModelShape, config: RunConfig, a: Assumptions, **setting
     values = {"seq_len": a.seq_len, "micro_batch": a.micro_batch, "gradient_checkpointing": t.gradient_checkpointing,
               "optimizer": t.optimizer, "offload": a.offload, "mlp_tile": a.mlp_tile,
               "checkpoint_every": t.experimental.every_n_layers, **settings}
-    return estimate(
-        shape, mode=q.mode, double_quant=q.double_quant, compute_bytes=4 if q.compute_dtype == "float32" else 2,
+    compute_bytes = 4 if q.compute_dtype == "float32" else 2
+    return with_generation(estimate(
+        shape, mode=q.mode, double_quant=q.double_quant, compute_bytes=compute_bytes,
         lora_r=lora.r, target_modules=lora.target_modules, lora_dropout=lora.dropout, use_dora=lora.use_dora,
         model_name=config.model.name_or_path, liger=a.liger, packed=a.packed, attention=a.attention,
         masked=not a.packed and values["micro_batch"] > 1, loss=a.loss,
         expandable_segments=expandable_segments_expected(), **values,
-    )
+    ), shape, config, compute_bytes)
 
 
 def estimate_config(config: RunConfig, budget_gb: float | None = None) -> Estimate:
@@ -206,6 +209,8 @@ def plain_decisions(a: Assumptions) -> list[str]:
     if a.packed:
         lines = [f"Rows are packed into {a.seq_len:,}-token micro-batches with no padding; each row attends only "
                  "to itself, so training computes what it would one row at a time."]
+    elif "method" in r:
+        lines = [r["method"]]
     else:
         lines = [f"Rows are padded into micro-batches of {a.micro_batch} ({r.get('packing', 'packing is off')})."]
     if a.loss == "liger":

@@ -147,3 +147,26 @@ def test_verdicts_against_gpu_validation():
     for j in ran:
         if j["point"]["status"] == "trained":
             assert j["total"] >= j["point"]["peak_allocated"] + est.CUDA_CONTEXT_BYTES, j["point"]
+
+
+def test_methods_past_sft_count_their_own_batches(llama8b):
+    """DPO and ORPO run both answers in one batch; ORPO holds their logits; GRPO's peak is training's
+    or generation's KV cache, whichever is larger (planner/method_memory.py)."""
+    from qlora_studio.core.planner.plan import estimate_config
+
+    base = RunConfig.model_validate({"model": {"name_or_path": str(llama8b), "random_init": True},
+                                     "data": {"max_length": 2048, "packing": "off"},
+                                     "train": {"micro_batch_size": 2, "grad_accum": 1}})
+    sft = estimate_config(base, 24)
+    dpo = estimate_config(base.with_overrides({"train.method": "dpo"}), 24)
+    orpo = estimate_config(base.with_overrides({"train.method": "orpo"}), 24)
+    assert (dpo.micro_batch, dpo.seq_len, dpo.loss) == (4, 2048, "chunked") and sft.micro_batch == 2
+    assert dpo.decisions[0].startswith("Each micro-batch runs 2 pairs as 4 padded rows")
+    assert sft.peak_allocated_bytes < dpo.peak_allocated_bytes < orpo.peak_allocated_bytes and orpo.loss == "full"
+    grpo = base.with_overrides({"train.method": "grpo", "train.micro_batch_size": 8, "data.max_length": 512,
+                                "train.grpo.max_completion_length": 512})
+    small = estimate_config(grpo, 24)
+    assert small.seq_len == 1024 and "stays below training's peak" in " ".join(small.notes)
+    many = estimate_config(grpo.with_overrides({"train.grad_accum": 16}), 24)  # 128 sequences generated at once
+    assert "the peak is while generating" in " ".join(many.notes)
+    assert many.peak_allocated_bytes > small.peak_allocated_bytes + 5 * 2**30

@@ -68,7 +68,7 @@ def learn(part: str, args) -> dict:
     if args.keep_runs:  # the run's records (not its weights), to replay in the window
         import shutil
 
-        kept = Path(args.keep_runs) / part
+        kept = Path(args.keep_runs) / f"{part}-{Path(result.run_dir).name}"
         shutil.copytree(result.run_dir, kept, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors", "tensorboard"))
     return {"part": part, "steps": result.step, "wall_s": round(wall, 1), "curve": curve, "evals": evals,
             "exact_match": {"base": scored.base.exact_match, "tuned": scored.tuned.exact_match},

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from qlora_studio.core.config.files import read_yaml
 from qlora_studio.core.config.importers import axolotl, llamafactory
 from qlora_studio.core.config.importers.common import (
     EMPTY,
@@ -26,7 +27,6 @@ from qlora_studio.core.config.importers.common import (
     Tool,
     show,
 )
-from qlora_studio.core.config.files import read_yaml
 from qlora_studio.core.config.schema import RunConfig, validate_config
 
 __all__ = ["EMPTY", "ConfigImportError", "ImportedConfig", "Tool", "detect_tool", "import_config", "import_dict",

@@ -27,6 +27,7 @@ from qlora_studio.core.config.importers.common import (
     target_modules,
     warmup_steps,
 )
+from qlora_studio.core.config.importers.preference import import_axolotl_rl
 
 # Keys only axolotl uses: they tell its files from LLaMA-Factory's.
 MARKERS = {
@@ -89,49 +90,10 @@ _AXOLOTL_DROP_REASONS = {
 }
 
 
-# axolotl's `rl:` values -> (train.method, train.dpo.loss_type or None)
-_AXOLOTL_RL = {"dpo": ("dpo", None), "ipo": ("dpo", "ipo"), "orpo": ("orpo", None), "kto": ("kto", None),
-               "grpo": ("grpo", None)}
-
-
-def _import_rl(imp: Draft, keys: Keys, rl: Any) -> None:
-    """Preference and RL training: the method and its settings (rewards are code: not carried)."""
-    if not rl:
-        return
-    if str(rl) not in _AXOLOTL_RL:
-        raise ConfigImportError(f"rl: {rl} cannot be imported: QLoRA Studio trains sft, dpo, ipo (as DPO's loss), "
-                                "orpo, kto and grpo")
-    method, loss = _AXOLOTL_RL[str(rl)]
-    imp.carry("rl", "train.method", method)
-    if loss:
-        imp.carry("rl", f"train.{method}.loss_type", loss)
-    beta = keys.take("rl_beta")
-    if beta is None:
-        beta = keys.take("dpo_beta") if method == "dpo" else keys.take("orpo_alpha") if method == "orpo" else None
-    if beta is not None:
-        imp.carry("rl_beta", f"train.{method}.beta", float(beta))
-    for key, dotted in (("dpo_label_smoothing", "train.dpo.label_smoothing"),
-                        ("kto_desirable_weight", "train.kto.desirable_weight"),
-                        ("kto_undesirable_weight", "train.kto.undesirable_weight")):
-        value = keys.take(key)
-        if value is not None:
-            imp.carry(key, dotted, float(value))
-    trl = keys.take("trl") or {}
-    for key, field in (("num_generations", "num_generations"), ("max_completion_length", "max_completion_length"),
-                       ("temperature", "temperature"), ("beta", "beta")):
-        if key in trl and method == "grpo":
-            imp.carry(f"trl.{key}", f"train.grpo.{field}", trl.pop(key))
-    if trl.get("reward_funcs"):
-        imp.drop("trl.reward_funcs", trl.pop("reward_funcs"),
-                 "rewards are Python code: pick presets in train.grpo.rewards (or a python reward, with your yes)")
-    for key, value in trl.items():
-        imp.drop(f"trl.{key}", value, "no QLoRA Studio equivalent")
-
-
 def import_axolotl(raw: dict[str, Any], imp: Draft) -> None:
     keys = Keys(raw, imp)
 
-    _import_rl(imp, keys, keys.take("rl"))
+    import_axolotl_rl(imp, keys, keys.take("rl"))
 
     # model
     base = keys.take("base_model")

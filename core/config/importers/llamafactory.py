@@ -26,6 +26,7 @@ from qlora_studio.core.config.importers.common import (
     target_modules,
     warmup_steps,
 )
+from qlora_studio.core.config.importers.preference import import_llamafactory_pairs, import_llamafactory_stage
 
 # Keys only LLaMA-Factory uses: they tell its files from axolotl's.
 MARKERS = {
@@ -87,31 +88,6 @@ _LF_SHAREGPT_DEFAULT_TAGS = {"role_tag": "from", "content_tag": "value", "user_t
 _ROLE_NAMES = {"user", "human", "prompter", "assistant", "gpt", "model", "bot", "chatgpt", "system", "developer"}
 
 
-def _preference_stage(imp: Draft, keys: Keys, stage: str) -> None:
-    """stage dpo (its pref_loss may make it ORPO) or kto, with LLaMA-Factory's pref_* settings."""
-    loss = str(keys.take("pref_loss") or "sigmoid")
-    if stage == "dpo" and loss not in ("sigmoid", "ipo", "hinge", "orpo"):
-        raise ConfigImportError(f"pref_loss: {loss} cannot be imported: QLoRA Studio's DPO takes sigmoid, ipo or "
-                                "hinge, and orpo as its own method")
-    method = "orpo" if loss == "orpo" else stage
-    imp.carry("stage", "train.method", method)
-    if method == "dpo" and loss != "sigmoid":
-        imp.carry("pref_loss", "train.dpo.loss_type", loss)
-    beta = keys.take("pref_beta")
-    if beta is not None:
-        imp.carry("pref_beta", f"train.{method}.beta", float(beta))
-    ftx = keys.take("pref_ftx")
-    if ftx and method == "dpo":
-        imp.carry("pref_ftx", "train.dpo.sft_weight", float(ftx))
-    elif ftx:
-        imp.drop("pref_ftx", ftx, f"{method.upper()} has no added SFT loss setting")
-    for key, dotted in (("kto_chosen_weight", "train.kto.desirable_weight"),
-                        ("kto_rejected_weight", "train.kto.undesirable_weight")):
-        value = keys.take(key)
-        if value is not None:
-            imp.carry(key, dotted, float(value))
-
-
 def import_llamafactory(raw: dict[str, Any], imp: Draft) -> None:
     keys = Keys(raw, imp)
 
@@ -120,7 +96,7 @@ def import_llamafactory(raw: dict[str, Any], imp: Draft) -> None:
         raise ConfigImportError(f"stage: {stage} cannot be imported: QLoRA Studio trains sft, pt (as text), dpo "
                                 "(with pref_loss sigmoid, ipo, hinge or orpo) and kto")
     if stage in ("dpo", "kto"):
-        _preference_stage(imp, keys, stage)
+        import_llamafactory_stage(imp, keys, stage)
     else:
         imp.carried.append(f"stage -> supervised fine-tuning (= {stage})" if "stage" in raw else
                            "default: stage = sft (LLaMA-Factory default)")
@@ -376,25 +352,7 @@ def _llamafactory_dataset(imp: Draft, source: str, name: str, info: dict[str, An
     tags = dict(keys.take("tags") or {})
     ours: dict[str, str] = {}
     if ranking or stage == "kto":
-        if formatting != "alpaca" and not ranking:
-            raise ConfigImportError(f"dataset {name}: {formatting} KTO data cannot be imported yet; give it "
-                                    "prompt / completion / label columns")
-        sharegpt = formatting == "sharegpt"  # the prompt is the conversation before the two answers
-        roles = ({"messages" if sharegpt else "prompt": "prompt", "chosen": "chosen", "rejected": "rejected"} if ranking
-                 else {"prompt": "prompt", "response": "completion", "kto_tag": "label"})
-        imp.put("data.format", "preference" if ranking else "unpaired")
-        imp.carried.append(f"{label} -> data.format = {'preference' if ranking else 'unpaired'}")
-        defaults = {"prompt": "instruction", "response": "output", "chosen": "chosen", "rejected": "rejected",
-                    "kto_tag": "kto_tag", "messages": "conversations"}
-        for theirs_role, our_name in roles.items():
-            column = columns.pop(theirs_role, defaults[theirs_role])
-            if column != our_name:
-                ours[our_name] = column
-        for theirs_role, column in columns.items():
-            imp.drop(f"{keys.name('columns')}.{theirs_role}", column, "not read for preference rows")
-        if ours:
-            imp.put("data.columns", ours)
-        keys.drop_rest({}, "not read for preference rows")
+        import_llamafactory_pairs(imp, keys, name, label, formatting, columns, ranking)
         return
     if stage == "pt":
         text = columns.pop("prompt", "text")

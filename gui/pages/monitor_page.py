@@ -17,6 +17,7 @@ from qlora_studio.core.runs.store import RunHistory
 from qlora_studio.gui import fmt
 from qlora_studio.gui.panels.run_charts import RunCharts
 from qlora_studio.gui.widgets.chart_options import ChartOptions
+from qlora_studio.gui.widgets.method_charts import run_method
 from qlora_studio.gui.widgets.probe_grid import ProbeGrid
 from qlora_studio.gui.widgets.run_log import RunLog
 from qlora_studio.gui.widgets.run_header import RunHeader
@@ -118,6 +119,7 @@ class MonitorPage(QWidget):
     def _show_started(self, e: ev.RunStarted) -> None:
         self.run_dir = e.run_dir
         self.charts.show_device(e.device, e.predicted_peak_gb)
+        self.charts.show_method(e.config.get("train", {}).get("method", "sft"))
         self.header.show_started(e)
         self.tensorboard.show_for(e.run_dir, "tensorboard" in e.config.get("train", {}).get("report_to", []))
         if not e.start_step:
@@ -232,6 +234,7 @@ class MonitorPage(QWidget):
         self.reset(name)
         if history.started is not None:
             self._show_started(history.started)  # the header; its log line comes from the record below
+        self.charts.show_method(run_method(history.path))  # the recorded start leaves the config to config.yaml
         self.replay_log(history)
         self.header.set_plan(0, int(status.get("total_steps") or self.header.total_steps or 0))
         with self.batch():

@@ -5,7 +5,7 @@ a richer editor than their type implies name one here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -25,6 +25,7 @@ from qlora_studio.core.config import LORA_TARGET_GROUPS, RunConfig
 from qlora_studio.core.config import choices as choices_of
 from qlora_studio.core.config.files import default_runs_dir
 from qlora_studio.gui.fmt import escape
+from qlora_studio.gui.pages.setup_method import MethodBox
 from qlora_studio.gui.widgets.form import CheckChoices, ChoiceButtons, Form, SciSpinBox, guard_wheel
 from qlora_studio.gui.widgets.pickers import DataPicker, ModelPicker
 from qlora_studio.gui.widgets.probes_editor import ProbesEditor
@@ -57,10 +58,19 @@ LABELS = {"4bit": "4-bit (QLoRA)", "8bit": "8-bit", "none": "None (16-bit)", "nf
 class SetupGroups:
     boxes: list[QGroupBox]
     model_picker: ModelPicker
+    method: MethodBox
     dependents: dict[str, QWidget] = field(default_factory=dict)
+
+    def implied(self, key: str, value: Any, config: RunConfig) -> dict[str, Any]:
+        """Settings that change along with an edit of `key` (overrides for `config`)."""
+        return self.method.implied(key, value, config)
+
+    def start_blocker(self, config: RunConfig) -> str:
+        return self.method.start_blocker(config)
 
     def show_config(self, config: RunConfig) -> None:
         """Editors whose state follows other settings."""
+        self.method.show_config(config)
         four_bit = config.quantization.mode == "4bit"
         self.dependents["quantization.quant_type"].setEnabled(four_bit)
         self.dependents["quantization.double_quant"].setEnabled(four_bit)
@@ -111,7 +121,9 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
     trust_note.hide()
     data = DataPicker(start_folder)
     form.add("data.path", data.edit)
+    data_grid = form.grid(DATA_KEYS)
     skip_bad = form.add("data.skip_bad_rows", QCheckBox("Skip bad rows"))
+    method = MethodBox(form, form.bindings["data.format"].widget)
 
     quant_form = QFormLayout()
     mode = form.add("quantization.mode", ChoiceButtons.for_key("quantization.mode", LABELS))
@@ -162,7 +174,8 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
     compute_label = QLabel("Compute dtype")
     boxes = [
         _box("Model", model, _row(trust), trust_note),
-        _box("Dataset", data, form.grid(DATA_KEYS), _row(skip_bad)),
+        method.box,
+        _box("Dataset", data, data_grid, _row(skip_bad)),
         _box("Quantization", quant_form, _row(double_quant, compute_label, compute, stretch_after=0)),
         _box("LoRA", lora_grid, _row(dora, rslora)),
         _box("Training", form.grid(_rows(TRAIN_KEYS)), _row(checkpointing, batch, stretch_after=0),
@@ -171,7 +184,7 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
         _box("GPUs", gpu_grid, note),
         _box("Output", output_form),
     ]
-    return SetupGroups(boxes, model, {"quantization.quant_type": quant_type, "quantization.double_quant": double_quant,
+    return SetupGroups(boxes, model, method, {"quantization.quant_type": quant_type, "quantization.double_quant": double_quant,
                                       "effective_batch": batch, "trust_warning": trust_note, "probes": probes})
 
 

@@ -145,12 +145,14 @@ class SetupPage(QWidget):
             return
         value = self.bindings[key].get()
         try:
-            config = self.config.with_overrides({key: value}, source="setting")
+            config = self.config.with_overrides({key: value, **self.groups.implied(key, value, self.config)},
+                                                source="setting")
         except ConfigError as exc:
             self._problems[key] = str(exc).removeprefix("setting: ")
             self._show_problems()
             return
         self._problems.pop(key, None)
+        config = _settle_problems(config, self._problems, self.bindings, self.groups.implied)
         self._show_problems()
         if key == "model.name_or_path" and config.model.trust_remote_code:  # the trust was given to the old model
             config = config.with_overrides({"model.trust_remote_code": False}, source="setting")
@@ -182,8 +184,9 @@ class SetupPage(QWidget):
         that cannot be read, bad rows that would stop it), or "" when Start may go ahead."""
         if self._problems:
             return next(iter(self._problems.values()))
-        if self._model_problem:
-            return self._model_problem
+        blocker = self._model_problem or self.groups.start_blocker(self.config)  # a python reward needs a yes
+        if blocker:
+            return blocker
         if self.xray.error:
             return f"the dataset cannot be read: {self.xray.error}"
         report = self.xray.report
@@ -269,6 +272,19 @@ class SetupPage(QWidget):
         self.model.shutdown()
         self.memory.shutdown()
         self.xray.shutdown()
+
+
+def _settle_problems(config: RunConfig, problems: dict[str, str], bindings: dict[str, Binding], implied) -> RunConfig:
+    """Editors holding a value core rejected may fit after another edit (GRPO once num_generations
+    divides the batch): the values that fit now join the config, and their problems go."""
+    for key in list(problems):
+        value = bindings[key].get()
+        try:
+            config = config.with_overrides({key: value, **implied(key, value, config)}, source="setting")
+        except ConfigError:
+            continue
+        del problems[key]
+    return config
 
 
 def _vertical_scroll(widget: QWidget) -> QScrollArea:

@@ -12,24 +12,28 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidge
 
 from qlora_studio.gui import fmt
 from qlora_studio.gui.panels.evaluation_panel import evaluation_summary
+from qlora_studio.gui.widgets.method_charts import run_method
 
 STATUS_COLORS = {"finished": "#15803d", "running": "#2563eb", "stopped": "#b45309", "interrupted": "#b45309",
                  "failed": "#b91c1c"}
 
 
 class RunsModel(QAbstractTableModel):
-    COLUMNS = ["Run", "Status", "Steps", "Final loss", "Model", "Quantization", "LoRA", "Started", "Time", "Peak VRAM",
-               "Evaluation"]
+    COLUMNS = ["Run", "Status", "Steps", "Final loss", "Method", "Model", "Quantization", "LoRA", "Started", "Time",
+               "Peak VRAM", "Evaluation"]
+    NUMBERS = ("Steps", "Final loss", "Time", "Peak VRAM")  # right-aligned
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.runs: list[Any] = []
         self.evaluations: dict[str, Any] = {}  # run folder -> its latest core Evaluation
+        self.methods: dict[str, str] = {}  # run folder -> its train.method
 
     def set_runs(self, runs: list[Any], evaluations: dict[str, Any] | None = None) -> None:
         self.beginResetModel()
         self.runs = list(runs)
         self.evaluations = dict(evaluations or {})
+        self.methods = {str(run.path): run_method(run) for run in self.runs}
         self.endResetModel()
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802,B008 - Qt's signature
@@ -57,37 +61,34 @@ class RunsModel(QAbstractTableModel):
             if run.reason:
                 tip += f"\n{run.reason}"
             return tip
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (2, 3, 8, 9):
+        if role == Qt.ItemDataRole.TextAlignmentRole and self.COLUMNS[col] in self.NUMBERS:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
     def _text(self, run, col: int) -> str:
-        if col == 0:
-            return run.name
-        if col == 1:
-            return run.status
-        if col == 2:
+        name = self.COLUMNS[col]
+        if name == "Steps":
             return f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step)
-        if col == 3:
+        if name == "Final loss":
             return fmt.loss(run.final_loss)
-        if col == 4:
+        if name == "Method":
+            return self.methods.get(str(run.path), "sft").upper()
+        if name == "Model":
             return run.model.rstrip("/").split("/")[-1]
-        if col == 5:
-            return run.quantization
-        if col == 6:
-            return run.lora
-        if col == 7:
+        if name == "Started":
             return fmt.timestamp(run.started_at)
-        if col == 8:
+        if name == "Time":
             return fmt.duration(run.elapsed_s)
-        if col == 10:
+        if name == "Evaluation":
             return evaluation_summary(self.evaluations.get(str(run.path)))
-        return f"{run.peak_vram_gb:.2f} GiB" if run.peak_vram_gb is not None else "–"
+        if name == "Peak VRAM":
+            return f"{run.peak_vram_gb:.2f} GiB" if run.peak_vram_gb is not None else "–"
+        return {"Run": run.name, "Status": run.status, "Quantization": run.quantization, "LoRA": run.lora}[name]
 
     def _sort_key(self, run, col: int) -> Any:
-        keys = {2: run.step, 3: run.final_loss if run.final_loss is not None else float("inf"),
-                7: run.started_at or 0, 8: run.elapsed_s or 0, 9: run.peak_vram_gb or 0}
-        return keys.get(col, self._text(run, col))
+        keys = {"Steps": run.step, "Final loss": run.final_loss if run.final_loss is not None else float("inf"),
+                "Started": run.started_at or 0, "Time": run.elapsed_s or 0, "Peak VRAM": run.peak_vram_gb or 0}
+        return keys.get(self.COLUMNS[col], self._text(run, col))
 
 
 class RunsTable(QTableView):
@@ -103,7 +104,7 @@ class RunsTable(QTableView):
         self.proxy.setSortRole(Qt.ItemDataRole.UserRole)
         self.setModel(self.proxy)
         self.setSortingEnabled(True)
-        self.sortByColumn(7, Qt.SortOrder.DescendingOrder)
+        self.sortByColumn(RunsModel.COLUMNS.index("Started"), Qt.SortOrder.DescendingOrder)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -114,7 +115,7 @@ class RunsTable(QTableView):
         # The run's name is what tells runs apart: always whole. The model column (also in the name)
         # takes what is left; on a narrow screen the table scrolls sideways rather than cut names.
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(RunsModel.COLUMNS.index("Model"), QHeaderView.ResizeMode.Stretch)
         header.setStretchLastSection(False)
 
     def set_runs(self, runs: list[Any], evaluations: dict[str, Any]) -> None:

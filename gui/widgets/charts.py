@@ -286,6 +286,10 @@ class ChartBoard(QObject):
             wait = self._last_frame + self.interval - time.monotonic()
             self.timer.start(max(int(wait * 1000), 0))
 
+    def forget(self, chart: LiveChart) -> None:
+        """A chart about to be deleted: nothing of it is drawn any more."""
+        self._dirty.pop(chart, None)
+
     def stop(self) -> None:
         """No more frames by timer: only `flush()` draws."""
         self.auto = False

@@ -30,6 +30,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from pydantic.fields import FieldInfo
+
 from qlora_studio.core.config import RunConfig, choices, field_help
 from qlora_studio.core.config.choices import LORA_TARGET_GROUPS
 from qlora_studio.gui.widgets.probes_editor import ProbesEditor
@@ -164,6 +166,19 @@ class SciSpinBox(QDoubleSpinBox):
         self.setValue(self.value() * 2.0**steps)
 
 
+class ValueEditor(QWidget):
+    """A composite editor of one key (a list of sections, say): `value()` and `setValue()` in the
+    config's JSON form, `changed` after each edit by the user."""
+
+    changed = Signal()
+
+    def value(self) -> Any:
+        raise NotImplementedError
+
+    def setValue(self, value: Any) -> None:  # noqa: N802 - Qt naming, like the widgets it sits with
+        raise NotImplementedError
+
+
 @dataclass
 class Binding:
     key: str
@@ -181,11 +196,11 @@ def field_of(key: str):
     return node.model_fields[parts[-1]]
 
 
-def _bounds(key: str) -> tuple[float | None, float | None, bool, bool]:
+def _bounds(info: FieldInfo) -> tuple[float | None, float | None, bool, bool]:
     """(lowest, highest, lowest excluded, highest excluded) as the field's constraints allow."""
     lo = hi = None
     lo_open = hi_open = False
-    for meta in field_of(key).metadata:
+    for meta in info.metadata:
         if isinstance(meta, Ge):
             lo = meta.ge
         elif isinstance(meta, Gt):
@@ -197,14 +212,28 @@ def _bounds(key: str) -> tuple[float | None, float | None, bool, bool]:
     return lo, hi, lo_open, hi_open
 
 
+def literal_values(info: FieldInfo) -> tuple[Any, ...]:
+    """The values a field's `Literal` annotation allows (core's `choices`, for a field of any model:
+    the items of a list section such as train.grpo.rewards too)."""
+    for candidate in (info.annotation, *typing.get_args(info.annotation)):
+        if typing.get_origin(candidate) is typing.Literal:
+            return typing.get_args(candidate)
+    return ()
+
+
 def editor_for(key: str, none_text: str | None = None) -> QWidget:
     """The editor the schema implies for `key` (`none_text`: an optional int's empty choice)."""
-    values = choices(key)
+    return editor_for_field(field_of(key), none_text)
+
+
+def editor_for_field(info: FieldInfo, none_text: str | None = None) -> QWidget:
+    """The editor a pydantic field's annotation and bounds imply."""
+    values = literal_values(info)
     if values:
         return guard_wheel(_combo(values))
-    annotation = field_of(key).annotation
+    annotation = info.annotation
     kinds = {a for a in (annotation, *typing.get_args(annotation)) if a in (bool, int, float)}
-    lo, hi, lo_open, hi_open = _bounds(key)
+    lo, hi, lo_open, hi_open = _bounds(info)
     if bool in kinds:
         return QCheckBox()
     if int in kinds:
@@ -222,7 +251,7 @@ def editor_for(key: str, none_text: str | None = None) -> QWidget:
         step = 0.01 if fraction else 1.0
         spin.setDecimals(3 if fraction else 2)
         spin.setSingleStep(step)
-        low = (lo if lo is not None else 0.0) + (0.01 if lo_open else 0.0)
+        low = (lo if lo is not None else -100_000.0) + (0.01 if lo_open else 0.0)  # unbounded: a weight may be negative
         high = (hi - 0.01 if hi_open else hi) if hi is not None else 100_000.0
         spin.setRange(low, high)
         spin.setKeyboardTracking(False)
@@ -236,11 +265,13 @@ def _combo(values) -> QComboBox:
     return combo
 
 
-def bind(key: str, widget: QWidget) -> Binding:
-    """Getter, setter and change signal for `widget` as the editor of `key`."""
+def bind(key: str, widget: QWidget, info: FieldInfo | None = None) -> Binding:
+    """Getter, setter and change signal for `widget` as the editor of `key` (`info`: the field, when
+    `key` is not a dotted config key, e.g. a cell of the rewards table)."""
+    info = info if info is not None else field_of(key)
     widget.setObjectName(key)
-    widget.setToolTip(field_help(key))
-    if isinstance(widget, (ChoiceButtons, CheckChoices, ProbesEditor)):
+    widget.setToolTip(info.description or "")
+    if isinstance(widget, (ChoiceButtons, CheckChoices, ProbesEditor)) or isinstance(widget, ValueEditor):
         return Binding(key, widget, widget.value, widget.setValue, widget.changed)
     if isinstance(widget, QCheckBox):
         return Binding(key, widget, widget.isChecked, lambda v: widget.setChecked(bool(v)), widget.toggled)
@@ -273,7 +304,7 @@ def bind(key: str, widget: QWidget) -> Binding:
         return Binding(key, widget, get_gpus, lambda v: widget.setText(", ".join(map(str, v or []))),
                        widget.textChanged)
     if isinstance(widget, QLineEdit):
-        optional = field_of(key).default is None
+        optional = info.default is None
         return Binding(key, widget, (lambda: widget.text().strip() or None) if optional else (lambda: widget.text().strip()),
                        lambda v: widget.setText("" if v is None else str(v)), widget.textChanged)
     raise TypeError(f"cannot bind {type(widget).__name__}")

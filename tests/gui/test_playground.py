@@ -104,7 +104,7 @@ def test_evaluation_in_the_window_is_saved_and_listed(window, playground, qtbot,
     window.runs.set_output_dir(str(Path(tiny_run.run_dir).parent))
     window.runs.refresh()
     row = [r.name for r in window.runs.model.runs].index("tiny-run")
-    assert window.runs.model.index(row, 10).data().startswith("EM ")
+    assert window.runs.model.index(row, window.runs.model.COLUMNS.index("Evaluation")).data().startswith("EM ")
 
 
 def test_chat_and_evaluate_on_the_command_line(tiny_run, capsys):

@@ -36,6 +36,11 @@ METHOD_FORMATS = {
 }
 
 
+# The bundled sample each method's one-click demo trains on (resources/sample_data/generate.py).
+METHOD_SAMPLES = {"sft": "sample:dates", "dpo": "sample:dates-pairs", "orpo": "sample:dates-pairs",
+                  "kto": "sample:dates-kto", "grpo": "sample:arithmetic"}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
                               allow_inf_nan=False)
@@ -70,6 +75,10 @@ class KtoSettings(_Section):
 
 RewardPreset = Literal["exact_match", "regex", "format", "length", "json_valid", "python"]
 REWARD_PRESETS = ("exact_match", "regex", "format", "length", "json_valid", "python")
+
+# The RewardSettings fields each preset reads (the others are ignored for it).
+PRESET_FIELDS = {"exact_match": ("pattern",), "regex": ("pattern",), "format": ("pattern",),
+                 "length": ("min_chars", "max_chars"), "json_valid": (), "python": ("function",)}
 
 THINK_ANSWER_FORMAT = r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"
 

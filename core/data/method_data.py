@@ -60,7 +60,7 @@ def load_method_rows(settings: DataSettings, method: str, path: str | None = Non
 
 def prepare_method_data(settings: DataSettings, method: str, tokenizer, seed: int,
                         warn: Callable[[str], None] | None = None, progress: Progress | None = None,
-                        examples: int = 0):
+                        examples: int = 0, preview: int = 0):
     """(train rows, eval rows or None, report) as datasets in TRL's shape for `method`; the
     tokenizer must carry the run's chat template already."""
     from datasets import Dataset
@@ -99,6 +99,7 @@ def prepare_method_data(settings: DataSettings, method: str, tokenizer, seed: in
         raise DataError(f"no row is left after applying data.max_length {settings.max_length}; raise it",
                         path=parts[0].label)
     report.validation_prompts = [_last_user(r["prompt"]) for r in (eval_rows or [])[:5]]
+    report.preview_rows = [_preview_row(r) for r in rows[:preview]]
     for message in report.warnings:
         if warn:
             warn(message)
@@ -200,6 +201,18 @@ def _unpair(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             out.append(row)
     return out
+
+
+def _preview_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One row as text for the X-ray's Rows tab: the prompt's last user turn and each answer."""
+    text = lambda turns: "\n".join(m["content"] for m in turns) if isinstance(turns, list) else turns  # noqa: E731
+    shown = {"where": row.get("_where", ""), "prompt": _last_user(row["prompt"]), "turns": len(row["prompt"])}
+    for key in ("chosen", "rejected", "completion", "answer"):
+        if key in row:
+            shown[key] = text(row[key]) or ""
+    if "label" in row:
+        shown["label"] = bool(row["label"])
+    return shown
 
 
 def _last_user(prompt: list[dict[str, str]]) -> str:

@@ -272,7 +272,8 @@ def prepare_data(settings: DataSettings, tokenizer, stop_ids: list[int], seed: i
     return PreparedData(train, evaluation, report, template)
 
 
-def _prepare_method(settings: DataSettings, tokenizer, seed: int, warn, progress, method: str, examples: int = 0):
+def _prepare_method(settings: DataSettings, tokenizer, seed: int, warn, progress, method: str, examples: int = 0,
+                    preview: int = 0):
     from qlora_studio.core.data.method_data import prepare_method_data
 
     template, template_name, template_warning = choose_template(tokenizer, settings.chat_template)
@@ -280,7 +281,7 @@ def _prepare_method(settings: DataSettings, tokenizer, seed: int, warn, progress
         warn(template_warning)
     tokenizer = copy.copy(tokenizer)  # the caller's (perhaps cached) tokenizer keeps its own template
     tokenizer.chat_template = template  # TRL renders with the tokenizer's own template
-    train, evaluation, report = prepare_method_data(settings, method, tokenizer, seed, warn, progress, examples)
+    train, evaluation, report = prepare_method_data(settings, method, tokenizer, seed, warn, progress, examples, preview)
     report.template = template_name
     if template_warning:
         report.warnings.insert(0, template_warning)
@@ -293,7 +294,7 @@ def inspect_data(settings: DataSettings, tokenizer, stop_ids: list[int], seed: i
     """The X-ray: everything `prepare_data` would do, reported instead of trained on; `batching`
     describes the micro-batches the training rows' lengths make."""
     if method != "sft":
-        return _prepare_method(settings, tokenizer, seed, None, None, method, examples).report
+        return _prepare_method(settings, tokenizer, seed, None, None, method, examples, preview).report
     train, _, report, _ = _build(settings, tokenizer, stop_ids, seed, None, examples=examples, preview=preview)
     if batching is not None:
         from qlora_studio.core.data.packing import row_lengths

@@ -329,6 +329,7 @@ class RunSummary:
     peak_vram_gb: float | None
     reason: str | None
     resumable: bool
+    method: str = "sft"  # train.method
 
 
 def list_runs(output_dir: str | Path | None = None) -> list[RunSummary]:
@@ -352,8 +353,9 @@ def summarize_run(path: Path) -> RunSummary:
         model = config.model.name_or_path
         quant = QuantizationReport.planned(config.quantization).short_label
         lora = f"r{config.lora.r} {config.lora.target_modules if isinstance(config.lora.target_modules, str) else 'custom'}"
+        method = config.train.method
     except UserError:
-        model, quant, lora = "?", "?", "?"
+        model, quant, lora, method = "?", "?", "?", "sft"
     effective = run.effective_status() if status else "interrupted"
     return RunSummary(
         path=path,
@@ -370,6 +372,7 @@ def summarize_run(path: Path) -> RunSummary:
         peak_vram_gb=status.get("peak_vram_gb"),
         reason=status.get("reason"),
         resumable=effective in ("stopped", "interrupted", "failed", "finished") and run.latest_checkpoint() is not None,
+        method=method,
     )
 
 

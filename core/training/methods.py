@@ -32,6 +32,7 @@ class Chart:
     title: str
     keys: tuple[str, ...]
     better: str  # shown under the chart
+    per_reward: bool = False  # one curve per GRPO reward (preset_curves), whatever they are named
 
 
 METHOD_CHARTS: dict[str, tuple[Chart, ...]] = {
@@ -46,7 +47,7 @@ METHOD_CHARTS: dict[str, tuple[Chart, ...]] = {
                   "the margin should rise"),
             Chart("KL to the base", ("kl",), "how far the model has moved; a steady slow rise is healthy")),
     "grpo": (Chart("Reward", ("reward",), "total reward per answer, weighted; should rise"),
-             Chart("Reward by preset", (), "each reward's mean, unweighted"),
+             Chart("Reward by preset", (), "each reward's mean, unweighted", per_reward=True),
              Chart("KL to the base", ("kl",), "only with train.grpo.beta above 0"),
              Chart("Answer length", ("completions/mean_length",), "mean tokens per sampled answer")),
 }

@@ -30,9 +30,19 @@ class Prober:
         system = config.data.system_prompt
         self.conversations = [([{"role": "system", "content": system}] if system else [])
                               + [{"role": "user", "content": p}] for p in self.prompts]
-        self.sampling = Sampling(max_new_tokens=config.train.probe_max_new_tokens)
+        grpo = config.train.method == "grpo"
+        # GRPO learns from sampled answers: its probes are sampled the same way (seeded per checkpoint)
+        # and scored by the run's rewards; the other methods answer greedily
+        self.sampling = Sampling(max_new_tokens=config.train.probe_max_new_tokens,
+                                 temperature=config.train.grpo.temperature if grpo else 0.0)
         self.chat = ChatModel(loaded.model, loaded.tokenizer, stop_ids, loaded.device)
         self.emit = emit
+        self.grpo = config.train.grpo if grpo else None
+        self.rewards = None
+        if grpo and self.prompts:
+            from qlora_studio.core.training.rewards import build_rewards
+
+            self.rewards = build_rewards(self.grpo, ".")  # python rewards' paths are absolute by now
 
     @property
     def enabled(self) -> bool:
@@ -44,9 +54,18 @@ class Prober:
             return
         began = time.monotonic()
         model = self.chat.model
-        with untouched_training_state(model), (model.disable_adapter() if base else contextlib.nullcontext()):
+        with untouched_training_state(model), (model.disable_adapter() if base else contextlib.nullcontext()), \
+                torch.random.fork_rng(devices=[self.chat.device.index or 0] if self.chat.device.type == "cuda" else []):
+            torch.manual_seed(step)  # sampled probes: the same draw for the same checkpoint, and the run's RNG untouched
             replies = generate_replies(self.chat, self.conversations, self.sampling)
         answers = [{"prompt": p, **r.to_dict()} for p, r in zip(self.prompts, replies)]
+        if self.grpo is not None:
+            from qlora_studio.core.training.rewards import score_completions
+
+            scores = score_completions(self.grpo, self.prompts, [r.text for r in replies], [None] * len(replies),
+                                       rewards=self.rewards)
+            for answer, score in zip(answers, scores):
+                answer["rewards"] = score
         self.emit(ev.ProbesAnswered(step, base, answers, round(time.monotonic() - began, 3)))
 
 

@@ -115,6 +115,9 @@ class ProbeGrid(QGroupBox):
                 text = answer["reply"] or "(empty)"
                 if not answer.get("stopped", True):
                     text += " …"
+                scored = reward_line(answer.get("rewards"))
+                if scored:  # GRPO: the sampled answer's rewards, as training scores it
+                    text += f"\n[{scored}]"
                 item = QTableWidgetItem(text)
                 changed = previous is not None and row < len(previous) and previous[row] != answer["reply"]
                 font = QFont(item.font())
@@ -151,3 +154,13 @@ class ProbeGrid(QGroupBox):
 def _short(text: str, limit: int) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def reward_line(rewards: dict | None) -> str:
+    """'reward 0.50 · exact_match 0 · length 1.00' for a GRPO probe answer; '' for other methods."""
+    if not rewards:
+        return ""
+    shown = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731 - None: the reward skipped this prompt
+    parts = [f"reward {shown(rewards.get('total'))}"]
+    parts += [f"{name} {shown(value)}" for name, value in rewards.items() if name != "total"]
+    return " · ".join(parts)

@@ -94,13 +94,19 @@ def test_grpo_exact_match_reward_rises(tiny_model, tmp_path):
     sums = [("1+1", "2"), ("2+2", "4"), ("1+2", "3"), ("3+3", "6"), ("2+3", "5"), ("4+4", "8")]
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"What is {q}?", "answer": a}) + "\n" for q, a in sums * 4))
-    config = method_config(tiny_model, tmp_path, "grpo", data, max_steps=30, micro_batch_size=16,
-                           learning_rate=1e-2, grpo={"num_generations": 8, "max_completion_length": 2})
-    result = run_training(config)
+    length = {"preset": "length", "max_chars": 40, "weight": 0.0}  # scored and shown, not trained on
+    config = method_config(tiny_model, tmp_path, "grpo", data, max_steps=30, micro_batch_size=16, learning_rate=1e-2,
+                           grpo={"num_generations": 8, "max_completion_length": 2,
+                                 "rewards": [{"preset": "exact_match"}, length]})
+    result = run_training(config.with_overrides({"probes": ["What is 2+2?"], "train.probe_max_new_tokens": 4}))
     assert result.status == "finished", result.error
     rewards = curves(result, "reward")
-    assert rewards == curves(result, "rewards/exact_match/mean")  # one reward, weight 1
+    assert rewards == pytest.approx(curves(result, "rewards/exact_match/mean"))  # the length reward weighs 0
     assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 0.05
+    # probes are sampled as GRPO samples, and scored by the run's rewards (no reference answer: exact_match skips)
+    probes = [json.loads(line) for line in (RunFolder(result.run_dir).path / "probes.jsonl").read_text().splitlines()]
+    scored = probes[-1]["answers"][0]["rewards"]
+    assert scored["exact_match"] is None and 0 <= scored["length"] <= 1 and scored["total"] == 0.0
 
 
 def test_a_bad_pair_names_its_file_and_line(tiny_model, tmp_path):

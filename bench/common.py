@@ -244,7 +244,7 @@ def environment() -> dict:
     import torch
 
     versions = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets"):
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets"):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:

@@ -28,6 +28,8 @@ from common import environment, rows_of_lengths, save, shape_folder
 
 PARTS = ("learn-dpo", "learn-grpo", "mem-dpo", "mem-grpo")
 SHAPE = "llama-3.1-8b"
+PROBE_SUMS = ["What is 17 + 25? Reply with the number only.", "What is 9 x 7? Reply with the number only.",
+              "What is 64 - 28? Reply with the number only."]
 
 
 def learn(part: str, args) -> dict:
@@ -51,8 +53,10 @@ def learn(part: str, args) -> dict:
                  "validation_path": "sample:dates-pairs-eval" if dpo else None, "validation_split": 0.0},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
         "train": {"max_steps": steps, "save_every_steps": 1000, "warmup_ratio": 0.05, **train},
-        "output_dir": f"{args.work}/runs", "probes": [],
+        "output_dir": f"{args.work}/runs", "probes": [] if dpo else PROBE_SUMS,
     })
+    if not dpo:  # the probes, sampled and scored at each checkpoint
+        config = config.with_overrides({"train.save_every_steps": 20, "train.probe_max_new_tokens": 24})
     events = []
     started = time.time()
     result = run_training(config, events.append)

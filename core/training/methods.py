@@ -122,6 +122,8 @@ class MethodTrainer:
     - TRL casts a 4-bit model's adapter weights to bf16; the run keeps the dtype it planned with.
     - The method's numbers join each step's log before our reporting reads it (TRL adds them only
       in its own `log`, after).
+    - Tokens: GRPO's batches are prompts before generation; TRL's GRPO counts the prompt and
+      generated tokens into the Trainer's state itself (our step logs count none of its batches).
     """
 
     def __init__(self, *args, **kwargs):
@@ -135,16 +137,9 @@ class MethodTrainer:
             if name in dtypes and param.dtype != dtypes[name]:
                 param.data = param.data.to(dtypes[name])
 
-    counts_generated_tokens = False  # GRPO: the batches are prompts; TRL counts the tokens it trains on
-    _library_tokens = 0.0
-
     def log(self, logs, start_time=None):
         if "loss" in logs and "train_loss" not in logs and self.model.training:
-            numbers = self.method_numbers()
-            logs.update({k: v for k, v in numbers.items() if k not in logs})
-            if self.counts_generated_tokens and "num_tokens" in numbers:  # cumulative in this segment
-                self.state.num_input_tokens_seen += max(0, int(numbers["num_tokens"] - self._library_tokens))
-                self._library_tokens = numbers["num_tokens"]
+            logs.update({k: v for k, v in self.method_numbers().items() if k not in logs})
         super().log(logs, start_time)
 
     def method_numbers(self) -> dict[str, float]:
@@ -186,6 +181,5 @@ def build_method_trainer(config, loaded, data, folder, callback, plan=None):
     trainer.remove_callback(PrinterCallback)
     trainer.log_extras = callback.log_extras
     trainer.step_hooks = callback
-    trainer.counts_generated_tokens = method == "grpo"
     trainer.lag_logs = False  # TRL reads its numbers each micro-batch anyway: nothing to gain, numbers kept per step
     return trainer

@@ -103,6 +103,9 @@ def test_grpo_exact_match_reward_rises(tiny_model, tmp_path):
     rewards = curves(result, "reward")
     assert rewards == pytest.approx(curves(result, "rewards/exact_match/mean"))  # the length reward weighs 0
     assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 0.05
+    tokens = [m["tokens"] for m in RunFolder(result.run_dir).read_metrics()]
+    steps = [b - a for a, b in zip(tokens, tokens[1:])]  # prompts + sampled answers, counted once (TRL counts them)
+    assert min(steps) > 0 and max(steps) <= 2 * min(steps)
     # probes are sampled as GRPO samples, and scored by the run's rewards (no reference answer: exact_match skips)
     probes = [json.loads(line) for line in (RunFolder(result.run_dir).path / "probes.jsonl").read_text().splitlines()]
     scored = probes[-1]["answers"][0]["rewards"]

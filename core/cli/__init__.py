@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qlora_studio.core.config.methods import METHODS
 from qlora_studio.core.errors import UserError
 
 
@@ -78,8 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("gui", _window_hint, "open the window (the same as no command)").add_argument("config", nargs="?")
 
-    p = command("train", c.cmd_train, "train a LoRA adapter from a config file", (config_file, debug, pickles))
-    p.add_argument("--demo", action="store_true", help="fine-tune SmolLM2-135M-Instruct on the bundled date task")
+    demo = argparse.ArgumentParser(add_help=False)
+    demo.add_argument("--demo", nargs="?", const="sft", choices=METHODS, metavar="METHOD",
+                      help="the demo: SmolLM2-135M-Instruct on a bundled task, the dates (sft, the default; dpo, orpo "
+                           "and kto on preferred and rejected dates) or small sums (grpo, the exact_match reward)")
+    p = command("train", c.cmd_train, "train a LoRA adapter from a config file", (config_file, demo, debug, pickles))
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder from its latest checkpoint")
     p.add_argument("--extend", type=int, metavar="N", help="with --resume: train N steps beyond the planned total")
     p.add_argument("--oom-shrink", action="store_true",
@@ -101,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=2, help="rendered examples to show")
 
     command("estimate", c.cmd_estimate, "predict peak GPU memory for a config, part by part",
-            (config_file, gpu_budget, as_json, debug))
+            (config_file, demo, gpu_budget, as_json, debug))
     p = command("fit", c.cmd_fit, "find the fastest settings that fit a GPU budget, keeping the effective batch",
-                (config_file, gpu_budget, as_json, debug))
+                (config_file, demo, gpu_budget, as_json, debug))
     p.add_argument("--write", metavar="OUT.yaml", help="save the fitted config here")
 
     p = command("runs", c.cmd_runs, "list the runs in an output folder", (as_json,))

@@ -16,10 +16,11 @@ def load_run_config(args: argparse.Namespace):
     from qlora_studio.core.config.files import load_config
     from qlora_studio.resources import PRESETS
 
-    if getattr(args, "demo", False):
+    demo = getattr(args, "demo", None)
+    if demo:
         if args.config:
             raise UserError("give either a config file or --demo, not both")
-        return load_config(PRESETS / "demo.yaml", args.overrides)
+        return load_config(PRESETS / ("demo.yaml" if demo == "sft" else f"demo-{demo}.yaml"), args.overrides)
     if not args.config:
         if args.command in ("estimate", "fit"):
             return load_config(PRESETS / "demo.yaml", args.overrides)

@@ -46,12 +46,15 @@ class SpeedPlan:
     def summary(self) -> str:
         """One line for the run log: how batches are made and which levers are pulled."""
         a = self.assumptions
-        if a.packed:
+        if "method" in a.reasons:  # DPO, ORPO, KTO, GRPO: what a micro-batch holds, and how TRL scores it
+            parts = [f"{a.reasons['method'].rstrip('.')} ({a.attention} attention)", a.reasons["loss"]]
+        elif a.packed:
             parts = [f"packed micro-batches of up to {a.tokens:,} tokens ({a.attention} attention)"]
         else:
             parts = [f"padded micro-batches of {a.micro_batch} rows ({a.attention} attention; "
                      f"{a.reasons.get('packing', '')})"]
-        parts.append({"liger": "Liger's fused loss", "chunked": "chunked loss", "full": "full logits"}[a.loss])
+        if "method" not in a.reasons:
+            parts.append({"liger": "Liger's fused loss", "chunked": "chunked loss", "full": "full logits"}[a.loss])
         if a.offload:
             parts.append("checkpoints offloaded to CPU")
         if a.mlp_tile:

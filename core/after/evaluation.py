@@ -20,23 +20,12 @@ import torch
 
 from qlora_studio.core.after.inference import InferenceSession
 from qlora_studio.core.after.jobs import CancelFn, Job, ProgressFn
+from qlora_studio.core.after.scores import Scores
 from qlora_studio.core.atomic import write_json_atomic
 from qlora_studio.core.model.generation import Sampling
 
 EVALUATION_FILE = "evaluation.json"
 EXAMPLES_KEPT = 20
-
-
-@dataclass
-class Scores:
-    exact_match: float | None  # share of replies equal to the reference (None: no row ends with a reply)
-    stopped: float | None  # share of replies that ended by themselves
-    eval_loss: float | None  # mean cross-entropy per trained token
-    perplexity: float | None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Scores":
-        return cls(**{k: data.get(k) for k in ("exact_match", "stopped", "eval_loss", "perplexity")})
 
 
 @dataclass
@@ -74,7 +63,8 @@ def evaluate(session: InferenceSession, data: str | None = None, limit: int | No
     began = time.monotonic()
     job.report(0.0, "reading the held-out rows")
     config = session.config
-    rows = held_out_rows(config.data, session.chat.tokenizer, session.chat.stop_ids, config.train.seed, data, limit)
+    rows = held_out_rows(config.data, session.chat.tokenizer, session.chat.stop_ids, config.train.seed, data, limit,
+                         method=config.train.method)
     sampling = Sampling(max_new_tokens=max_new_tokens)
     sides = [("tuned", False)] + ([("base", True)] if with_base else [])
     scores: dict[str, Scores] = {}
@@ -92,7 +82,9 @@ def evaluate(session: InferenceSession, data: str | None = None, limit: int | No
         scores[name] = Scores(
             exact_match=sum(matches) / len(matches) if matches else None,
             stopped=sum(r.stopped for r in answered) / len(answered) if answered else None,
-            eval_loss=loss, perplexity=math.exp(min(loss, 50.0)) if loss is not None else None)
+            eval_loss=loss, perplexity=math.exp(min(loss, 50.0)) if loss is not None else None,
+            ranks_chosen=ranks_chosen(session, rows.pairs, base) if rows.pairs else None,
+            reward=mean_reward(config, rows, answered) if config.train.method == "grpo" else None)
     examples = []
     for i, (prompt, reference) in enumerate(zip(rows.prompts[:EXAMPLES_KEPT], rows.references)):
         example = {"prompt": prompt[-1]["content"], "reference": reference}
@@ -105,6 +97,36 @@ def evaluate(session: InferenceSession, data: str | None = None, limit: int | No
     return Evaluation(str(ref.run_dir) if ref.run_dir else None, ref.label, rows.label, len(rows.prompts),
                       len(rows.encoded), scores["tuned"], scores.get("base"), max_new_tokens,
                       round(time.monotonic() - began, 1), examples=examples)
+
+
+def ranks_chosen(session: InferenceSession, pairs, base: bool) -> float:
+    """How often the model gives the chosen answer of a held-out pair a higher log-probability than
+    the rejected one, each answer's tokens cut from the prompt as TRL cuts them (data/pairs.py)."""
+    from qlora_studio.core.data.pairs import completion_tokens
+
+    tokenizer, device, wins = session.chat.tokenizer, session.chat.device, 0
+    with session.using(base), torch.no_grad():
+        for prompt, chosen, rejected in pairs:
+            scores = []
+            for answer in (chosen, rejected):
+                prompt_ids, answer_ids = completion_tokens(tokenizer, prompt, answer)
+                ids = torch.tensor([prompt_ids + answer_ids], device=device)
+                logits = session.model(input_ids=ids).logits[0, len(prompt_ids) - 1:-1].float()
+                scores.append(float(logits.log_softmax(-1).gather(-1, ids[0, len(prompt_ids):, None]).sum()))
+            wins += scores[0] > scores[1]
+    return round(wins / len(pairs), 6)
+
+
+def mean_reward(config, rows, answered) -> float | None:
+    """GRPO: the replies' mean total reward under the run's own rewards (greedy replies, so the
+    same every time)."""
+    from qlora_studio.core.training.rewards import score_completions
+
+    answers = rows.answers or [None] * len(answered)
+    scored = score_completions(config.train.grpo, [p[-1]["content"] for p in rows.prompts],
+                               [r.text for r in answered], answers)
+    totals = [s["total"] for s in scored if s["total"] is not None]
+    return round(sum(totals) / len(totals), 6) if totals else None
 
 
 def validation_loss(session: InferenceSession, encoded, base: bool, job: Job) -> float | None:

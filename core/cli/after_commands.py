@@ -12,6 +12,7 @@ from qlora_studio.core.errors import UserError
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from qlora_studio.core.after.evaluation import evaluate, save_evaluation
+    from qlora_studio.core.after.scores import METRICS
     from qlora_studio.core.after.inference import load_session
     from qlora_studio.core.quiet import quiet_libraries
 
@@ -25,10 +26,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{session.ref.name} on {result.data}: {result.rows} replies, loss on {result.loss_rows} rows")
     print(f"{'':22}{'base':>10}{'tuned':>10}")
-    for label, key, form in (("exact match", "exact_match", "{:.1%}"), ("stopped by itself", "stopped", "{:.1%}"),
-                             ("validation loss", "eval_loss", "{:.4f}"), ("perplexity", "perplexity", "{:.2f}")):
+    forms = {"percent": "{:.1%}", "loss": "{:.4f}", "ppl": "{:.2f}", "number": "{:.3f}"}
+    for label, key, kind, _ in METRICS:
         cells = [getattr(s, key) if s is not None else None for s in (result.base, result.tuned)]
-        print(f"{label:22}" + "".join(f"{form.format(c) if c is not None else '-':>10}" for c in cells))
+        if key in ("ranks_chosen", "reward") and all(c is None for c in cells):
+            continue  # the rows of other methods
+        print(f"{label.lower():22}" + "".join(f"{forms[kind].format(c) if c is not None else '-':>10}" for c in cells))
     for example in result.examples[:3]:
         print(f"  {example['prompt'][:50]!r}: tuned {example['tuned'][:30]!r}, base {example['base'][:30]!r}"
               f" (expected {example['reference'][:30]!r})")

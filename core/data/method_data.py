@@ -78,7 +78,7 @@ def prepare_method_data(settings: DataSettings, method: str, tokenizer, seed: in
                         f"(first: {flagged[0]['where']}: {flagged[0]['reason']})")
     if not rows:
         raise DataError("no usable rows left", path=parts[0].label)
-    train_rows, eval_rows = _split(settings, method, rows, seed)
+    train_rows, eval_rows = split_method_rows(settings, method, rows, seed)
     report = DataReport(source=settings.path, format=max(formats, key=formats.get), formats=formats,
                         files=[p.label for p in parts], columns=columns, rows=len(rows) + len(flagged),
                         rows_read=len(rows) + len(flagged) + bad_count, bad_rows=bad_count, bad_examples=bad,
@@ -109,7 +109,9 @@ def prepare_method_data(settings: DataSettings, method: str, tokenizer, seed: in
     return train, evaluation, report
 
 
-def _split(settings: DataSettings, method: str, rows: list[dict[str, Any]], seed: int):
+def split_method_rows(settings: DataSettings, method: str, rows: list[dict[str, Any]], seed: int):
+    """(training rows, held-out rows): the validation file's, or the seeded split (evaluation takes
+    the same held-out rows)."""
     if settings.validation_path:
         _, held, _, vbad, vbad_count, _, _ = load_method_rows(settings.model_copy(update={"path": settings.validation_path}),
                                                               method, settings.validation_path)

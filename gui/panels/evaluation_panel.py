@@ -23,18 +23,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from qlora_studio.core.after.scores import METRICS
 from qlora_studio.gui import fmt
 from qlora_studio.gui.widgets.form import guard_wheel
 
-METRICS = [("Exact match", "exact_match", "percent", True), ("Stopped by itself", "stopped", "percent", True),
-           ("Validation loss", "eval_loss", "loss", False), ("Perplexity", "perplexity", "ppl", False)]
 RUN_SPLIT, OTHER_FILE = "The run's validation split", "Another file…"
 
 
 def _cell(value: float | None, kind: str) -> str:
     if value is None:
         return "–"
-    return {"percent": f"{value:.1%}", "loss": f"{value:.4f}", "ppl": f"{value:.2f}"}[kind]
+    return {"percent": f"{value:.1%}", "loss": f"{value:.4f}", "ppl": f"{value:.2f}", "number": f"{value:.3f}"}[kind]
 
 
 def evaluation_summary(evaluation) -> str:
@@ -99,7 +98,7 @@ class EvaluationPanel(QWidget):
         self.table.setVerticalHeaderLabels([m[0] for m in METRICS])
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.setMaximumHeight(170)
+        self.table.setMaximumHeight(200)
         self.examples = QTableWidget(0, 4)
         self.examples.setObjectName("evalExamples")
         self.examples.setHorizontalHeaderLabels(["Prompt", "Expected", "Base", "Tuned"])
@@ -175,6 +174,8 @@ class EvaluationPanel(QWidget):
         for row, (_, key, kind, higher_better) in enumerate(METRICS):
             base = getattr(e.base, key) if e.base else None
             tuned = getattr(e.tuned, key)
+            # a preference run's ranking, a GRPO run's reward: rows only where the method has them
+            self.table.setRowHidden(row, key in ("ranks_chosen", "reward") and base is None and tuned is None)
             change = ""
             if base is not None and tuned is not None:
                 delta = tuned - base

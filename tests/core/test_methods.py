@@ -20,6 +20,7 @@ WORDS = ["yes", "ok", "hi", "one", "red", "sun", "cat", "up", "dog", "fox", "two
 
 def pairs_file(tmp_path, rows=None):
     """Chosen is short and learnable (the word asked for), rejected a ramble: DPO can tell them apart."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rows = rows or [{"prompt": f"Say {w}.", "chosen": w, "rejected": f"{w} no no the lazy dog {w} over"} for w in WORDS]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -51,6 +52,16 @@ def test_dpo_learns_to_prefer_the_chosen_answer(tiny_model, tmp_path):
     adapter = RunFolder(result.run_dir).adapter_dir
     assert not (adapter / "ref").exists()
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+    # Evaluate on held-out pairs: how often each model ranks chosen first, and exact match with chosen
+    from qlora_studio.core.after.evaluation import evaluate
+    from qlora_studio.core.after.inference import load_session
+
+    held_out = pairs_file(tmp_path / "held", [{"prompt": f"Say {w}.", "chosen": w, "rejected": f"{w} no no the lazy dog"}
+                                              for w in ("red", "sun", "cat", "fox")])
+    scored = evaluate(load_session(result.run_dir), str(held_out), max_new_tokens=4)
+    assert scored.rows == 4 and scored.examples[0]["reference"] == "red"
+    assert scored.tuned.ranks_chosen == 1.0 and scored.base.ranks_chosen is not None
+    assert scored.tuned.eval_loss < scored.base.eval_loss  # the chosen answers' loss
 
 
 def test_dpo_resumes_exactly(tiny_model, tmp_path):

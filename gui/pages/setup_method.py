@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QGroupBox, QLabel, QMessageBox, QVBoxLayout, QWidget
 
 from qlora_studio.core.config import RunConfig
-from qlora_studio.core.config.methods import METHOD_FORMATS, METHOD_SUMMARIES, METHODS
+from qlora_studio.core.config.methods import METHOD_FORMATS, METHOD_SAMPLES, METHOD_SUMMARIES, METHODS
 from qlora_studio.gui.widgets.form import ChoiceButtons, Form
 from qlora_studio.gui.widgets.rewards_editor import RewardsEditor, python_functions
 
@@ -54,6 +54,7 @@ class MethodBox:
         self.summary = QLabel("")
         self.summary.setObjectName("methodSummary")
         self.summary.setWordWrap(True)
+        self.data_path = ""  # the config's data.path: the line under the picker names a bundled sample
         self.sections: dict[str, QWidget] = {}
         for method in METHODS:
             section = QWidget()
@@ -96,13 +97,15 @@ class MethodBox:
 
     # ---- what a config shows ----
     def show_config(self, config: RunConfig) -> None:
+        self.data_path = config.data.path
         self._show_method(self.picker.value() or config.train.method)  # the picked one, while core still rejects it
         self._offer_formats(config.train.method, config.data.format)
         self._show_python()
 
     def _show_method(self, method: str) -> None:
         self.summary.setText(f"{METHOD_SUMMARIES[method][0].upper()}{METHOD_SUMMARIES[method][1:]}. "
-                             f"Data: {', '.join(METHOD_FORMATS[method])} rows.")
+                             f"Data: {', '.join(METHOD_FORMATS[method])} rows."
+                             + (f" Demo data: {self.data_path}." if self.data_path == METHOD_SAMPLES[method] else ""))
         for name, section in self.sections.items():
             section.setVisible(name == method)
 
@@ -121,10 +124,16 @@ class MethodBox:
 
     @staticmethod
     def implied(key: str, value: Any, config: RunConfig) -> dict[str, Any]:
-        """What changes along with an edit of `key`: a new method keeps the data format only where it fits."""
-        if key == "train.method" and config.data.format not in ("auto", *METHOD_FORMATS.get(value, ())):
-            return {"data.format": "auto"}
-        return {}
+        """What changes along with an edit of `key`: a new method keeps the data format only where it
+        fits, and a bundled sample (the user picked no data of their own) becomes the new method's."""
+        implied: dict[str, Any] = {}
+        if key != "train.method" or value not in METHOD_SAMPLES:
+            return implied
+        if config.data.format not in ("auto", *METHOD_FORMATS[value]):
+            implied["data.format"] = "auto"
+        if config.data.path in METHOD_SAMPLES.values() and config.data.path != METHOD_SAMPLES[value]:
+            implied["data.path"] = METHOD_SAMPLES[value]
+        return implied
 
     # ---- python rewards ----
     @staticmethod

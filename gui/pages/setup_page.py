@@ -10,7 +10,7 @@ config's own field docs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QScrollArea, QSplitter, QVBoxLayout, QWidget
@@ -128,12 +128,7 @@ class SetupPage(QWidget):
         """Show `config` in every editor (presets, loaded files, make-it-fit) and announce it."""
         self._loading = True
         try:
-            for key, binding in self.bindings.items():
-                binding.widget.blockSignals(True)
-                try:
-                    binding.put(_value(config, key))
-                finally:
-                    binding.widget.blockSignals(False)
+            _put(self.bindings, config, self.bindings)
         finally:
             self._loading = False
         self._problems.clear()
@@ -144,22 +139,20 @@ class SetupPage(QWidget):
         if self._loading:
             return
         value = self.bindings[key].get()
+        implied = self.groups.implied(key, value, self.config)
         try:
-            config = self.config.with_overrides({key: value, **self.groups.implied(key, value, self.config)},
-                                                source="setting")
+            config = self.config.with_overrides({key: value, **implied}, source="setting")
         except ConfigError as exc:
             self._problems[key] = str(exc).removeprefix("setting: ")
             self._show_problems()
             return
         self._problems.pop(key, None)
-        config = _settle_problems(config, self._problems, self.bindings, self.groups.implied)
+        config, settled = _settle_problems(config, self._problems, self.bindings, self.groups.implied)
         self._show_problems()
         if key == "model.name_or_path" and config.model.trust_remote_code:  # the trust was given to the old model
             config = config.with_overrides({"model.trust_remote_code": False}, source="setting")
-            trust = self.bindings["model.trust_remote_code"]
-            trust.widget.blockSignals(True)
-            trust.put(False)
-            trust.widget.blockSignals(False)
+            implied["model.trust_remote_code"] = False
+        _put(self.bindings, config, (set(implied) | settled) - {key})  # what changed along with the edit, shown
         if key == "output_dir":
             self.settings.set("setup/output_dir", value)
         self._apply(config)
@@ -274,17 +267,33 @@ class SetupPage(QWidget):
         self.xray.shutdown()
 
 
-def _settle_problems(config: RunConfig, problems: dict[str, str], bindings: dict[str, Binding], implied) -> RunConfig:
+def _put(bindings: dict[str, Binding], config: RunConfig, keys: Iterable[str]) -> None:
+    """Show `config`'s values of `keys` in their editors, announcing no edit."""
+    for key in keys:
+        binding = bindings[key]
+        binding.widget.blockSignals(True)
+        try:
+            binding.put(_value(config, key))
+        finally:
+            binding.widget.blockSignals(False)
+
+
+def _settle_problems(config: RunConfig, problems: dict[str, str], bindings: dict[str, Binding],
+                     implied) -> tuple[RunConfig, set[str]]:
     """Editors holding a value core rejected may fit after another edit (GRPO once num_generations
-    divides the batch): the values that fit now join the config, and their problems go."""
+    divides the batch): the values that fit now join the config, and their problems go. Also
+    returns the keys that changed along with them (a method's demo data)."""
+    along: set[str] = set()
     for key in list(problems):
         value = bindings[key].get()
+        also = implied(key, value, config)
         try:
-            config = config.with_overrides({key: value, **implied(key, value, config)}, source="setting")
+            config = config.with_overrides({key: value, **also}, source="setting")
         except ConfigError:
             continue
         del problems[key]
-    return config
+        along |= set(also)
+    return config, along
 
 
 def _vertical_scroll(widget: QWidget) -> QScrollArea:

@@ -12,7 +12,6 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidge
 
 from qlora_studio.gui import fmt
 from qlora_studio.gui.panels.evaluation_panel import evaluation_summary
-from qlora_studio.gui.widgets.method_charts import run_method
 
 STATUS_COLORS = {"finished": "#15803d", "running": "#2563eb", "stopped": "#b45309", "interrupted": "#b45309",
                  "failed": "#b91c1c"}
@@ -27,13 +26,11 @@ class RunsModel(QAbstractTableModel):
         super().__init__(parent)
         self.runs: list[Any] = []
         self.evaluations: dict[str, Any] = {}  # run folder -> its latest core Evaluation
-        self.methods: dict[str, str] = {}  # run folder -> its train.method
 
     def set_runs(self, runs: list[Any], evaluations: dict[str, Any] | None = None) -> None:
         self.beginResetModel()
         self.runs = list(runs)
         self.evaluations = dict(evaluations or {})
-        self.methods = {str(run.path): run_method(run) for run in self.runs}
         self.endResetModel()
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802,B008 - Qt's signature
@@ -72,7 +69,7 @@ class RunsModel(QAbstractTableModel):
         if name == "Final loss":
             return fmt.loss(run.final_loss)
         if name == "Method":
-            return self.methods.get(str(run.path), "sft").upper()
+            return run.method.upper()  # core's RunSummary read it from the run's config.yaml
         if name == "Model":
             return run.model.rstrip("/").split("/")[-1]
         if name == "Started":

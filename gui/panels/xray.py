@@ -1,5 +1,6 @@
 """The dataset X-ray: core's `inspect_data` report shown as a summary, one rendered example with
-the trained tokens highlighted, the first rows, a token-length histogram and the problems."""
+the trained tokens highlighted, the first rows, a token-length histogram and the problems. Past SFT
+the rows are pairs, rated answers or prompts, and the X-ray shows them so (xray_methods.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGroupBox,
     QHeaderView,
     QLabel,
+    QStyledItemDelegate,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -21,12 +24,15 @@ from PySide6.QtWidgets import (
 )
 
 from qlora_studio.gui import fmt
+from qlora_studio.gui.panels import xray_methods as methods
+from qlora_studio.gui.panels.xray_methods import CONTEXT_STYLE, TRAINED_STYLE
 from qlora_studio.gui.widgets.axes import IntegerAxis
 from qlora_studio.gui.workers.tasks import DebouncedTask
 
 DEBOUNCE_MS = 500
-TRAINED_STYLE = "background:#bbf7d0;color:#14532d;"
-CONTEXT_STYLE = "color:#64748b;"
+SFT_COLUMNS = [("Where", False), ("Turns", False), ("First prompt", True), ("First reply", True)]
+SFT_AXES = ("tokens per example", "examples")
+WHERE_CHARS = 20  # the Where column's widest ("…pairs.jsonl:12"; drag for more): the rows' text is what matters
 
 
 def _preview(config):
@@ -39,8 +45,10 @@ def _preview(config):
 
 def _relevant(config) -> Any:
     """The parts of a config the preview depends on: editing LoRA or training settings skips it,
-    and so does skip_bad_rows (the preview always skips and counts bad rows)."""
-    return (config.model.model_dump_json(), config.data.model_dump_json(exclude={"skip_bad_rows"}), config.train.seed)
+    and so does skip_bad_rows (the preview always skips and counts bad rows); a new method re-reads
+    it (its rows are pairs, rated answers or prompts)."""
+    return (config.model.model_dump_json(), config.data.model_dump_json(exclude={"skip_bad_rows"}), config.train.seed,
+            config.train.method)
 
 
 class DataXRay(QGroupBox):
@@ -68,27 +76,25 @@ class DataXRay(QGroupBox):
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
+        # tighter than studio.qss's 10 px: "Rows (50 of 300)" and "Problems (1)" side by side still fit
+        # a 1024 px screen's column, where a fourth tab would hide behind scroll arrows
+        self.tabs.tabBar().setStyleSheet("QTabBar::tab { padding: 6px 7px; }")
         self.example = QTextBrowser()
         self.example.setObjectName("xrayExample")
         self.example.setOpenLinks(False)
-        self.rows = QTableWidget(0, 4)
+        self.rows = QTableWidget(0, 0)
         self.rows.setObjectName("xrayRows")
-        self.rows.setHorizontalHeaderLabels(["Where", "Turns", "First prompt", "First reply"])
+        self._set_columns(SFT_COLUMNS)
         self.rows.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.rows.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.rows.verticalHeader().setVisible(False)
         self.rows.setWordWrap(False)
-        header = self.rows.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self.rows.setItemDelegateForColumn(0, _ElideLeft(self.rows))  # "…/dates.jsonl:12": the file's end tells
         # token counts and example counts are whole numbers: no "1.5 examples" on the axes
         self.histogram = pg.PlotWidget(axisItems={"left": IntegerAxis("left"), "bottom": IntegerAxis("bottom")})
         self.histogram.setObjectName("xrayHistogram")
         plot = self.histogram.getPlotItem()
-        plot.setLabel("bottom", "tokens per example")
-        plot.setLabel("left", "examples")
+        self._label_axes(SFT_AXES)
         plot.showGrid(x=False, y=True, alpha=0.15)
         plot.setMenuEnabled(False)
         self.bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush="#60a5fa", pen=pg.mkPen("#2563eb", width=0.5))
@@ -157,22 +163,7 @@ class DataXRay(QGroupBox):
 
     # ---- showing a report ----
     def _show(self, r) -> None:
-        t = r.token_lengths
-        share = r.trained_tokens / r.total_tokens * 100 if r.total_tokens else 0
-        fmt_mix = f" (mixed: {', '.join(f'{k} {v}' for k, v in r.formats.items())})" if len(r.formats) > 1 else ""
-        lines = [
-            f"<b>{fmt.escape(r.format)}</b>{fmt.escape(fmt_mix)} · {r.rows:,} rows"
-            + (f" (<span style='color:#b91c1c'>{r.bad_rows:,} bad</span>)" if r.bad_rows else "")
-            + f" · {r.train_rows:,} train / {r.eval_rows:,} validation · template <b>{fmt.escape(r.template)}</b>",
-        ]
-        if t:
-            lines.append(
-                f"tokens p50 <b>{t['p50']:.0f}</b> · p90 <b>{t['p90']:.0f}</b> · p99 <b>{t['p99']:.0f}</b> · "
-                f"max <b>{t['max']}</b> · {r.over_max_length:,} over max_length {r.max_length} · "
-                f"{share:.0f}% of tokens trained")
-        if r.batching:
-            lines.append(fmt.escape(r.batching))
-        self.summary.setText("<br>".join(lines))
+        self.summary.setText("<br>".join(_sft_summary(r) if r.method == "sft" else methods.summary_lines(r)))
         self._show_example(r)
         self._show_rows(r)
         self._show_histogram(r)
@@ -189,6 +180,9 @@ class DataXRay(QGroupBox):
             self.alert.hide()
 
     def _show_example(self, r) -> None:
+        if r.method != "sft":
+            self.example.setHtml(methods.example_html(r))
+            return
         if not r.examples:
             self.example.setHtml("<i>No example to show.</i>")
             return
@@ -204,20 +198,30 @@ class DataXRay(QGroupBox):
                          f"<pre style='white-space:pre-wrap;font-family:monospace;margin:0'>{''.join(spans)}</pre>")
         self.example.setHtml("".join(parts))
 
+    def _set_columns(self, columns: list[tuple[str, bool]]) -> None:
+        """The Rows tab's (header, stretches) columns: SFT's conversations, or a method's rows."""
+        self.rows.setColumnCount(len(columns))
+        self.rows.setHorizontalHeaderLabels([name for name, _ in columns])
+        header = self.rows.horizontalHeader()
+        for i, (_, stretch) in enumerate(columns):
+            header.setSectionResizeMode(i, QHeaderView.ResizeMode.Stretch if stretch
+                                        else QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # Where: sized in _show_rows
+
     def _show_rows(self, r) -> None:
+        self._set_columns(SFT_COLUMNS if r.method == "sft" else methods.row_columns(r))
         self.rows.setRowCount(len(r.preview_rows))
         for i, row in enumerate(r.preview_rows):
-            messages = row.get("messages") or []
-            if messages:
-                prompt = next((m["content"] for m in messages if m["role"] == "user"), "")
-                reply = next((m["content"] for m in messages if m["role"] == "assistant"), "")
-                turns = str(len(messages))
-            else:
-                prompt, reply, turns = row.get("text", ""), "", "text"
-            for col, value in enumerate((row.get("where", ""), turns, prompt, reply)):
+            cells = _sft_cells(row) if r.method == "sft" else methods.row_cells(r, row)
+            for col, (value, color) in enumerate(cells):
                 item = QTableWidgetItem(" ".join(str(value).split())[:300])
                 item.setToolTip(str(value)[:2000])
+                if color:
+                    item.setForeground(QColor(color))
                 self.rows.setItem(i, col, item)
+        self.rows.resizeColumnToContents(0)
+        cap = self.rows.fontMetrics().averageCharWidth() * WHERE_CHARS  # the tab may not be laid out yet
+        self.rows.setColumnWidth(0, min(self.rows.columnWidth(0), cap))
         self.tabs.setTabText(1, f"Rows ({len(r.preview_rows)} of {r.rows:,})")
 
     def _show_histogram(self, r) -> None:
@@ -228,6 +232,7 @@ class DataXRay(QGroupBox):
             self.histogram.getPlotItem().enableAutoRange()
         else:
             self.bars.setOpts(x0=[], x1=[], height=[])
+        self._label_axes(SFT_AXES if r.method == "sft" else methods.histogram_labels(r))
         self.max_line.setPos(r.max_length)
         self.max_line.label.setFormat(f"max_length {r.max_length}")
 
@@ -237,13 +242,15 @@ class DataXRay(QGroupBox):
             items.append(f"<li><b>bad row</b> {fmt.escape(bad['where'])}: {fmt.escape(bad['reason'])}</li>")
         if r.bad_rows > len(r.bad_examples):
             items.append(f"<li>… and {r.bad_rows - len(r.bad_examples):,} more bad rows</li>")
-        if r.over_max_length:
+        if r.method != "sft":
+            items += methods.flagged_items(r)  # core's warnings say what max_length cut and dropped
+        elif r.over_max_length:
             items.append(f"<li>{r.over_max_length:,} examples are longer than max_length {r.max_length}: "
                          f"{r.cut_rows} cut, {r.dropped_rows} dropped, {r.split_rows} split</li>")
-        first_bad = r.bad_examples[0]["where"] if r.bad_examples else None
+        listed = [rows[0]["where"] for rows in (r.bad_examples, r.flagged_examples) if rows]
         for warning in r.warnings:
-            if first_bad and first_bad in warning:
-                continue  # core's "skipped N bad rows (first: ...)": the rows are listed above
+            if any(first in warning for first in listed):
+                continue  # core's "skipped N bad rows (first: ...)" or "left out N pairs": the rows are listed above
             items.append(f"<li>{fmt.escape(warning)}</li>")
         eos = r.eos or {}
         eos_line = (f"<p><b>EOS</b> {'✔' if eos.get('ok') else '✘'} {fmt.escape(eos.get('message', ''))}</p>"
@@ -253,5 +260,49 @@ class DataXRay(QGroupBox):
         self.problems.setHtml(body + eos_line)
         self.tabs.setTabText(3, f"Problems ({count})" if count else "Problems")
 
+    def _label_axes(self, labels: tuple[str, str]) -> None:
+        plot = self.histogram.getPlotItem()
+        plot.setLabel("bottom", labels[0])
+        plot.setLabel("left", labels[1])
+
     def shutdown(self) -> None:
         self.runner.shutdown()
+
+
+class _ElideLeft(QStyledItemDelegate):
+    """Cells cut at their start: a long path keeps its file name and line."""
+
+    def initStyleOption(self, option, index) -> None:  # noqa: N802 - Qt's name
+        super().initStyleOption(option, index)
+        option.textElideMode = Qt.TextElideMode.ElideLeft
+
+
+def _sft_summary(r) -> list[str]:
+    t = r.token_lengths
+    share = r.trained_tokens / r.total_tokens * 100 if r.total_tokens else 0
+    fmt_mix = f" (mixed: {', '.join(f'{k} {v}' for k, v in r.formats.items())})" if len(r.formats) > 1 else ""
+    lines = [
+        f"<b>{fmt.escape(r.format)}</b>{fmt.escape(fmt_mix)} · {r.rows:,} rows"
+        + (f" (<span style='color:#b91c1c'>{r.bad_rows:,} bad</span>)" if r.bad_rows else "")
+        + f" · {r.train_rows:,} train / {r.eval_rows:,} validation · template <b>{fmt.escape(r.template)}</b>",
+    ]
+    if t:
+        lines.append(
+            f"tokens p50 <b>{t['p50']:.0f}</b> · p90 <b>{t['p90']:.0f}</b> · p99 <b>{t['p99']:.0f}</b> · "
+            f"max <b>{t['max']}</b> · {r.over_max_length:,} over max_length {r.max_length} · "
+            f"{share:.0f}% of tokens trained")
+    if r.batching:
+        lines.append(fmt.escape(r.batching))
+    return lines
+
+
+def _sft_cells(row: dict[str, Any]) -> list[tuple[str, None]]:
+    """A conversation's (text, color) cells: where, turns, its first prompt and first reply."""
+    messages = row.get("messages") or []
+    if messages:
+        prompt = next((m["content"] for m in messages if m["role"] == "user"), "")
+        reply = next((m["content"] for m in messages if m["role"] == "assistant"), "")
+        turns = str(len(messages))
+    else:
+        prompt, reply, turns = row.get("text", ""), "", "text"
+    return [(value, None) for value in (row.get("where", ""), turns, prompt, reply)]

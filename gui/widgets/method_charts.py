@@ -40,17 +40,16 @@ class SteadyChart(LiveChart):
 
 
 class MethodChart(QWidget):
-    """One of a method's charts with its caption. A chart that names no keys (GRPO's "Reward by
-    preset") draws one curve per reward, named as the run names them."""
+    """One of a method's charts with its caption. A per-reward chart (GRPO's "Reward by preset")
+    draws one curve per reward, named as the run names them."""
 
     def __init__(self, spec: Chart, parent: QWidget | None = None):
         super().__init__(parent)
         self.spec = spec
-        self.by_reward = not spec.keys
         self.chart = SteadyChart(spec.title)
         self.chart.setMinimumHeight(MIN_HEIGHT)
         self.chart.getPlotItem().getAxis("bottom").showLabel(False)  # steps, as on the charts above: room for the curves
-        if len(spec.keys) != 1:  # one row at the top left, where rising curves start low (a low plot has no room below)
+        if spec.per_reward or len(spec.keys) > 1:  # one row at the top left, where rising curves start low (a low plot has no room below)
             self.chart.legend = self.chart.getPlotItem().addLegend(offset=(LEGEND_MARGIN, 2), labelTextSize="8pt",
                                                                    colCount=len(spec.keys) or 1, verSpacing=-6,
                                                                    horSpacing=LEGEND_SPACING)
@@ -89,7 +88,7 @@ class MethodChart(QWidget):
         self._fit_legend()
 
     def add(self, board: ChartBoard, step: int, values: dict[str, float]) -> None:
-        if not self.by_reward:
+        if not self.spec.per_reward:
             for key in self.spec.keys:
                 board.add(self.chart, key, step, values.get(key))
             return
@@ -136,16 +135,13 @@ class MethodCharts(QWidget):
             panel.add(self.board, step, values)
 
 
-def run_method(run) -> str:
-    """The training method of a run (a RunSummary, or its folder): from the summary where core
-    gives it, else from the folder's config.yaml; "sft" where that cannot be read."""
-    method = getattr(run, "method", None)
-    if isinstance(method, str):
-        return method
+def run_method(folder) -> str:
+    """The training method of a run folder, from its config.yaml, where no core RunSummary (whose
+    `method` says it) is at hand, as when a run is replayed; "sft" where that cannot be read."""
     from qlora_studio.core.errors import UserError
     from qlora_studio.core.runs.store import RunFolder
 
     try:
-        return RunFolder(Path(getattr(run, "path", run))).load_config().train.method
+        return RunFolder(Path(folder)).load_config().train.method
     except (UserError, OSError):
         return "sft"

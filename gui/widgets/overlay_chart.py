@@ -7,7 +7,6 @@ from typing import Any
 from PySide6.QtWidgets import QWidget
 
 from qlora_studio.gui.widgets.charts import OVERLAY_COLORS, LiveChart, SmoothedSeries
-from qlora_studio.gui.widgets.method_charts import run_method
 
 MAX_OVERLAY = len(OVERLAY_COLORS)
 
@@ -30,7 +29,7 @@ class OverlayChart(LiveChart):
             color = OVERLAY_COLORS[i % len(OVERLAY_COLORS)]
             history = RunFolder(run.path).history()
             key = str(run.path)
-            method = run_method(run)  # a DPO loss is not an SFT loss: the legend says which it is
+            method = run.method  # a DPO loss is not an SFT loss: the legend says which it is
             label = f"{run.name} · {run.quantization} · {run.lora}" + (f" · {method.upper()}" if method != "sft" else "")
             self.add_curve(key, label, color, 2.0, series=SmoothedSeries(0.6))
             series = self.series[key]

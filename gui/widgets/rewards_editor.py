@@ -8,16 +8,13 @@ from typing import Any
 
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QPushButton, QToolButton, QVBoxLayout, QWidget
 
-from qlora_studio.core.config.methods import RewardSettings
+from qlora_studio.core.config.methods import PRESET_FIELDS, RewardSettings
 from qlora_studio.gui.widgets.form import Binding, ValueEditor, bind, editor_for_field
 
 # The columns: (field, header); the pattern and the function share the third column (a python
 # reward has no pattern).
 COLUMNS = [("preset", "Preset"), ("weight", "Weight"), ("pattern", "Pattern"), ("min_chars", "Min chars"),
            ("max_chars", "Max chars")]
-# The fields each preset reads, as RewardSettings' docs say; the others are greyed out (their values stay).
-READS = {"exact_match": {"pattern"}, "regex": {"pattern"}, "format": {"pattern"}, "length": {"min_chars", "max_chars"},
-         "json_valid": set(), "python": {"function"}}
 NUMBER_WIDTH = 72
 PLACEHOLDERS = {"exact_match": "default: the <answer> tag, else the last number", "regex": "a regular expression",
                 "format": "default: <think>…</think><answer>…</answer>", "python": "path/to/file.py:function_name"}
@@ -62,9 +59,10 @@ class RewardRow:
         self.show_preset()
 
     def show_preset(self) -> None:
-        """The editors the preset reads; the text column holds the function of a python reward."""
+        """The editors the preset reads (core's PRESET_FIELDS; the others are greyed out, their values
+        stay); the text column holds the function of a python reward."""
         preset = self.preset
-        reads = READS.get(preset, set())
+        reads = PRESET_FIELDS.get(preset, ())
         for name, binding in self.bindings.items():
             binding.widget.setEnabled(name in ("preset", "weight") or name in reads)
         python = preset == "python"

@@ -3,6 +3,11 @@ answers from the same copy with the adapter switched off (peft's `disable_adapte
 the two costs no second model in memory. Switching to another checkpoint of the same base swaps
 only the adapter.
 
+A second run on the same base (same model, revision and quantization) can be compared beside the
+first: its adapter is loaded onto the same PeftModel under a name of its own (peft's
+`load_adapter`), answers with `set_adapter`, and the first adapter is active again afterwards;
+the base weights stay loaded once. Another base is refused with one line (core/after/compare.py).
+
 Generation itself is core/model/generation.py (the one way the app generates): prompts in the
 chat template saved beside the adapter (the one training used), stops on the tokens training
 taught the model to end with.
@@ -15,13 +20,18 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from qlora_studio.core.after.adapters import AdapterRef, locate_adapter
+from qlora_studio.core.after.compare import Comparison, check_same_base
 from qlora_studio.core.model.generation import ChatModel, Messages, Reply, Sampling, generate_replies
+
+TUNED, BASE, COMPARED = "tuned", "base", "compared"  # who answers: the run, its base, the compared run
+SIDES = (TUNED, BASE, COMPARED)
 
 
 class InferenceSession:
-    """One base model in memory with one adapter attached."""
+    """One base model in memory with one adapter attached (and, to compare, a second one)."""
 
     ADAPTER = "tuned"
+    COMPARED_ADAPTER = "compared"
 
     def __init__(self, ref: AdapterRef):
         from peft import PeftModel
@@ -46,6 +56,7 @@ class InferenceSession:
         self.ref = ref
         self._key = self._base_key(ref)
         self._active, self._loads = self.ADAPTER, 0
+        self.comparison: Comparison | None = None
         self._freeze()
 
     @property
@@ -103,6 +114,47 @@ class InferenceSession:
         self.ref = ref
         self._freeze()
 
+    # ---- a second run to compare ----
+    @property
+    def compared(self) -> AdapterRef | None:
+        return self.comparison.ref if self.comparison is not None else None
+
+    def compare_with(self, ref: AdapterRef) -> None:
+        """Load `ref`'s adapter beside the current one on the same base weights (no second copy of
+        them); it answers through `answering(COMPARED)`. Replaces an earlier comparison. A run on
+        another base model, or quantized otherwise, is refused with a one-line UserError."""
+        from qlora_studio.core.model.consent import check_weights
+        from qlora_studio.core.model.loading import stop_token_ids
+
+        check_same_base(self.ref, ref, self.chat.device)
+        check_weights(ref.adapter_dir, str(ref.adapter_dir), what="adapter")
+        self.drop_comparison()
+        model = self.model
+        self._loads += 1
+        name = f"{self.COMPARED_ADAPTER}-{self._loads}"
+        try:
+            model.load_adapter(str(ref.adapter_dir), adapter_name=name)  # not made active: the first stays on
+            # Each run's adapter folder carries the tokenizer training saved, with that run's chat template
+            # (data.chat_template may differ between the runs): the compared side renders its prompts with
+            # its own template and stops on its own tokens, not the first run's.
+            tokenizer = self._tokenizer(ref)
+        except BaseException:
+            if name in model.peft_config:
+                model.delete_adapter(name)
+            raise
+        chat = ChatModel(model, tokenizer, stop_token_ids(tokenizer, self.source.path), self.chat.device)
+        self.comparison = Comparison(ref, name, chat)
+        self._freeze()
+
+    def drop_comparison(self) -> None:
+        """Unload the compared adapter (peft's `delete_adapter`); the first adapter stays active."""
+        if self.comparison is None:
+            return
+        name, self.comparison = self.comparison.adapter, None
+        self.model.delete_adapter(name)
+        self.model.set_adapter(self._active)
+        self._freeze()
+
     def _freeze(self) -> None:
         # peft turns requires_grad back on when an adapter is (re)activated; nothing here trains.
         for param in self.model.parameters():
@@ -111,18 +163,39 @@ class InferenceSession:
     @contextlib.contextmanager
     def using(self, base: bool) -> Iterator[None]:
         """The tuned model, or with `base` the same weights with the adapter switched off."""
-        if not base:
+        with self.answering(BASE if base else TUNED):
             yield
-            return
-        with self.model.disable_adapter():
-            yield
-        self._freeze()
+
+    @contextlib.contextmanager
+    def answering(self, side: str) -> Iterator[ChatModel]:
+        """The chat that answers as `side` (TUNED, BASE: every adapter off, COMPARED: the second
+        adapter active); afterwards the first adapter is the active one again, even after an error."""
+        if side == TUNED:
+            yield self.chat
+        elif side == BASE:
+            try:
+                with self.model.disable_adapter():
+                    yield self.chat
+            finally:
+                self._freeze()
+        elif side == COMPARED:
+            if self.comparison is None:
+                raise ValueError("no run loaded to compare: compare_with() first")
+            self.model.set_adapter(self.comparison.adapter)
+            try:
+                yield self.comparison.chat
+            finally:
+                self.model.set_adapter(self._active)
+                self._freeze()
+        else:
+            raise ValueError(f"side {side!r}: one of {', '.join(SIDES)}")
 
     def replies(self, conversations: list[Messages], sampling: Sampling | None = None, base: bool = False,
                 cancel: Callable[[], bool] | None = None, progress: Callable[[int, int], None] | None = None,
-                batch_size: int = 16) -> list[Reply]:
-        with self.using(base):
-            return generate_replies(self.chat, conversations, sampling, batch_size, cancel, progress)
+                batch_size: int = 16, side: str | None = None) -> list[Reply]:
+        """Replies as the tuned model, the base (`base`), or any `side` (see `answering`)."""
+        with self.answering(side or (BASE if base else TUNED)) as chat:
+            return generate_replies(chat, conversations, sampling, batch_size, cancel, progress)
 
 
 def load_session(path: str | Path, checkpoint: str | int | None = None) -> InferenceSession:

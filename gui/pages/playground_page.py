@@ -1,7 +1,9 @@
 """The playground: pick a run and one of its adapters (the final one or a checkpoint), then chat with
 it, its base model answering the same messages beside it, or evaluate base vs tuned on held-out
-rows. The model lives on the page's worker thread (`ChatController`); replies stream in token by
-token and Stop ends them between two tokens.
+rows. "Compare with…" adds a second run on the same base (an SFT and a DPO run, say): base, run A
+and run B answer each message in three columns, from one copy of the base weights. The model lives
+on the page's worker thread (`ChatController`); replies stream in token by token and Stop ends them
+between two tokens.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
 from qlora_studio.gui.panels.chat_panel import ChatPanel
+from qlora_studio.gui.panels.compare_picker import ComparePicker, method_of
 from qlora_studio.gui.panels.evaluation_panel import EvaluationPanel
 from qlora_studio.gui.widgets.form import fit_text_width, guard_wheel
 from qlora_studio.gui.workers.chat import ChatController, EvaluateRequest
@@ -44,12 +47,19 @@ class PlaygroundPage(QWidget):
         self.status = QLabel("Pick a run and load it.")
         self.status.setObjectName("hint")
         top = QHBoxLayout()
-        for widget in (QLabel("Run"), self.run_combo, QLabel("Adapter"), self.adapter_combo, self.load_button,
+        run_label = QLabel("Run")
+        for widget in (run_label, self.run_combo, QLabel("Adapter"), self.adapter_combo, self.load_button,
                        self.export_button):
             top.addWidget(widget)
         top.addWidget(self.status, 1)
+        self.compare_with = ComparePicker()
+        self.compare_with.setObjectName("comparePicker")
+        # the two pickers' boxes in one column: their labels as wide as the wider one
+        width = max(run_label.sizeHint().width(), self.compare_with.label.sizeHint().width())
+        for label in (run_label, self.compare_with.label):
+            label.setFixedWidth(width)
 
-        fit_text_width(self.run_combo, 24)  # a long run name must not widen the window
+        fit_text_width(self.run_combo, 30)  # a long run name must not widen the window
         self.run_combo.setMinimumWidth(220)
         fit_text_width(self.adapter_combo, 12)
         for widget in (self.run_combo, self.adapter_combo):
@@ -69,6 +79,7 @@ class PlaygroundPage(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
         layout.addLayout(top)
+        layout.addWidget(self.compare_with)
         layout.addWidget(self.tabs, 1)
 
         self.run_combo.currentIndexChanged.connect(self._fill_adapters)
@@ -86,6 +97,8 @@ class PlaygroundPage(QWidget):
         c.evaluated.connect(self.evaluation.show_result)
         c.failed.connect(self._on_failed)
         c.busy_changed.connect(lambda _busy: self._update())
+        self.compare_with.bind(c, self.chat, lambda: self.training)
+        self.compare_with.refused.connect(lambda reason, details: self.error.emit("Compare", reason, details))
         self._update()
 
     # ---- runs and adapters ----
@@ -101,11 +114,15 @@ class PlaygroundPage(QWidget):
         current = self.run_combo.currentData()
         self.run_combo.blockSignals(True)
         self.run_combo.clear()
+        runs = []
         for run in list_runs(self.output_dir) if self.output_dir else []:
             adapters = available_adapters(run.path)
             if adapters:
-                self.run_combo.addItem(f"{run.name} · {Path(run.model).name} · {run.status}", (str(run.path), adapters))
+                runs.append((f"{run.name} · {run.method.upper()} · {Path(run.model).name} · {run.status}",
+                             str(run.path), adapters))
+                self.run_combo.addItem(runs[-1][0], (str(run.path), adapters))
         self.run_combo.blockSignals(False)
+        self.compare_with.fill(runs)
         index = next((i for i in range(self.run_combo.count()) if current and self.run_combo.itemData(i)[0] == current[0]), 0)
         self.run_combo.setCurrentIndex(index)
         self._fill_adapters()
@@ -149,7 +166,7 @@ class PlaygroundPage(QWidget):
 
     def _on_loaded(self, ref, where: str) -> None:
         self.status.setText(f"{ref.name} loaded {where}")
-        self.chat.show_loaded(ref.name, ref.config.data.system_prompt)
+        self.chat.show_loaded(ref.name, ref.config.data.system_prompt, method_of(ref))
         self.evaluation.set_run(ref)
         self._update()
 
@@ -175,6 +192,8 @@ class PlaygroundPage(QWidget):
             self.status.setText("Not loaded")
         if what == "evaluate":
             self.evaluation.failed(error.reason)
+        if what == "compare":
+            return  # the picker says why (`refused`) and picks again what is loaded
         self.chat.break_off()
         if not (what == "evaluate" and "cancelled" in error.reason):
             self.error.emit({"load": "Load model", "chat": "Chat", "evaluate": "Evaluate"}[what], error.reason, error.details)
@@ -213,3 +232,4 @@ class PlaygroundPage(QWidget):
 
     def shutdown(self) -> None:
         self.controller.shutdown()
+

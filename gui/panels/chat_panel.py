@@ -1,6 +1,7 @@
-"""The playground's Chat tab: sampling settings, the tuned and base transcripts side by side, and the
-message box. It keeps the conversation and turns a message into a `ChatRequest`; the page hands that
-to its chat worker and routes the worker's replies back here."""
+"""The playground's Chat tab: sampling settings, the tuned and base transcripts side by side (with a
+run to compare: base · run A · run B), and the message box. It keeps the conversation and turns a
+message into a `ChatRequest`; the page hands that to its chat worker and routes the worker's replies
+back here."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from qlora_studio.gui.widgets.form import guard_wheel
 from qlora_studio.gui.widgets.transcript import Transcript
 from qlora_studio.gui.workers.chat import ChatRequest
 
-SIDES = ("tuned", "base")
-SIDE_TITLES = {"tuned": "Tuned (base + adapter)", "base": "Base model (adapter off)"}
+SIDES = ("tuned", "base", "compared")
+SIDE_TITLES = {"tuned": "Tuned (base + adapter)", "base": "Base model (adapter off)", "compared": "Compared run"}
+TWO_COLUMNS = ("tuned", "base", "compared")  # the compared pane hidden
+THREE_COLUMNS = ("base", "tuned", "compared")  # base · run A · run B
 
 
 class ChatPanel(QWidget):
@@ -34,6 +37,8 @@ class ChatPanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self._pending: list[str] = []  # sides whose reply is still to come
+        self.comparing = False  # a second run answers too (the third column)
+        self._names = {"tuned": ("", ""), "compared": ("", "")}  # (run and adapter, method) over each run's column
 
         self.system = QLineEdit()
         self.system.setObjectName("systemPrompt")
@@ -71,15 +76,20 @@ class ChatPanel(QWidget):
 
         self.transcripts = {side: Transcript(side) for side in SIDES}
         self.side_titles = {side: QLabel(SIDE_TITLES[side]) for side in SIDES}
-        panes = QSplitter(Qt.Orientation.Horizontal)
+        self.panes: dict[str, QWidget] = {}
+        self.splitter = panes = QSplitter(Qt.Orientation.Horizontal)
+        panes.setChildrenCollapsible(False)
         for side in SIDES:
-            pane = QWidget()
+            pane = self.panes[side] = QWidget()
             column = QVBoxLayout(pane)
             column.setContentsMargins(0, 0, 0, 0)
-            self.side_titles[side].setObjectName("paneTitle")
-            column.addWidget(self.side_titles[side])
+            title = self.side_titles[side]
+            title.setObjectName("paneTitle")
+            title.setMinimumWidth(40)  # a long run name is cut short (its tooltip has it all), not the column widened
+            column.addWidget(title)
             column.addWidget(self.transcripts[side], 1)
             panes.addWidget(pane)
+        self.panes["compared"].hide()
 
         self.input = QPlainTextEdit()
         self.input.setObjectName("chatInput")
@@ -111,7 +121,8 @@ class ChatPanel(QWidget):
         """`text` joins each answering side's transcript; the request asks for their replies."""
         from qlora_studio.core.model.generation import Sampling
 
-        sides = ["tuned", "base"] if self.compare.isChecked() else ["tuned"]
+        # the runs first (what Stop would cut short last), then the base
+        sides = ["tuned"] + (["compared"] if self.comparing else []) + (["base"] if self.compare.isChecked() else [])
         system = self.system.text().strip()
         request = []
         for side in sides:
@@ -144,11 +155,38 @@ class ChatPanel(QWidget):
         for transcript in self.transcripts.values():
             transcript.reset()
 
-    def show_loaded(self, name: str, system_prompt: str) -> None:
-        """A model was loaded: name it over the tuned side; offer the run's system prompt if none is typed."""
+    def show_loaded(self, name: str, system_prompt: str, method: str = "") -> None:
+        """A model was loaded: name it (and its training method) over the tuned side; offer the run's
+        system prompt if none is typed."""
         if not self.system.text() and system_prompt:
             self.system.setText(system_prompt)
-        self.side_titles["tuned"].setText(f"Tuned: {name}")
+        self._names["tuned"] = (name, method)
+        self._show_titles()
+
+    def set_comparison(self, name: str | None, method: str = "") -> None:
+        """Show a third column for the compared run (None: back to tuned and base). The chat starts anew:
+        the compared run did not answer the earlier turns, and each column's history is its own. Dropped,
+the tuned and base columns keep theirs."""
+        if name is not None:
+            self.new_chat()
+        else:  # tuned and base keep their conversation
+            self.transcripts["compared"].reset()
+        self.comparing = name is not None
+        self._names["compared"] = (name or "", method)
+        self._show_titles()
+        self.panes["compared"].setVisible(self.comparing)
+        for index, side in enumerate(THREE_COLUMNS if self.comparing else TWO_COLUMNS):
+            self.splitter.insertWidget(index, self.panes[side])
+        self.splitter.setSizes([1000] * len(SIDES))  # equal columns
+
+    def _show_titles(self) -> None:
+        titles = {"base": "Base model (adapters off)" if self.comparing else SIDE_TITLES["base"]}
+        for side, prefix in (("tuned", "A" if self.comparing else "Tuned"), ("compared", "B")):
+            name, method = self._names[side]
+            titles[side] = f"{prefix}: {name}{f' · {method}' if method else ''}" if name else SIDE_TITLES[side]
+        for side, text in titles.items():
+            self.side_titles[side].setText(text)
+            self.side_titles[side].setToolTip(text)
 
     def set_state(self, can_chat: bool, busy: bool) -> None:
         for widget in (self.send_button, self.new_button):

@@ -1,6 +1,7 @@
 """The playground's model, on a thread of its own for as long as the page keeps it: load a run's
-adapter (one base in memory; another checkpoint of the same base swaps only the adapter), stream
-replies token by token (tuned, then base with the adapter switched off), evaluate base vs tuned.
+adapter (one base in memory; another checkpoint of the same base swaps only the adapter), load a
+second run's adapter onto the same base to compare, stream replies token by token (tuned, the
+compared run, then base with the adapters switched off), evaluate base vs tuned.
 
 The worker lives in a QThread and takes one request at a time; the GUI only sends requests and
 shows what comes back as signals. Stop is a flag the generation polls between tokens (a queued
@@ -22,7 +23,7 @@ from qlora_studio.gui.workers.tasks import TaskError
 
 @dataclass
 class ChatRequest:
-    sides: list[tuple[str, list[dict[str, str]]]]  # ("tuned" | "base", messages), answered in this order
+    sides: list[tuple[str, list[dict[str, str]]]]  # ("tuned" | "compared" | "base", messages), in this order
     sampling: Any  # core Sampling
 
 
@@ -35,11 +36,12 @@ class EvaluateRequest:
 
 class _SessionWorker(QObject):
     loaded = Signal(object, str)  # AdapterRef, where and how fast ("on cpu in 2.1 s")
+    compared = Signal(object, str)  # the compared run's AdapterRef (None: none), how fast it loaded
     chunk = Signal(str, str)  # side, text
     replied = Signal(str, object)  # side, core Reply
     progress = Signal(float, str)
     evaluated = Signal(object)  # core Evaluation (already saved in the run folder)
-    failed = Signal(str, object)  # what ("load" | "chat" | "evaluate"), TaskError
+    failed = Signal(str, object)  # what ("load" | "compare" | "chat" | "evaluate"), TaskError
     idle = Signal()
 
     def __init__(self, stop: threading.Event):
@@ -66,7 +68,26 @@ class _SessionWorker(QObject):
             self.session = None  # a half-switched model is not what the page would show
             self.failed.emit("load", TaskError.of(exc))
         finally:
+            self._say_compared()  # a new base drops the comparison; another checkpoint keeps it
             self.idle.emit()
+
+    @Slot(object)
+    def compare(self, ref) -> None:
+        """Load `ref`'s adapter beside the loaded one on the same base (None: drop the comparison)."""
+        began = time.monotonic()
+        try:
+            if ref is None:
+                self.session.drop_comparison()
+            else:
+                self.session.compare_with(ref)
+        except Exception as exc:  # noqa: BLE001 - a run on another base model: a UserError, shown as one line
+            self.failed.emit("compare", TaskError.of(exc))
+        finally:
+            self._say_compared(f"in {time.monotonic() - began:.1f} s")
+            self.idle.emit()
+
+    def _say_compared(self, how: str = "") -> None:
+        self.compared.emit(self.session.compared if self.session is not None else None, how)
 
     @Slot(object)
     def chat(self, request: ChatRequest) -> None:
@@ -76,8 +97,8 @@ class _SessionWorker(QObject):
             for side, messages in request.sides:
                 if self.stop.is_set():
                     break
-                with self.session.using(base=side == "base"):
-                    stream = ReplyStream(self.session.chat, messages, request.sampling, cancel=self.stop.is_set)
+                with self.session.answering(side) as chat:  # each run in its own chat template
+                    stream = ReplyStream(chat, messages, request.sampling, cancel=self.stop.is_set)
                     for text in stream:
                         self.chunk.emit(side, text)
                 self.replied.emit(side, stream.reply)
@@ -119,6 +140,7 @@ class ChatController(QObject):
     """The GUI side: one request at a time (`busy`), `stop()` from any moment, `shutdown()` on close."""
 
     loaded = Signal(object, str)
+    compared = Signal(object, str)
     chunk = Signal(str, str)
     replied = Signal(str, object)
     progress = Signal(float, str)
@@ -126,6 +148,7 @@ class ChatController(QObject):
     failed = Signal(str, object)
     busy_changed = Signal(bool)
     _load = Signal(object)
+    _compare = Signal(object)
     _chat = Signal(object)
     _evaluate = Signal(object)
     _unload = Signal()
@@ -141,9 +164,11 @@ class ChatController(QObject):
         for name in ("chunk", "replied", "progress", "evaluated"):
             getattr(self._worker, name).connect(getattr(self, name))
         self._worker.loaded.connect(self._on_loaded)
+        self._worker.compared.connect(self._on_compared)
         self._worker.failed.connect(self._on_failed)
         self._worker.idle.connect(self._on_idle)
         self._load.connect(self._worker.load)
+        self._compare.connect(self._worker.compare)
         self._chat.connect(self._worker.chat)
         self._evaluate.connect(self._worker.evaluate)
         self._unload.connect(self._worker.unload)
@@ -151,6 +176,7 @@ class ChatController(QObject):
         self._thread.start()
         self.busy = False
         self.ref = None  # the loaded adapter
+        self.compared_ref = None  # the adapter loaded beside it to compare, if any
 
     def _send(self, signal, *args: Any) -> bool:
         if self.busy or not self._thread.isRunning():
@@ -163,6 +189,10 @@ class ChatController(QObject):
 
     def load(self, ref) -> bool:
         return self._send(self._load, ref)
+
+    def compare(self, ref) -> bool:
+        """Load `ref` (an AdapterRef of a run on the same base) beside the loaded adapter; None drops it."""
+        return self.ref is not None and self._send(self._compare, ref)
 
     def chat(self, request: ChatRequest) -> bool:
         return self.ref is not None and self._send(self._chat, request)
@@ -177,6 +207,7 @@ class ChatController(QObject):
         if not self._send(self._unload):
             return False  # busy: the caller stops it and asks again
         self.ref = None
+        self._on_compared(None, "")
         return True
 
     def stop(self) -> None:
@@ -187,6 +218,12 @@ class ChatController(QObject):
         self.ref = ref
         self.loaded.emit(ref, where)
 
+    @Slot(object, str)
+    def _on_compared(self, ref, how: str) -> None:
+        changed = ref is not self.compared_ref
+        self.compared_ref = ref
+        if changed:
+            self.compared.emit(ref, how)
     @Slot(str, object)
     def _on_failed(self, what: str, error: TaskError) -> None:
         if what == "load":
@@ -206,4 +243,4 @@ class ChatController(QObject):
         self._release.emit()
         self._thread.wait()
         self._worker.deleteLater()
-        self.ref = None
+        self.ref = self.compared_ref = None

@@ -27,7 +27,9 @@ def write_config(tmp_path, tiny_config, **train):
     return path
 
 
-def test_train_command_writes_a_run_folder(tmp_path, tiny_config):
+def test_train_command_writes_a_run_folder(tmp_path, tiny_config, capsys):
+    # The one run of the installed entry point in a fresh process (its start-up, its stderr, no warning
+    # from a library's import); the commands after it run in this process, which saves a start each.
     path = write_config(tmp_path, tiny_config)
     out = cli("train", str(path))
     assert out.returncode == 0, out.stderr
@@ -43,16 +45,19 @@ def test_train_command_writes_a_run_folder(tmp_path, tiny_config):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 13))
 
-    listing = cli("runs", str(tmp_path / "runs"))
-    assert run.name in listing.stdout and "finished" in listing.stdout
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    listing = capsys.readouterr()
+    assert run.name in listing.out and "finished" in listing.out
 
-    extended = cli("train", "--resume", str(run), "--extend", "3", "--json-events")
-    assert extended.returncode == 0, extended.stderr
-    steps = [json.loads(line)["metrics"]["step"] for line in extended.stdout.splitlines() if '"type": "step"' in line]
-    assert steps == [13, 14, 15]
+    assert main(["train", "--resume", str(run), "--extend", "3", "--json-events"]) == 0
+    extended = capsys.readouterr()
+    steps = [json.loads(line)["metrics"]["step"] for line in extended.out.splitlines() if '"type": "step"' in line]
+    assert steps == [13, 14, 15], extended.err
 
-    again = cli("train", "--resume", str(run))  # finished: nothing to resume, say how to train more
-    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+    assert main(["train", "--resume", str(run)]) == 2  # finished: nothing to resume, say how to train more
+    again = capsys.readouterr()
+    assert again.err.strip().splitlines() == [
         f"error: {run.name} is finished (step 15 of 15): nothing to resume. To train more steps, extend it: "
         f"qlora-studio train --resume {run} --extend N (in the window: Train more, on the Runs page)"]
 
@@ -115,10 +120,7 @@ def test_the_readme_config_block_is_what_init_writes(capsys):
         assert block == written, f"{name}: regenerate the block with `qlora-studio init -`"
 
 
-def test_generate_with_a_trained_adapter(tmp_path, tiny_config):
-    from qlora_studio.core.training.runner import run_training
-
-    result = run_training(tiny_config)
-    out = cli("generate", result.run_dir, "Normalize the date: March 5, 2021", "--max-new-tokens", "12")
-    assert out.returncode == 0, out.stderr
-    assert "tokens" in out.stderr
+def test_generate_with_a_trained_adapter(tiny_run, capsys):
+    # the shared finished run (tiny_config's settings): generate only reads it
+    assert main(["generate", tiny_run.run_dir, "Normalize the date: March 5, 2021", "--max-new-tokens", "12"]) == 0
+    assert "tokens" in capsys.readouterr().err

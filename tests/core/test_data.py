@@ -1,8 +1,6 @@
 """Dataset pipeline: every source and format, bad input named by file and line, masks token by token."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -327,24 +325,28 @@ def test_train_on_everything(tokenizer):
 
 # ---- the CLI --------------------------------------------------------------------------------
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "qlora_studio.core.cli", "inspect-data", *args],
-                          capture_output=True, text=True, timeout=300)
+def run_cli(capsys, *args):
+    """`inspect-data` in this process (test_cli.py starts the real entry point once): (exit code, stdout, stderr)."""
+    from qlora_studio.core.cli import main
+
+    code = main(["inspect-data", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_inspect_data_json_and_errors(tmp_path, tiny_model):
+def test_inspect_data_json_and_errors(tmp_path, tiny_model, capsys):
     good = jsonl(tmp_path / "share.jsonl", SHAREGPT)
-    out = run_cli("--data", str(good), "--model", str(tiny_model), "--json")
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
+    code, stdout, stderr = run_cli(capsys, "--data", str(good), "--model", str(tiny_model), "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
     assert report["format"] == "sharegpt" and report["rows"] == 5 and report["token_lengths"]["p99"] > 0
 
-    text = run_cli("--data", str(good), "--model", str(tiny_model))
-    assert "format      sharegpt" in text.stdout and "[[Hello 0<|im_end|>]]" in text.stdout
+    _, text, _ = run_cli(capsys, "--data", str(good), "--model", str(tiny_model))
+    assert "format      sharegpt" in text and "[[Hello 0<|im_end|>]]" in text
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"text": \n')
-    out = run_cli("--data", str(bad), "--model", str(tiny_model), "--json")
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    [line] = out.stderr.strip().splitlines()
+    code, _, stderr = run_cli(capsys, "--data", str(bad), "--model", str(tiny_model), "--json")
+    assert code == 2 and "Traceback" not in stderr
+    [line] = stderr.strip().splitlines()
     assert line.startswith(f"error: {bad}:2: invalid JSON (Expecting value, column 10)") and "skip_bad_rows" in line

@@ -1,37 +1,42 @@
 """Several processes on CPU (gloo): both ranks train in step, rank 0 writes the run, control reaches all."""
 
 import json
-import subprocess
-import sys
+import threading
 import time
 
 import torch
 import yaml
 
+from qlora_studio.core.cli import main
 from qlora_studio.core.runs import events as ev
 from qlora_studio.core.training.control import ControlFile
 from qlora_studio.core.training.arguments import training_arguments
 from qlora_studio.core.runs.store import RunFolder
 
 
-def launch(tmp_path, tiny_config, **train):
+def write_config(tmp_path, tiny_config, **train):
     data = tiny_config.model_dump(mode="json")
     data["train"].update(train)
     data["run_name"] = "ddp"
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(data))
-    command = [sys.executable, "-m", "qlora_studio.core.cli", "train", str(path), "--processes", "2", "--json-events"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return path
+
+
+def train_command(tmp_path, tiny_config, **train) -> list[str]:
+    """`train --processes 2`, run by the CLI's main() in this process: the ranks are worker processes
+    either way, and test_cli.py starts the real entry point once."""
+    return ["train", str(write_config(tmp_path, tiny_config, **train)), "--processes", "2", "--json-events"]
 
 
 def ranks(run):
     return [json.loads((run.path / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
 
 
-def test_two_processes_train_the_same_adapter(tmp_path, tiny_config):
-    proc = launch(tmp_path, tiny_config, max_steps=6, micro_batch_size=2, grad_accum=2, save_every_steps=3)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+def test_two_processes_train_the_same_adapter(tmp_path, tiny_config, capsys):
+    code = main(train_command(tmp_path, tiny_config, max_steps=6, micro_batch_size=2, grad_accum=2, save_every_steps=3))
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
     run = RunFolder(tmp_path / "runs" / "ddp")
     rank0, rank1 = ranks(run)
     assert rank0["status"] == rank1["status"] == "finished" and rank0["step"] == rank1["step"] == 6
@@ -54,8 +59,11 @@ def wait_for(predicate, timeout=300.0):
         time.sleep(0.1)
 
 
-def test_pause_save_and_stop_reach_every_rank(tmp_path, tiny_config):
-    proc = launch(tmp_path, tiny_config, max_steps=400, micro_batch_size=2, grad_accum=1, save_every_steps=1000)
+def test_pause_save_and_stop_reach_every_rank(tmp_path, tiny_config, capsys):
+    command = train_command(tmp_path, tiny_config, max_steps=400, micro_batch_size=2, grad_accum=1, save_every_steps=1000)
+    done = {}
+    cli = threading.Thread(target=lambda: done.update(code=main(command)), daemon=True)
+    cli.start()  # steered through the run folder's control file only, as from another process
     run = RunFolder(tmp_path / "runs" / "ddp")
     control = ControlFile(run.path)
     wait_for(lambda: len(run.read_metrics()) >= 3)
@@ -66,8 +74,8 @@ def test_pause_save_and_stop_reach_every_rank(tmp_path, tiny_config):
     wait_for(lambda: run.latest_checkpoint() is not None)
     assert run.latest_checkpoint().name == f"step-{held:06d}"
     control.stop()  # a stop while paused runs no further step
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    cli.join(timeout=300)
+    assert done.get("code") == 0, capsys.readouterr().err[-3000:]
     rank0, rank1 = ranks(run)
     assert rank0["status"] == rank1["status"] == "stopped"
     assert rank0["step"] == rank1["step"] == held < 400
@@ -84,8 +92,6 @@ def test_fsdp_arguments(tiny_config):
 
 
 def test_fsdp_needs_gpus(tiny_config, tmp_path, capsys, monkeypatch):
-    from qlora_studio.core.cli import main
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the message of a machine without GPUs
     data = tiny_config.model_dump(mode="json")
     data["distributed"] = {"strategy": "fsdp"}

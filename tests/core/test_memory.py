@@ -2,8 +2,6 @@
 
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -116,30 +114,34 @@ def test_make_it_fit_keeps_the_effective_batch(tmp_path):
     assert impossible.config is None and "does not fit" in impossible.message
 
 
-def test_estimate_and_fit_commands(tmp_path):
+def test_estimate_and_fit_commands(tmp_path, capsys):
+    from qlora_studio.core.cli import main
+
     folder = shape_folder("llama-2-7b", tmp_path)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"model:\n  name_or_path: {folder}\ndata:\n  max_length: 2048\ntrain:\n  micro_batch_size: 4\n")
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "qlora_studio.core.cli", *args], capture_output=True, text=True,
-                              timeout=300)
+        """The command in this process (test_cli.py starts the real entry point once): (exit code, stdout, stderr)."""
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
 
-    out = cli("estimate", str(cfg), "--json", "--gpu-gb", "24")
-    assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+    code, stdout, stderr = cli("estimate", str(cfg), "--json", "--gpu-gb", "24")
+    assert code == 0, stderr
+    data = json.loads(stdout)
     for key in ("weights_bytes", "quant_constants_bytes", "lora_bytes", "optimizer_bytes", "activations_bytes", "total_bytes"):
         assert isinstance(data[key], int) and data[key] > 0, key
     assert data["fits"] is True and data["total_bytes"] < 24 * GIB
     assert "micro-batches of 8,192 packed tokens" in data["assumptions"] and not data["offload"]
-    text = cli("estimate", str(cfg), "--gpu-gb", "8")  # offload_checkpoints auto: on where it makes the run fit
-    assert "fits in 8 GiB" in text.stdout and "checkpoints offloaded to CPU" in text.stdout
-    assert "double quant saves" in text.stdout and "PyTorch peak" in text.stdout
-    assert "does NOT fit in 4 GiB" in cli("estimate", str(cfg), "--gpu-gb", "4").stdout
+    _, text, _ = cli("estimate", str(cfg), "--gpu-gb", "8")  # offload_checkpoints auto: on where it makes the run fit
+    assert "fits in 8 GiB" in text and "checkpoints offloaded to CPU" in text
+    assert "double quant saves" in text and "PyTorch peak" in text
+    assert "does NOT fit in 4 GiB" in cli("estimate", str(cfg), "--gpu-gb", "4")[1]
     fitted = tmp_path / "fitted.yaml"
-    out = cli("fit", str(cfg), "--gpu-gb", "8", "--write", str(fitted))
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "effective batch stays 16" in out.stdout and fitted.is_file()  # default grad_accum 4 x micro-batch 4
+    code, stdout, stderr = cli("fit", str(cfg), "--gpu-gb", "8", "--write", str(fitted))
+    assert code == 0, stdout + stderr
+    assert "effective batch stays 16" in stdout and fitted.is_file()  # default grad_accum 4 x micro-batch 4
 
 
 def test_presets_plan_offline_from_the_builtin_shapes():

@@ -18,10 +18,9 @@ def collect(events):
     return lambda event: events.append(event.to_dict())
 
 
-def test_run_folder_contract(tiny_config):
-    events = []
-    result = run_training(tiny_config, collect(events))
-    assert result.status == "finished", result.error
+def test_run_folder_contract(tiny_run_and_events):
+    result, emitted = tiny_run_and_events  # the shared run: trained with tiny_config's settings
+    events = [event.to_dict() for event in emitted]
     run = RunFolder(result.run_dir)
     assert run.config_path.is_file() and run.status_path.is_file()
     status = run.read_status()
@@ -62,11 +61,11 @@ def test_run_folder_contract(tiny_config):
     assert (run.path / "evals.jsonl").is_file()
 
 
-def test_adapter_loads_in_plain_peft(tiny_config, tiny_model):
+def test_adapter_loads_in_plain_peft(tiny_run, tiny_model):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    result = run_training(tiny_config)
+    result = tiny_run  # only read: tiny_config's settings, trained once for the session
     base = AutoModelForCausalLM.from_pretrained(
         tiny_model, device_map="cpu", dtype=torch.float32,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",

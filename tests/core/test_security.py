@@ -169,25 +169,35 @@ def test_hf_hub_offline_means_no_connection_at_all(monkeypatch):
     assert attempts == []
 
 
-HUB_KERNEL_PROBE = """
+CONSENT_MARK = "--- consent from here on ---"
+HUB_KERNEL_PROBE = f"""
 import os, sys
 import qlora_studio.core  # installs the gate, as every entry point does
 from qlora_studio.core.hub_kernels import HubKernelRefused, allow_hub_kernels
 import bitsandbytes  # on a CPU with AVX512-BF16 its CPU backend asks for a Hub kernel here
 import kernels
-if sys.argv[1] == "yes":
-    allow_hub_kernels()
-try:
-    kernels.get_kernel("kernels-community/quantization-bitsandbytes", version=1)
-except HubKernelRefused:
-    print("refused")
-except Exception as exc:  # the Hub stand-in has no such kernel
-    print("fetched", type(exc).__name__)
+
+
+def fetch():
+    try:
+        kernels.get_kernel("kernels-community/quantization-bitsandbytes", version=1)
+    except HubKernelRefused:
+        print("refused", flush=True)
+    except Exception as exc:  # the Hub stand-in has no such kernel
+        print("fetched", type(exc).__name__, flush=True)
+
+
+fetch()
+print("{CONSENT_MARK}", file=sys.stderr, flush=True)
+sys.stdin.readline()  # the test looks at the Hub's requests before the yes
+allow_hub_kernels()
+fetch()
 """
 
 
 def test_no_hub_kernel_is_fetched_or_reported_without_consent(tmp_path):
-    """transformers >= 5.25 installs `kernels`; bitsandbytes and transformers call it on their own."""
+    """transformers >= 5.25 installs `kernels`; bitsandbytes and transformers call it on their own.
+    One fresh process (the gate is installed at import) asks without consent, then with it."""
     from fakehub import FakeHub
 
     assert importlib.util.find_spec("kernels") is not None, "transformers brings kernels"
@@ -195,12 +205,15 @@ def test_no_hub_kernel_is_fetched_or_reported_without_consent(tmp_path):
         env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
         env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1")
         env.pop("QLORA_STUDIO_ALLOW_HUB_KERNELS", None)
-
-        def probe(answer: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-c", HUB_KERNEL_PROBE, answer], env=env, capture_output=True,
-                                  text=True, timeout=120, cwd=tmp_path)
-
-        refused = probe("no")
-        assert refused.stdout.strip() == "refused" and refused.stderr == "" and hub.requests == []
-        allowed = probe("yes")  # the same call with consent does reach the (stand-in) Hub: the probe is live
-        assert allowed.stdout.startswith("fetched") and hub.requests, allowed.stderr
+        probe = subprocess.Popen([sys.executable, "-c", HUB_KERNEL_PROBE], env=env, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        try:
+            refused = probe.stdout.readline()
+            requests_before_consent = list(hub.requests)
+            out, err = probe.communicate("yes\n", timeout=120)
+        finally:
+            probe.kill()
+        without_consent, _, with_consent = err.partition(CONSENT_MARK + "\n")
+        assert refused.strip() == "refused" and without_consent == "" and requests_before_consent == [], err
+        # the same call with consent does reach the (stand-in) Hub: the probe is live
+        assert out.startswith("fetched") and hub.requests, with_consent

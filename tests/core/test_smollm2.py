@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_demo_preset_trains_smollm2_on_cpu(smollm2_dir, tmp_path):
     config = load_config(PRESETS / "demo.yaml", [
         "train.max_steps=4", "train.micro_batch_size=2", "train.tokens_per_batch=256", "train.grad_accum=2",
-        "train.learning_rate=1e-3",
+        "train.learning_rate=1e-3", "train.probe_max_new_tokens=8",  # answers enough to show; 48 cost ~5 s on CPU
         "data.validation_split=0", f"output_dir={tmp_path}",
     ])
     events = []

@@ -3,6 +3,7 @@ run folders to replay. Qt warnings fail these tests (pytest-qt's qt_log_level_fa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,52 @@ def _studio_app(qapp):
     collector = GuiThreadGarbageCollector()
     yield
     collector.stop()
+
+
+TEST_NAME = "PYTEST_CURRENT_TEST"
+
+
+def _same_environment(spare_env: dict, env: dict) -> bool:
+    return {k: v for k, v in spare_env.items() if k != TEST_NAME} == {k: v for k, v in env.items() if k != TEST_NAME}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _spare_workers():
+    """A window run trains in a spare worker (supervisor.Spare) started ahead with the libraries
+    imported, when its environment is the run's. pytest names the running test in
+    PYTEST_CURRENT_TEST, so no run ever matched the spare the previous run left: every run started
+    cold and every spare imported torch for nothing. Compare the environments without that one
+    variable, as the app sees them outside pytest; any other difference still starts the run cold
+    (the cold start has its own tests: test_spare_worker.py, the pickled model, several processes).
+    One spare is started with the session, as the window starts one after its first seconds."""
+    from qlora_studio.core.training.supervisor import Spare
+
+    take = Spare.take.__func__
+
+    def take_ignoring_the_test_name(cls, env):
+        waiting = cls._waiting
+        if waiting is not None and _same_environment(waiting[1], env):
+            env = waiting[1]
+        return take(cls, env)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(Spare, "take", classmethod(take_ignoring_the_test_name))
+    Spare.prepare()
+    yield Spare
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _a_spare_for_the_next_run(_spare_workers):
+    """After a test that changed the environment while its run's spare was started (a monkeypatched
+    variable), that spare would make the next run start cold: replace it with one started in the
+    environment the test left."""
+    yield
+    Spare = _spare_workers
+    waiting = Spare._waiting
+    if waiting is None or waiting[0].poll() is not None or not _same_environment(waiting[1], dict(os.environ)):
+        Spare.release()
+        Spare.prepare()
 
 
 @pytest.fixture(autouse=True)

@@ -47,10 +47,11 @@ def _freeze_what_outlives_a_test(request):
     600k of them, a quarter second each time, and the runner, the GUI tests' teardown and the
     window's collector each run one per run or test. Objects still alive when a test starts (the
     libraries' modules, session fixtures) are collected here once and then frozen (gc.freeze: left
-    out of later collections); what a test creates is collected as before. GPU tests unfreeze
-    everything, so no CUDA tensor is ever out of the collector's reach."""
+    out of later collections); what a test creates is collected as before. A GPU test unfreezes
+    everything first, so no CUDA tensor is ever out of the collector's reach when it measures memory."""
     if request.node.get_closest_marker("gpu"):
         gc.unfreeze()
+        gc.collect()
     else:
         gc.collect()
         gc.freeze()

@@ -69,14 +69,14 @@ def preset_curves(method_metrics: dict[str, float]) -> dict[str, float]:
 # ---- the trainers ----
 def method_arguments(config) -> dict:
     """TRL's config fields for the run's method, from its typed section."""
-    t, cuda_pad = config.train, {}
+    t = config.train
     if t.method == "dpo":
         s = t.dpo
         loss, weights = [s.loss_type], None
         if s.sft_weight > 0:
             loss, weights = [s.loss_type, "sft"], [1.0, s.sft_weight]
         return {"beta": s.beta, "loss_type": loss, "loss_weights": weights, "label_smoothing": s.label_smoothing,
-                "max_length": config.data.max_length, "truncation_mode": "keep_start", **cuda_pad}
+                "max_length": config.data.max_length, "truncation_mode": "keep_start"}
     if t.method == "orpo":
         return {"beta": t.orpo.beta, "max_length": config.data.max_length}
     if t.method == "kto":

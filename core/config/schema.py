@@ -144,6 +144,10 @@ class ExperimentalSettings(_Section):
     """Read each step's numbers at its own end, as transformers does, instead of a step late (for comparison)."""
     varlen_rows_only: bool = False
     """Packed attention one row at a time, never torch's one-launch varlen kernel (for comparison)."""
+    automatic_gc: bool = False
+    """Python's garbage collector on its own schedule during training (full collections mid-step) instead of one young collection per step (for comparison)."""
+    stock_loop_walks: bool = False
+    """transformers' per-step walks over every module and parameter (train mode, zero_grad, clip, FLOP count) instead of lists taken once (for comparison)."""
     card_gb: float | None = Field(None, gt=0)
     """Train as on a card of this many GiB: the process's CUDA memory is capped there and the planner plans for it (rehearsals on a bigger GPU)."""
 

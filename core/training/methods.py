@@ -156,16 +156,15 @@ def build_method_trainer(config, loaded, data, folder, callback, plan=None):
     """The TRL trainer for one segment of a run past SFT, with the run's hooks mixed in."""
     import os
 
-    from transformers import PrinterCallback
-
     from qlora_studio.core.training.arguments import training_arguments
+    from qlora_studio.core.training.host_pace import LeanLoopWalks
     from qlora_studio.core.training.reporting import ReportingMixin, trainer_environment
-    from qlora_studio.core.training.step_logs import LaggedStepLogs, StepTotals
+    from qlora_studio.core.training.step_logs import LaggedStepLogs, StepTotals, with_run_hooks
 
     method = config.train.method
     library_trainer, library_config = _library_classes(method)
     trainer_class = type(f"Studio{library_trainer.__name__}",
-                         (LaggedStepLogs, MethodTrainer, ReportingMixin, StepTotals, library_trainer), {})
+                         (LaggedStepLogs, MethodTrainer, ReportingMixin, StepTotals, LeanLoopWalks, library_trainer), {})
     kwargs = {}
     if method == "grpo":
         from qlora_studio.core.training.rewards import build_rewards
@@ -178,8 +177,5 @@ def build_method_trainer(config, loaded, data, folder, callback, plan=None):
                                   method_arguments=method_arguments(config))
         trainer = trainer_class(model=loaded.model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                                 processing_class=loaded.tokenizer, callbacks=[callback], **kwargs)
-    trainer.remove_callback(PrinterCallback)
-    trainer.log_extras = callback.log_extras
-    trainer.step_hooks = callback
-    trainer.lag_logs = False  # TRL reads its numbers each micro-batch anyway: nothing to gain, numbers kept per step
-    return trainer
+    # TRL reads its numbers each micro-batch anyway: nothing to gain from lagged logs, numbers kept per step
+    return with_run_hooks(trainer, callback, config, lag_logs=False)

@@ -33,6 +33,7 @@ from qlora_studio.core.training import disk, oom
 from qlora_studio.core.training.arguments import is_fsdp
 from qlora_studio.core.training.callback import StudioCallback
 from qlora_studio.core.training.control import TrainControl
+from qlora_studio.core.training.host_pace import StepPacedCollector, lean_module_walks
 from qlora_studio.core.training.loading import load_inputs, prepare_run_data, save_adapter
 from qlora_studio.core.training.meter import StepMeter
 from qlora_studio.core.training.reporting import Reporting
@@ -91,6 +92,7 @@ class Session:
         self.run_context: RunContext | None = None
         self.steps: StepReader | None = None
         self.reporting: Reporting | None = None  # rank 0: TensorBoard / W&B beside the run folder
+        self.collector: StepPacedCollector | None = None
 
     def emit(self, event: ev.Event) -> None:
         for sink in self.sinks:
@@ -106,6 +108,10 @@ class Session:
                 cap_gpu_memory(self.config.train.experimental.card_gb, CUDA_CONTEXT_BYTES)  # before any allocation
                 loaded, data = load_inputs(self.config, self.warn, self.world_size, self.emit)
                 speed = plan_speed(self.config, loaded, self.warn, patches, fsdp=is_fsdp(self.config))
+                levers = self.config.train.experimental
+                if self.world_size == 1 and not levers.stock_loop_walks:  # bench/NOTES-speed.md, lever 17
+                    lean_module_walks(loaded.model, patches)
+                self.collector = None if levers.automatic_gc else StepPacedCollector().install(patches)  # lever 16
                 self.run_context = RunContext(self.config, loaded, data, speed, self.folder, self.control, self.emit,
                                               self.warn, self.rank, self.world_size)
                 self.steps = StepReader(self.run_context, StepMeter(elapsed), start_step, resume_point)
@@ -144,6 +150,8 @@ class Session:
         run, steps = self.run_context, self.steps
         while True:
             steps.trainer = build_trainer(run.config, run.loaded, run.data, self.folder, StudioCallback(steps), run.speed)
+            if self.collector is not None:
+                steps.trainer.add_callback(self.collector)
             if steps.nothing_left_to_train(run.config.train.max_steps):
                 return
             ran_out_of_memory = False

@@ -34,6 +34,8 @@ class StepHooks(Protocol):
 
     def between_steps(self, control) -> None: ...
 
+    def log_extras(self, state, logs: dict[str, Any]) -> dict[str, float]: ...
+
 
 @dataclass
 class StepLog:
@@ -190,3 +192,15 @@ def _as_of(state, record: StepLog):
         yield
     finally:
         state.global_step, state.epoch = now
+
+
+def with_run_hooks(trainer, callback: StepHooks, config, lag_logs: bool):
+    """What every trainer of a run gets once made (SFT's and TRL's alike)."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # progress is ours to show
+    trainer.log_extras = callback.log_extras  # real tokens/s and VRAM into every report_to stream
+    trainer.step_hooks = callback
+    trainer.lag_logs = lag_logs
+    trainer.lean_walks = not config.train.experimental.stock_loop_walks
+    return trainer

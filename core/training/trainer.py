@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 
-from transformers import PrinterCallback, Trainer
+from transformers import Trainer
 
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.training.arguments import training_arguments
+from qlora_studio.core.training.host_pace import LeanLoopWalks
 from qlora_studio.core.training.reporting import ReportingMixin, trainer_environment
-from qlora_studio.core.training.step_logs import LaggedStepLogs, StepTotals
+from qlora_studio.core.training.step_logs import LaggedStepLogs, StepTotals, with_run_hooks
 
 
-class StudioTrainer(LaggedStepLogs, ReportingMixin, StepTotals, Trainer):
+class StudioTrainer(LaggedStepLogs, ReportingMixin, StepTotals, LeanLoopWalks, Trainer):
     """The Trainer a run uses: the place for batching and logging that differ from the stock one
     (step logs read a step late: training/step_logs.py).
 
@@ -102,8 +103,5 @@ def build_trainer(config: RunConfig, loaded, data, folder, callback, plan=None) 
             tokens_per_batch=tokens_per_batch(config.train, config.data) if packed else None,
             chunked_loss=plan is not None and plan.assumptions.loss == "chunked",
         )
-    trainer.remove_callback(PrinterCallback)  # progress is ours to show
-    trainer.log_extras = callback.log_extras  # real tokens/s and VRAM into every report_to stream
-    trainer.step_hooks = callback
-    trainer.lag_logs = trainer.args.world_size == 1 and not (plan is not None and config.train.experimental.sync_logs)
-    return trainer
+    lag = trainer.args.world_size == 1 and not (plan is not None and config.train.experimental.sync_logs)
+    return with_run_hooks(trainer, callback, config, lag_logs=lag)

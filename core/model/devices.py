@@ -191,6 +191,16 @@ def expandable_segments_expected() -> bool:
     return True
 
 
+def host_ram_bytes() -> int | None:
+    """This computer's physical memory (psutil), None where it cannot be read."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - an exotic platform: the planner then checks nothing
+        return None
+
+
 def gpu_budget_bytes(device, card_gb: float | None = None) -> int | None:
     """The memory this process may use on `device`: `card_gb` when the run trains as on a smaller
     card (train.experimental.card_gb), else the card's total times the per-process fraction."""

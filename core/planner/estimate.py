@@ -278,7 +278,8 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
         checkpoints = checkpointed * hidden_state
         if offload:
             host, checkpoints = checkpoints, 2 * hidden_state  # one leaving for the host, one coming back
-            notes.append(f"offloaded checkpoints take {host / GIB:.1f} GiB of pinned CPU memory")
+            notes.append(f"offloaded checkpoints take {host / GIB:.1f} GiB of pinned CPU memory "
+                         f"({ram_needed_sentence(host)})")
         # At the loss all checkpoints are alive; while layer k is recomputed, one layer's
         # activations plus the gradient flowing through it.
         working = max(logits, recomputed + 3 * hidden_state)
@@ -396,3 +397,21 @@ def _in_mlp(lin) -> bool:
 
 def _round(nbytes: int) -> int:
     return -(-nbytes // CUDA_ALLOC_ROUND) * CUDA_ALLOC_ROUND
+
+
+# Pinned (page-locked) memory can never be swapped out: the OS, the model's loading, the dataset and
+# the window need the rest of the RAM. A rule of thumb, not a measurement: at most half is pinned.
+PINNED_SHARE = 0.5
+WORKSTATION_RAM_GB = (8, 16, 32, 64, 128, 256, 512)
+
+
+def pinned_fits(host_bytes: int, ram_bytes: int | None) -> bool:
+    return ram_bytes is None or host_bytes <= PINNED_SHARE * ram_bytes
+
+
+def ram_needed_sentence(host_bytes: int) -> str:
+    """Which workstations hold this much pinned memory, by their RAM."""
+    smallest = next((gb for gb in WORKSTATION_RAM_GB if pinned_fits(host_bytes, gb * GIB)), None)
+    if smallest is None:
+        return f"more than half of {WORKSTATION_RAM_GB[-1]} GB of RAM"
+    return f"a computer with {smallest} GB of RAM or more"

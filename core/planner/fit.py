@@ -8,7 +8,8 @@ from typing import Any
 from qlora_studio.core.config.choices import OPTIMIZERS
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.model.shape import model_shape
-from qlora_studio.core.planner.estimate import GIB, Estimate
+from qlora_studio.core.model.devices import host_ram_bytes
+from qlora_studio.core.planner.estimate import GIB, Estimate, pinned_fits
 from qlora_studio.core.planner.plan import MLP_TILE_TOKENS, assume, estimate_for, model_config_of, with_reasons
 
 
@@ -92,6 +93,7 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
     choices = {"off": (False,), "on": (True,), "auto": (False, True)}
     levers = [(offload, tiled) for offload in choices[config.train.offload_checkpoints]
               for tiled in choices[config.train.tiled_mlp]]
+    ram = host_ram_bytes()
     for length in lengths:
         best = None
         for overrides, kept in _batch_options(config, length):
@@ -105,7 +107,7 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
                     for rank, optimizer in enumerate(OPTIMIZERS):
                         e = estimate_for(shape, candidate, a, gradient_checkpointing=checkpointing, optimizer=optimizer,
                                          offload=offload, mlp_tile=tile)
-                        if not e.fits(budget_gb):
+                        if not e.fits(budget_gb) or not pinned_fits(e.host_bytes, ram):
                             continue
                         speed = relative_speed(a.micro_batch, a.seq_len, checkpointing, offload, shape.hidden, tiled)
                         score = (speed, -rank)

@@ -29,6 +29,20 @@ def _default_allocator(monkeypatch):
         monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def _workstation_ram(monkeypatch):
+    """Plans that offload are checked against the computer's RAM: every test here plans for a 64 GB
+    workstation, whatever runs the suite."""
+    set_ram(monkeypatch, 64)
+
+
+def set_ram(monkeypatch, gib: float) -> None:
+    from qlora_studio.core.planner import fit, plan
+
+    for module in (plan, fit):
+        monkeypatch.setattr(module, "host_ram_bytes", lambda: int(gib * GIB))
+
+
 def long_context(folder, tokens: int, **train) -> RunConfig:
     return RunConfig.model_validate({"model": {"name_or_path": str(folder)}, "data": {"max_length": tokens},
                                      "train": {"micro_batch_size": 1, "grad_accum": 1, "liger_kernels": "off", **train}})
@@ -95,6 +109,23 @@ def test_fit_offloads_before_it_cuts_max_length(llama8b):
     kept = make_it_fit(config.with_overrides({"train.offload_checkpoints": "auto", "train.tiled_mlp": "auto"}), 24)
     assert kept.config.data.max_length == 65536 and kept.estimate.offload
     assert "offloaded to CPU" in kept.message
+
+
+def test_pinned_memory_is_planned_against_the_computers_ram(llama8b, monkeypatch):
+    """Offloaded checkpoints are pinned: never swapped. At most half the RAM is planned for them."""
+    config = long_context(llama8b, 65536)
+    roomy = estimate_config(config, 24)
+    assert roomy.offload and roomy.host_bytes == 16 * GIB  # 32 layers x 65,536 tokens x 4,096 x 2 bytes
+    assert "offloaded checkpoints take 16.0 GiB of pinned CPU memory (a computer with 32 GB of RAM or more)" in roomy.notes
+
+    set_ram(monkeypatch, 16)
+    small = estimate_config(config, 24)
+    assert not small.offload and not small.fits(24)
+    assert any("this computer's 16 GiB of RAM" in w for w in small.warnings)
+    fitted = make_it_fit(config, 24)
+    assert fitted.estimate.fits(24) and fitted.estimate.host_bytes <= 8 * GIB
+    forced = estimate_config(config.with_overrides({"train.offload_checkpoints": "on"}), 24)
+    assert any("16.0 GiB of pinned CPU memory" in w for w in forced.warnings)
 
 
 def test_fixed_segments_need_a_larger_margin(llama8b, monkeypatch):

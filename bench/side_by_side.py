@@ -99,6 +99,7 @@ VARIANTS = {
     "unpacked_grouped": {"data.packing": "off", "train.experimental.group_by_length": True},
     "offload": {"train.offload_checkpoints": "on"},
     "sync_offload": {"train.offload_checkpoints": "on", "train.experimental.sync_offload": True},
+    "offload_prefetch": {"train.offload_checkpoints": "on", "train.experimental.prefetch_offload": True},
     "sync_logs": {"train.experimental.sync_logs": True},
     "tiled": {"train.tiled_mlp": "on"},
     "offload_tiled": {"train.offload_checkpoints": "on", "train.tiled_mlp": "on"},

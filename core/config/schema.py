@@ -144,6 +144,8 @@ class ExperimentalSettings(_Section):
     """Read each step's numbers at its own end, as transformers does, instead of a step late (for comparison)."""
     varlen_rows_only: bool = False
     """Packed attention one row at a time, never torch's one-launch varlen kernel (for comparison)."""
+    prefetch_offload: bool = False
+    """With offloaded checkpoints: bring each one back a layer early, overlapped with compute (one more hidden state on the GPU)."""
     automatic_gc: bool = False
     """Python's garbage collector on its own schedule during training (full collections mid-step) instead of one young collection per step (for comparison)."""
     stock_loop_walks: bool = False

@@ -210,7 +210,7 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
              optimizer: str = "adamw", model_name: str = "", liger: bool = False, packed: bool = False,
              attention: str = "sdpa", masked: bool = False, offload: bool = False, loss: str | None = None,
              expandable_segments: bool = True, checkpoint_every: int = 1, mlp_tile: int | None = None,
-             lean_lora: bool = True) -> Estimate:
+             lean_lora: bool = True, offload_prefetch: bool = False) -> Estimate:
     """Peak memory of one QLoRA training step on one GPU, part by part.
 
     `packed`: one sequence of seq_len tokens holding several rows (micro_batch is 1); `masked`:
@@ -218,6 +218,7 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
     `loss`: full | liger | chunked (default: liger when `liger`, else full); `checkpoint_every`:
     checkpoint only every n-th layer (the others keep their activations); `mlp_tile`: the MLP runs
     over tiles of this many tokens, recomputed in the backward, so only one tile's MLP activations exist;
+    `offload_prefetch`: offloaded checkpoints come back a layer early (one more on the GPU);
     `lean_lora`: training applies our LoRA forward (model/lora.py) to the 4-bit layers, as every run does
     (False: peft's own forward, as the calibration runs in bench/calibrate_memory.py measured).
     """
@@ -277,7 +278,8 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
         kept_layers = shape.num_layers - checkpointed
         checkpoints = checkpointed * hidden_state
         if offload:
-            host, checkpoints = checkpoints, 2 * hidden_state  # one leaving for the host, one coming back
+            # one leaving for the host, one coming back (and with prefetching, the next one on its way)
+            host, checkpoints = checkpoints, (3 if offload_prefetch else 2) * hidden_state
             notes.append(f"offloaded checkpoints take {host / GIB:.1f} GiB of pinned CPU memory "
                          f"({ram_needed_sentence(host)})")
         # At the loss all checkpoints are alive; while layer k is recomputed, one layer's

@@ -119,7 +119,7 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], patches: 
     if not levers.sync_offload:  # when the arguments offload (arguments._speed_arguments), the copies overlap compute
         from qlora_studio.core.training.offload import use_async_offload
 
-        use_async_offload(loaded.model, patches)
+        use_async_offload(loaded.model, patches, prefetch=levers.prefetch_offload)
     if levers.compile_layers:
         compile_decoder_layers(loaded.model, patches)
     return SpeedPlan(a, a.seq_len if packed else None, budget)

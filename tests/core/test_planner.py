@@ -128,6 +128,14 @@ def test_pinned_memory_is_planned_against_the_computers_ram(llama8b, monkeypatch
     assert any("16.0 GiB of pinned CPU memory" in w for w in forced.warnings)
 
 
+def test_prefetched_offload_holds_one_more_hidden_state(llama8b):
+    config = long_context(llama8b, 32768, offload_checkpoints="on")
+    plain = estimate_config(config, 24)
+    early = estimate_config(config.with_overrides({"train.experimental.prefetch_offload": True}), 24)
+    assert early.offload and early.host_bytes == plain.host_bytes
+    assert early.peak_allocated_bytes - plain.peak_allocated_bytes == 32768 * 4096 * 2
+
+
 def test_fixed_segments_need_a_larger_margin(llama8b, monkeypatch):
     """The run that died at 32k tokens on 24 GB: reserved-but-unallocated fragmentation. With the
     user's own allocator setting (no expandable segments) the planner keeps a quarter in reserve."""

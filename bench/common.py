@@ -90,23 +90,44 @@ def step_clock(steps: list[tuple[float, int]]):
 
 
 def epoch_clock(epochs: list[dict]):
-    """A Trainer callback that appends one record per epoch to `epochs`: wall-clock seconds from
-    on_epoch_begin to on_epoch_end (time.perf_counter after torch.cuda.synchronize at both ends, so
-    the epoch's queued GPU work is inside), optimizer steps, and the Trainer's token count over the
-    epoch (a lagging count, e.g. the studio's step logs read a step late, shifts it by a step)."""
+    """A Trainer callback that appends one record per epoch to `epochs`: the seconds from
+    on_epoch_begin (after torch.cuda.synchronize) to the end of the epoch's last optimizer step as
+    the GPU ran it (a CUDA event queued at each on_step_end; the host clock on a CPU), optimizer
+    steps, and the Trainer's token count over the epoch (a lagging count, e.g. the studio's step
+    logs read a step late, shifts it by a step). Idle GPU time between steps counts; what a trainer
+    does after its last step does not: the studio writes its end-of-training checkpoint there
+    (adapter, optimizer state: ~1 s for the 8B shape), which the other arms do not write at all."""
     import torch
     from transformers import TrainerCallback
 
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    cuda = torch.cuda.is_available()
+
+    def mark():
+        if not cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(begin, end) -> float:
+        return begin.elapsed_time(end) / 1e3 if cuda else end - begin
 
     class EpochClock(TrainerCallback):
         def on_epoch_begin(self, args, state, control, **kwargs):
-            sync()
-            self.t, self.step, self.tokens = time.perf_counter(), state.global_step, state.num_input_tokens_seen
+            if cuda:
+                torch.cuda.synchronize()
+            self.began, self.ended = mark(), None
+            self.step, self.tokens = state.global_step, state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ended = mark()
 
         def on_epoch_end(self, args, state, control, **kwargs):
-            sync()
-            epochs.append({"seconds": round(time.perf_counter() - self.t, 3), "steps": state.global_step - self.step,
+            if cuda:
+                torch.cuda.synchronize()
+            if self.ended is None:
+                return
+            epochs.append({"seconds": round(seconds(self.began, self.ended), 3), "steps": state.global_step - self.step,
                            "tokens_seen": int(state.num_input_tokens_seen - self.tokens)})
 
     return EpochClock()
@@ -205,6 +226,47 @@ def kernel_report(profiler, steps: int) -> str:
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:30]:
         lines.append(f"{e.self_device_time_total / steps / 1e3:8.2f} {e.count / steps:10.0f}  {e.key[:110]}")
     return "\n".join(lines)
+
+
+def model_flops_per_token(shape: str, row_tokens: int) -> dict:
+    """FLOPs a QLoRA step spends per trained token of `shape` (tests/shapes.py), rows of `row_tokens`
+    attending causally within themselves. "model": forward and the input gradients of every linear
+    layer (the base is frozen: no weight gradients but LoRA's, counted too) and attention's forward
+    and backward; "hardware" adds what gradient checkpointing recomputes (the layers' forward again)."""
+    spec = SHAPES[shape]
+    hidden, inter, layers = spec["hidden_size"], spec["intermediate_size"], spec["num_hidden_layers"]
+    heads = spec["num_attention_heads"]
+    head_dim = spec.get("head_dim", hidden // heads)
+    kv = spec["num_key_value_heads"] * head_dim
+    per_layer = hidden * (heads * head_dim) * 2 + hidden * kv * 2 + 3 * hidden * inter  # q, o; k, v; gate, up, down
+    linear = layers * per_layer + hidden * spec["vocab_size"]  # the output head
+    r = 16  # LoRA rank of the benchmarks, all seven projections: A and B, forward, input and weight gradients
+    lora = layers * r * (2 * hidden + 2 * (heads * head_dim) + 2 * kv + 2 * (hidden + inter) + (inter + hidden))
+    attention_forward = 2 * row_tokens * layers * heads * head_dim  # QK^T and PV, causal: half of 2 x 2 x L x d
+    model = 4 * linear + 6 * lora + 3 * attention_forward
+    recompute = 2 * (linear - hidden * spec["vocab_size"]) + 2 * lora + attention_forward
+    return {"model": model, "hardware": model + recompute}
+
+
+def bf16_matmul_tflops(n: int = 8192, repeats: int = 20) -> float | None:
+    """The GPU's measured dense bf16 matmul rate (n x n x n), the denominator of MFU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / repeats
+    del a, b
+    torch.cuda.empty_cache()
+    return round(2 * n**3 / seconds / 1e12, 1)
 
 
 def simulate_card(gb: float | None) -> None:

@@ -32,8 +32,9 @@ Arms
                    transformers / trl / datasets than the project.
 
 Reported per arm: for a and b the headline, real (non-pad) tokens of the rows over the second
-epoch's wall-clock time (a callback's time.perf_counter after torch.cuda.synchronize at
-on_epoch_begin / on_epoch_end, the same for every arm); per-step real tokens/s (median over the
+epoch's wall-clock time (`common.epoch_clock`, the same for every arm: from on_epoch_begin, after
+torch.cuda.synchronize, to the end of the epoch's last optimizer step on the GPU's timeline, so the
+studio's end-of-training checkpoint, which no other arm writes, is left out); per-step real tokens/s (median over the
 steps after the first two); peak allocated and peak reserved GiB (torch.cuda counters from after
 loading); ratios against plain and against unsloth.
 
@@ -72,8 +73,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import (RESULTS, add_trainer_callback, chat_lengths, epoch_clock, epoch_figures, gpu_slug, profile_window,
-                    rows_of_lengths, save, shape_folder, simulate_card, step_clock)
+from common import (RESULTS, add_trainer_callback, bf16_matmul_tflops, chat_lengths, epoch_clock, epoch_figures, gpu_slug,
+                    model_flops_per_token, profile_window, rows_of_lengths, save, shape_folder, simulate_card, step_clock)
 
 SHAPE = "llama-3.1-8b"
 PARTS = RESULTS / "side-by-side"
@@ -315,6 +316,8 @@ def run_one(args) -> dict | None:
         record = arm_studio(folder, rows, context, workload["batch"], steps, work, overrides, epochs)
     if epochs:
         record.update(rows=len(lengths), **epoch_figures(record.pop("epochs"), sum(min(n, context) for n in lengths)))
+        if args.workload == "b" and not args.smoke:  # model FLOP utilisation of the fixed rows, against this GPU's matmuls
+            record.update(flops_per_token=model_flops_per_token(SHAPE, context), bf16_matmul_tflops=bf16_matmul_tflops())
     record.update(workload=args.workload, arm=args.arm, context=context, card_gb=card, wall_s=round(time.time() - started, 1),
                   allocator=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
                   gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU")
@@ -454,6 +457,15 @@ def _memory_ratio(p: dict, base: dict | None) -> float | None:
     return round(p["peak_allocated_gb"] / base["peak_allocated_gb"], 2)
 
 
+def _utilisation(p: dict) -> dict:
+    """Model (and hardware: with the recompute) FLOP utilisation from the second epoch's rate."""
+    flops, peak, rate = p.get("flops_per_token"), p.get("bf16_matmul_tflops"), p.get("epoch2_tokens_per_s")
+    if not (flops and peak and rate):
+        return {}
+    return {"model_tflops": round(rate * flops["model"] / 1e12, 1), "mfu": round(rate * flops["model"] / (peak * 1e12), 3),
+            "hfu": round(rate * flops["hardware"] / (peak * 1e12), 3), "bf16_matmul_tflops": peak}
+
+
 def report(args) -> None:
     files = sorted(Path(args.out).glob("side-by-side-*.json"), key=lambda f: f.stat().st_mtime)
     parts = [json.loads(f.read_text()) for f in files]
@@ -481,7 +493,7 @@ def report(args) -> None:
                                                "peak_reserved_gb", "predicted_total_gb")}
                         | {"speed_vs_plain": _ratio(p, base), "memory_vs_plain": _memory_ratio(p, base),
                            "speed_vs_unsloth": _ratio(p, unsloth), "step_speed_vs_unsloth": _ratio(p, unsloth, True),
-                           "memory_vs_unsloth": _memory_ratio(p, unsloth)})
+                           "memory_vs_unsloth": _memory_ratio(p, unsloth)} | _utilisation(p))
     longest = {}
     for p in parts:
         if p["workload"] in ("c24", "c16") and p["status"] == "trained":
@@ -500,6 +512,10 @@ def report(args) -> None:
               f"{r['tokens_per_s'] or 0:10.0f} {r['peak_allocated_gb'] or 0:6.2f} {r['peak_reserved_gb'] or 0:8.2f} "
               f"{r['speed_vs_plain'] or '':>7} {r['memory_vs_plain'] or '':>5} {r['speed_vs_unsloth'] or '':>6} "
               f"{r['step_speed_vs_unsloth'] or '':>6} {r['memory_vs_unsloth'] or '':>7}")
+    for r in rows:
+        if r.get("mfu"):
+            print(f"{r['workload']} {r['arm']}: {r['model_tflops']} model TFLOP/s = MFU {r['mfu']:.1%} "
+                  f"(with the recompute {r['hfu']:.1%}) of the measured bf16 matmul rate, {r['bf16_matmul_tflops']} TFLOP/s")
     for (w, a), t in sorted(longest.items()):
         print(f"longest context that trained, {w} {a}: {t:,} tokens")
 

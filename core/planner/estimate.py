@@ -37,9 +37,9 @@ from qlora_studio.core.config.choices import LORA_TARGET_GROUPS, OPTIMIZERS
 from qlora_studio.core.model.lora import MASKED_CHUNK_BYTES, select_targets
 from qlora_studio.core.model.quant_layout import CUDA_ALLOC_ROUND, int8_bytes, packed_4bit_bytes, quant_constants_4bit_bytes
 from qlora_studio.core.model.shape import ModelShape
+from qlora_studio.core.planner.host_memory import GIB, ram_needed_sentence
 from qlora_studio.core.planner.loss_memory import loss_bytes
 
-GIB = 1024**3
 MIB = 1024**2
 BUDGETS_GB = (8, 12, 16, 24, 48, 80)
 
@@ -218,9 +218,8 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
     `loss`: full | liger | chunked (default: liger when `liger`, else full); `checkpoint_every`:
     checkpoint only every n-th layer (the others keep their activations); `mlp_tile`: the MLP runs
     over tiles of this many tokens, recomputed in the backward, so only one tile's MLP activations exist;
-    `offload_prefetch`: offloaded checkpoints come back a layer early (one more on the GPU);
-    `lean_lora`: training applies our LoRA forward (model/lora.py) to the 4-bit layers, as every run does
-    (False: peft's own forward, as the calibration runs in bench/calibrate_memory.py measured).
+    `offload_prefetch`: offloaded checkpoints come back a layer early; `lean_lora`: our LoRA forward
+    (model/lora.py) on the 4-bit layers, as every run (False: peft's, as bench/calibrate_memory.py measured).
     """
     notes: list[str] = []
     loss = loss or ("liger" if liger else "full")
@@ -399,21 +398,3 @@ def _in_mlp(lin) -> bool:
 
 def _round(nbytes: int) -> int:
     return -(-nbytes // CUDA_ALLOC_ROUND) * CUDA_ALLOC_ROUND
-
-
-# Pinned (page-locked) memory can never be swapped out: the OS, the model's loading, the dataset and
-# the window need the rest of the RAM. A rule of thumb, not a measurement: at most half is pinned.
-PINNED_SHARE = 0.5
-WORKSTATION_RAM_GB = (8, 16, 32, 64, 128, 256, 512)
-
-
-def pinned_fits(host_bytes: int, ram_bytes: int | None) -> bool:
-    return ram_bytes is None or host_bytes <= PINNED_SHARE * ram_bytes
-
-
-def ram_needed_sentence(host_bytes: int) -> str:
-    """Which workstations hold this much pinned memory, by their RAM."""
-    smallest = next((gb for gb in WORKSTATION_RAM_GB if pinned_fits(host_bytes, gb * GIB)), None)
-    if smallest is None:
-        return f"more than half of {WORKSTATION_RAM_GB[-1]} GB of RAM"
-    return f"a computer with {smallest} GB of RAM or more"

@@ -7,9 +7,10 @@ from typing import Any
 
 from qlora_studio.core.config.choices import OPTIMIZERS
 from qlora_studio.core.config.schema import RunConfig
-from qlora_studio.core.model.shape import model_shape
 from qlora_studio.core.model.devices import host_ram_bytes
-from qlora_studio.core.planner.estimate import GIB, Estimate, pinned_fits
+from qlora_studio.core.model.shape import model_shape
+from qlora_studio.core.planner.estimate import GIB, Estimate
+from qlora_studio.core.planner.host_memory import pinned_fits
 from qlora_studio.core.planner.plan import MLP_TILE_TOKENS, assume, estimate_for, model_config_of, with_reasons
 
 

@@ -26,7 +26,8 @@ from qlora_studio.core.data.packing import packing_plan, tokens_per_batch
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.model.devices import expandable_segments_expected, host_ram_bytes, liger_applies
 from qlora_studio.core.model.shape import ModelShape, builtin_shape_note, load_model_config, model_shape
-from qlora_studio.core.planner.estimate import GIB, PINNED_SHARE, Estimate, estimate, pinned_fits
+from qlora_studio.core.planner.estimate import GIB, Estimate, estimate
+from qlora_studio.core.planner.host_memory import PINNED_SHARE, pinned_fits
 from qlora_studio.core.planner.loss_memory import CHUNK_TOKENS_MAX, liger_chunk_tokens
 from qlora_studio.core.planner.method_memory import method_batch_sentence, method_loss, method_rows, with_generation
 

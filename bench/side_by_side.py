@@ -107,6 +107,7 @@ VARIANTS = {
     "expandable_off": ({}, {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}),
     "auto_gc": {"train.experimental.automatic_gc": True},
     "stock_walks": {"train.experimental.stock_loop_walks": True},
+    "reentrant": {"train.experimental.reentrant_checkpoints": True},
     "dropout05": {"lora.dropout": 0.05},  # the default before lever 19 (bench/NOTES-speed.md)
 }
 PLAIN_LADDER = [4096, 8192, 12288, 16384, 24576, 32768]

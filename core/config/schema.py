@@ -146,6 +146,8 @@ class ExperimentalSettings(_Section):
     """Packed attention one row at a time, never torch's one-launch varlen kernel (for comparison)."""
     prefetch_offload: bool = False
     """With offloaded checkpoints: bring each one back a layer early, overlapped with compute (one more hidden state on the GPU)."""
+    reentrant_checkpoints: bool = False
+    """torch's reentrant activation checkpoints: the first forward of each layer runs without autograd (less host work per step)."""
     automatic_gc: bool = False
     """Python's garbage collector on its own schedule during training (full collections mid-step) instead of one young collection per step (for comparison)."""
     stock_loop_walks: bool = False

@@ -82,7 +82,9 @@ def training_arguments(config: RunConfig, device, compute_dtype, output_dir: str
 def _speed_arguments(config: RunConfig, device, plan) -> dict[str, Any]:
     """What the run's speed plan changes: packed batches, offloaded or sparser checkpoints, which
     of Liger's kernels run, how training rows are sampled."""
-    checkpointing: dict[str, Any] = {"use_reentrant": False}
+    # reentrant: the first forward runs without autograd (no graph, no saved-tensor hooks per op): ~10%
+    # less host time per step on the CPU (bench/NOTES-speed.md, lever 20); off until a GPU measures it
+    checkpointing: dict[str, Any] = {"use_reentrant": config.train.experimental.reentrant_checkpoints}
     out: dict[str, Any] = {"checkpointing": checkpointing}
     if plan is None:
         return out

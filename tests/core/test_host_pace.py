@@ -96,3 +96,27 @@ def test_lean_loop_walks_clip_and_count_as_the_library_does():
     assert torch.allclose(walks._clip_grad_norm(model), expected)
     assert all(torch.equal(p.grad, clipped[n]) for n, p in model.named_parameters() if p.grad is not None)
     assert walks.floating_point_ops(inputs) == Trainer.floating_point_ops(walks, inputs) > 0
+
+
+def test_reentrant_checkpoints_train_the_same_steps(tiny_config, monkeypatch):
+    """train.experimental.reentrant_checkpoints changes how the layers are recomputed, not what is learned."""
+    from torch.utils import checkpoint
+
+    from qlora_studio.core.runs.store import RunFolder
+    from qlora_studio.core.training.runner import run_training
+
+    reentrant_calls = []
+    apply = checkpoint.CheckpointFunction.apply
+    monkeypatch.setattr(checkpoint.CheckpointFunction, "apply",
+                        lambda *args: reentrant_calls.append(1) or apply(*args))
+    losses = []
+    for reentrant in (False, True):
+        reentrant_calls.clear()
+        config = tiny_config.with_overrides({"train.max_steps": 3, "data.validation_split": 0.0, "lora.dropout": 0.0,
+                                             "train.experimental.reentrant_checkpoints": reentrant,
+                                             "run_name": f"reentrant-{reentrant}"})
+        result = run_training(config)
+        assert result.status == "finished", result.error
+        losses.append([m["loss"] for m in RunFolder(result.run_dir).read_metrics()])
+        assert bool(reentrant_calls) == reentrant
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)

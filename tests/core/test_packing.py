@@ -499,19 +499,21 @@ def test_lean_4bit_lora_saves_a_mask_not_a_dropped_copy(tiny_model):
 
 def test_lean_4bit_lora_dropout_masks_are_redrawn_alike_under_checkpointing(tiny_model):
     """The recomputed forward must draw the masks the first forward used, or the adapters'
-    gradients would mix two masks: checkpointed gradients equal those kept in memory."""
+    gradients would mix two masks: checkpointed gradients equal those kept in memory, with torch's
+    non-reentrant checkpoints (the default) and its reentrant ones (train.experimental.reentrant_checkpoints)."""
     from qlora_studio.core.model.lora import lean_4bit_lora
 
     batch = padded_batch(make_rows(4, seed=7))
     grads = []
-    for checkpointing in (False, True):
+    for reentrant in (None, False, True):  # None: no checkpointing
         model = load_qlora(tiny_model, dropout=0.25)
         lean_4bit_lora(model, RunPatches())
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if reentrant is not None:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         model.train()
         torch.manual_seed(3)
         model(**batch).loss.backward()
         grads.append(lora_grads(model))
     for name, grad in grads[0].items():
-        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+        for checkpointed in grads[1:]:
+            torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -35,10 +35,10 @@ from typing import Any
 
 from qlora_studio.core.config.choices import LORA_TARGET_GROUPS, OPTIMIZERS
 from qlora_studio.core.model.lora import MASKED_CHUNK_BYTES, select_targets
-from qlora_studio.core.model.quant_layout import CUDA_ALLOC_ROUND, int8_bytes, packed_4bit_bytes, quant_constants_4bit_bytes
 from qlora_studio.core.model.shape import ModelShape
 from qlora_studio.core.planner.host_memory import GIB, ram_needed_sentence
 from qlora_studio.core.planner.loss_memory import loss_bytes
+from qlora_studio.core.planner.weights import weight_bytes
 
 MIB = 1024**2
 BUDGETS_GB = (8, 12, 16, 24, 48, 80)
@@ -104,6 +104,7 @@ class Estimate:
     context_bytes: int = CUDA_CONTEXT_BYTES
     slack_bytes: int = 0
     host_bytes: int = 0  # pinned CPU memory the offloaded checkpoints take
+    embedding_4bit: bool = False
 
     @property
     def tokens(self) -> int:
@@ -142,7 +143,8 @@ class Estimate:
             if self.mlp_tile:
                 ckpt += f", MLP in {self.mlp_tile:,}-token tiles"
         loss = {"full": "full logits", "liger": "Liger's fused loss", "chunked": "chunked loss"}[self.loss]
-        return f"{batch}; {ckpt}; {loss}; optimizer {self.optimizer}"
+        embeddings = "; input embeddings in NF4" if self.embedding_4bit else ""
+        return f"{batch}; {ckpt}; {loss}; optimizer {self.optimizer}{embeddings}"
 
     def includes(self) -> str:
         """What the total is made of: the part PyTorch allocates (what the VRAM chart's peak measures) and the rest."""
@@ -210,7 +212,7 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
              optimizer: str = "adamw", model_name: str = "", liger: bool = False, packed: bool = False,
              attention: str = "sdpa", masked: bool = False, offload: bool = False, loss: str | None = None,
              expandable_segments: bool = True, checkpoint_every: int = 1, mlp_tile: int | None = None,
-             lean_lora: bool = True, offload_prefetch: bool = False) -> Estimate:
+             lean_lora: bool = True, offload_prefetch: bool = False, embedding_4bit: bool = False) -> Estimate:
     """Peak memory of one QLoRA training step on one GPU, part by part.
 
     `packed`: one sequence of seq_len tokens holding several rows (micro_batch is 1); `masked`:
@@ -218,12 +220,13 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
     `loss`: full | liger | chunked (default: liger when `liger`, else full); `checkpoint_every`:
     checkpoint only every n-th layer (the others keep their activations); `mlp_tile`: the MLP runs
     over tiles of this many tokens, recomputed in the backward, so only one tile's MLP activations exist;
-    `offload_prefetch`: offloaded checkpoints come back a layer early; `lean_lora`: our LoRA forward
+    `offload_prefetch`: offloaded checkpoints come back a layer early; `embedding_4bit`: the input
+    embedding table in NF4 (model/embedding.py); `lean_lora`: our LoRA forward
     (model/lora.py) on the 4-bit layers, as every run (False: peft's, as bench/calibrate_memory.py measured).
     """
     notes: list[str] = []
     loss = loss or ("liger" if liger else "full")
-    weights, constants, constants_other = _weight_bytes(shape, mode, double_quant, compute_bytes)
+    weights, constants, constants_other = weight_bytes(shape, mode, double_quant, compute_bytes, embedding_4bit)
 
     targets = set(select_targets([lin.name for lin in shape.linears], target_modules))
     lora_params = sum(lora_r * (lin.in_features + lin.out_features) + (lin.out_features if use_dora else 0)
@@ -315,34 +318,10 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
         checkpoint_bytes=checkpoints, layer_activation_bytes=layer, logits_bytes=logits, activations_bytes=activations,
         peak_allocated_bytes=peak, overhead_bytes=overhead, total_bytes=peak + overhead, notes=notes, warnings=warnings,
         packed=packed,
-        attention=attention, offload=offload and gradient_checkpointing, loss=loss,
+        attention=attention, offload=offload and gradient_checkpointing, loss=loss, embedding_4bit=embedding_4bit,
         mlp_tile=mlp_tile if gradient_checkpointing and mlp_tile and tokens > mlp_tile else None,
         expandable_segments=expandable_segments, attention_bytes=attention_bytes, slack_bytes=slack, host_bytes=host,
     )
-
-
-def _weight_bytes(shape: ModelShape, mode: str, double_quant: bool, compute_bytes: int) -> tuple[int, int, int]:
-    """(all weights, the 4-bit constants among them, the constants with double quant flipped)."""
-    granularity = CUDA_ALLOC_ROUND
-    weights = constants = constants_other = 0
-    for lin in shape.linears:
-        numel = lin.in_features * lin.out_features
-        if mode == "4bit":
-            weights += packed_4bit_bytes(numel, granularity)
-            constants += quant_constants_4bit_bytes(numel, double_quant, granularity)
-            constants_other += quant_constants_4bit_bytes(numel, not double_quant, granularity)
-        elif mode == "8bit":
-            weights += int8_bytes(lin.out_features, lin.in_features, granularity)
-        else:
-            weights += _round(numel * compute_bytes)
-        if lin.bias:
-            weights += _round(lin.out_features * compute_bytes)
-    weights += constants
-    weights += _round(shape.embedding_params * compute_bytes)
-    if shape.lm_head is not None:
-        weights += _round(shape.lm_head.in_features * shape.lm_head.out_features * compute_bytes)
-    weights += shape.other_params * compute_bytes + shape.num_layers * shape.norms_per_layer * granularity // 2
-    return weights, constants, constants_other
 
 
 def _attention_bytes(shape: ModelShape, attention: str, packed: bool, masked: bool, seq_len: int, micro_batch: int,
@@ -394,7 +373,3 @@ def _layer_bytes_per_token(shape: ModelShape, targets: set[str], r: int, dropout
 
 def _in_mlp(lin) -> bool:
     return any(h in f".{lin.name}." for h in MLP_NAME_HINTS)
-
-
-def _round(nbytes: int) -> int:
-    return -(-nbytes // CUDA_ALLOC_ROUND) * CUDA_ALLOC_ROUND

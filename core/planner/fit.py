@@ -82,8 +82,8 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
     """The fastest settings that fit `budget_gb`, keeping what an optimizer step trains on.
 
     data.max_length is kept whenever anything fits at it (cutting data changes what is learned):
-    offloading checkpoints, a tiled MLP, smaller micro-batches, checkpointing and leaner optimizer
-    states all come first. Among the settings that fit, the one `relative_speed` rates fastest wins (ties:
+    the input embedding table in NF4, offloading checkpoints, a tiled MLP, smaller micro-batches,
+    checkpointing and leaner optimizer states all come first. Among the settings that fit, the one `relative_speed` rates fastest wins (ties:
     the plain fused AdamW before 8-bit states before paged ones).
     """
     model_config = model_config_of(config)
@@ -95,6 +95,8 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
     levers = [(offload, tiled) for offload in choices[config.train.offload_checkpoints]
               for tiled in choices[config.train.tiled_mlp]]
     ram = host_ram_bytes()
+    quantizable = config.quantization.mode == "4bit" and shape.lm_head is not None  # untied: plan._choose_embedding
+    embeddings = choices[config.quantization.embeddings] if quantizable else (False,)
     for length in lengths:
         best = None
         for overrides, kept in _batch_options(config, length):
@@ -105,22 +107,26 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
                     tile = MLP_TILE_TOKENS if tiled and a.tokens > MLP_TILE_TOKENS else None
                     if tiled and tile is None:
                         continue
-                    for rank, optimizer in enumerate(OPTIMIZERS):
-                        e = estimate_for(shape, candidate, a, gradient_checkpointing=checkpointing, optimizer=optimizer,
-                                         offload=offload, mlp_tile=tile)
-                        if not e.fits(budget_gb) or not pinned_fits(e.host_bytes, ram):
-                            continue
-                        speed = relative_speed(a.micro_batch, a.seq_len, checkpointing, offload, shape.hidden, tiled)
-                        score = (speed, -rank)
-                        if best is None or score > best[0]:
-                            best = (score, candidate, checkpointing, optimizer, kept, with_reasons(e, a))
-                        break  # a later optimizer only saves memory this one did not need
+                    for embedding_4bit in embeddings:
+                        for rank, optimizer in enumerate(OPTIMIZERS):
+                            e = estimate_for(shape, candidate, a, gradient_checkpointing=checkpointing,
+                                             optimizer=optimizer, offload=offload, mlp_tile=tile,
+                                             embedding_4bit=embedding_4bit)
+                            if not e.fits(budget_gb) or not pinned_fits(e.host_bytes, ram):
+                                continue
+                            speed = relative_speed(a.micro_batch, a.seq_len, checkpointing, offload, shape.hidden, tiled)
+                            score = (speed, -embedding_4bit, -rank)  # the NF4 table costs no speed: a tie-breaker
+                            if best is None or score > best[0]:
+                                best = (score, candidate, checkpointing, optimizer, kept, with_reasons(e, a))
+                            break  # a later optimizer only saves memory this one did not need
         if best is not None:
             _, candidate, checkpointing, optimizer, kept, e = best
             fitted = candidate.with_overrides({"train.gradient_checkpointing": checkpointing,
                                                "train.optimizer": optimizer})
             changes = _diff(config, fitted)
             what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()) or "no change needed"
+            if e.embedding_4bit and config.quantization.embeddings == "auto":
+                what += "; input embeddings in 4-bit NF4 (quantization.embeddings auto)"
             if e.offload and config.train.offload_checkpoints == "auto":
                 what += "; layer checkpoints offloaded to CPU (train.offload_checkpoints auto)"
             if e.mlp_tile and config.train.tiled_mlp == "auto":

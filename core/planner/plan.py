@@ -49,6 +49,7 @@ class Assumptions:
     liger: bool
     reasons: dict[str, str] = field(default_factory=dict)
     mlp_tile: int | None = None  # tokens per MLP tile when the MLP is tiled
+    embedding_4bit: bool = False  # the input embedding table in NF4 (model/embedding.py)
 
     @property
     def tokens(self) -> int:
@@ -93,6 +94,8 @@ def assume(config: RunConfig, model_config, shape: ModelShape, *, budget_bytes: 
         reasons["method"] = method_batch_sentence(config, seq_len, micro)
     loss, reasons["loss"] = _choose_loss(config, model_config, shape, seq_len * micro, liger, device_type, fsdp)
     a = Assumptions(packed, attention, seq_len, micro, False, loss, liger, reasons)
+    # first: it costs no speed (offloading and tiling do)
+    a.embedding_4bit, reasons["embeddings"] = _choose_embedding(config, shape, a, budget_bytes, fsdp)
     a.offload, reasons["offload"] = _choose_offload(config, shape, a, budget_bytes, device_type, fsdp)
     tiled, reasons["tiled_mlp"] = _choose_tiling(config, shape, a, budget_bytes)
     a.mlp_tile = MLP_TILE_TOKENS if tiled else None
@@ -128,6 +131,26 @@ def _choose_loss(config: RunConfig, model_config, shape: ModelShape, tokens: int
     if liger:
         return "chunked", f"at {tokens:,} tokens Liger's loss chunks outgrow ours"
     return "chunked", "Liger is not running; the full logits would be large"
+
+
+def _choose_embedding(config: RunConfig, shape: ModelShape, a: Assumptions, budget_bytes: int | None,
+                      fsdp: bool) -> tuple[bool, str]:
+    setting = config.quantization.embeddings
+    if setting == "off":
+        return False, "quantization.embeddings is off"
+    if config.quantization.mode != "4bit" or fsdp:
+        return False, "only single-process 4-bit runs quantize the embedding table"
+    if shape.lm_head is None:
+        return False, "the output head shares the embedding table (tied weights)"
+    if setting == "on":
+        return True, "quantization.embeddings is on"
+    if budget_bytes is None:
+        return False, "no budget to plan against"
+    whole = estimate_for(shape, config, a)
+    if whole.total_bytes <= budget_bytes:
+        return False, "the embedding table fits in the compute dtype"
+    saved = whole.weights_bytes - estimate_for(shape, config, a, embedding_4bit=True).weights_bytes
+    return True, f"without it the run would not fit {budget_bytes / GIB:g} GiB ({saved / GIB:.2f} GiB less)"
 
 
 def _choose_offload(config: RunConfig, shape: ModelShape, a: Assumptions, budget_bytes: int | None, device_type: str,
@@ -176,10 +199,10 @@ def _choose_tiling(config: RunConfig, shape: ModelShape, a: Assumptions, budget_
 
 def estimate_for(shape: ModelShape, config: RunConfig, a: Assumptions, **settings: Any) -> Estimate:
     """`estimate` under these assumptions; `settings` replaces seq_len, micro_batch,
-    gradient_checkpointing, optimizer or offload (what make_it_fit tries)."""
+    gradient_checkpointing, optimizer, offload, mlp_tile or embedding_4bit (what make_it_fit tries)."""
     t, q, lora = config.train, config.quantization, config.lora
     values = {"seq_len": a.seq_len, "micro_batch": a.micro_batch, "gradient_checkpointing": t.gradient_checkpointing,
-              "optimizer": t.optimizer, "offload": a.offload, "mlp_tile": a.mlp_tile,
+              "optimizer": t.optimizer, "offload": a.offload, "mlp_tile": a.mlp_tile, "embedding_4bit": a.embedding_4bit,
               "checkpoint_every": t.experimental.every_n_layers, **settings}
     compute_bytes = 4 if q.compute_dtype == "float32" else 2
     return with_generation(estimate(
@@ -231,6 +254,9 @@ def plain_decisions(a: Assumptions) -> list[str]:
     elif a.loss == "chunked":
         lines.append("The loss is computed a chunk of tokens at a time: the logits over the whole vocabulary "
                      "never exist at once.")
+    if a.embedding_4bit:
+        lines.append(f"The input embedding table is kept in 4-bit NF4 as well; its rows are dequantized as they "
+                     f"are looked up: {r.get('embeddings', '')}.")
     if a.offload:
         lines.append(f"Layer checkpoints wait in pinned CPU memory instead of on the GPU (a little slower): "
                      f"{r.get('offload', '')}.")

@@ -59,6 +59,8 @@ class SpeedPlan:
             parts.append("checkpoints offloaded to CPU")
         if a.mlp_tile:
             parts.append(f"MLP in {a.mlp_tile:,}-token tiles")
+        if a.embedding_4bit:
+            parts.append("input embeddings in NF4")
         return "; ".join(parts)
 
     def micro_batch_tokens(self, config: RunConfig) -> int | None:
@@ -94,6 +96,11 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], patches: 
             raise UserError(f"train.chunked_loss is on, but {why}; set it to auto or off")
         if not ok:
             a.loss, a.reasons["loss"] = ("liger" if a.liger else "full"), why
+    if a.embedding_4bit:
+        from qlora_studio.core.model.embedding import quantize_input_embeddings
+
+        freed = quantize_input_embeddings(loaded.model)
+        note(f"input embedding table in 4-bit NF4 ({freed / 1024**3:.2f} GiB less): {a.reasons['embeddings']}")
     if static.packed and not packed:  # auto expected to pack and the model said no: worth a warning
         note(f"packing off: {reason}")
     if a.offload:

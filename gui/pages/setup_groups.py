@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 
 from qlora_studio.core.config import LORA_TARGET_GROUPS, RunConfig
 from qlora_studio.core.config import choices as choices_of
-from qlora_studio.core.config.files import default_runs_dir
+from qlora_studio.core.config.files import default_runs_dir, field_help
 from qlora_studio.gui.fmt import escape
 from qlora_studio.gui.pages.setup_method import MethodBox
 from qlora_studio.gui.widgets.form import CheckChoices, ChoiceButtons, Form, SciSpinBox, guard_wheel
@@ -74,6 +74,7 @@ class SetupGroups:
         four_bit = config.quantization.mode == "4bit"
         self.dependents["quantization.quant_type"].setEnabled(four_bit)
         self.dependents["quantization.double_quant"].setEnabled(four_bit)
+        self.dependents["quantization.embeddings"].setEnabled(four_bit)
         self.dependents["effective_batch"].setText(f"effective batch {config.effective_batch_size}")
         trusted, note = config.model.trust_remote_code, self.dependents["trust_warning"]
         note.setText(f"⚠ The Python code shipped with <b>{escape(config.model.name_or_path)}</b> (its config.json "
@@ -130,6 +131,10 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
     quant_type = form.add("quantization.quant_type", ChoiceButtons.for_key("quantization.quant_type", LABELS))
     quant_form.addRow(QLabel("Weights"), mode)
     quant_form.addRow(QLabel("4-bit type"), quant_type)
+    embeddings = form.add("quantization.embeddings")
+    embeddings_label = QLabel("4-bit embeddings")
+    embeddings_label.setToolTip(field_help("quantization.embeddings"))
+    quant_form.addRow(embeddings_label, embeddings)
     double_quant = form.add("quantization.double_quant", QCheckBox("Double quantization"))
     compute = form.add("quantization.compute_dtype")
 
@@ -185,6 +190,7 @@ def build_groups(form: Form, start_folder: Callable[[], str]) -> SetupGroups:
         _box("Output", output_form),
     ]
     return SetupGroups(boxes, model, method, {"quantization.quant_type": quant_type, "quantization.double_quant": double_quant,
+                                      "quantization.embeddings": embeddings,
                                       "effective_batch": batch, "trust_warning": trust_note, "probes": probes})
 
 

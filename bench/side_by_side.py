@@ -108,6 +108,7 @@ VARIANTS = {
     "auto_gc": {"train.experimental.automatic_gc": True},
     "stock_walks": {"train.experimental.stock_loop_walks": True},
     "reentrant": {"train.experimental.reentrant_checkpoints": True},
+    "card8": {"train.experimental.card_gb": 8},  # issue #26's 8 GB target: the planner's levers on a simulated 8 GB card
     "dropout05": {"lora.dropout": 0.05},  # the default before lever 19 (bench/NOTES-speed.md)
 }
 PLAIN_LADDER = [4096, 8192, 12288, 16384, 24576, 32768]

@@ -203,7 +203,8 @@ def train_measured(trainer) -> dict:
         status = "trained"
     except torch.OutOfMemoryError:
         status = "oom"
-    return {"status": status, **_throughput(steps_seen), **_peaks(), "epochs": epochs_seen}
+    losses = [round(h["loss"], 5) for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
+    return {"status": status, **_throughput(steps_seen), **_peaks(), "epochs": epochs_seen, "losses": losses}
 
 
 def arm_studio(folder: Path, rows: Path, max_length: int, batch: int, steps: int, work: Path, overrides: dict,
@@ -231,7 +232,7 @@ def arm_studio(folder: Path, rows: Path, max_length: int, batch: int, steps: int
     rates = [m["tokens_per_s"] for m in metrics[2:] or metrics]  # real tokens: packed batches hold no padding
     timing = {"steps": len(metrics), "real_tokens": metrics[-1]["tokens"] if metrics else 0,
               "tokens_per_s": round(statistics.median(rates), 1) if rates else None}
-    return {"status": status, **timing, **_peaks(), "epochs": epochs_seen,
+    return {"status": status, **timing, **_peaks(), "epochs": epochs_seen, "losses": [round(m["loss"], 5) for m in metrics],
             "predicted_total_gb": started.predicted_total_gb if started else None,
             "predicted_peak_gb": started.predicted_peak_gb if started else None,
             "prediction": started.prediction if started else "", "batching": started.batching if started else "",
@@ -514,6 +515,11 @@ def report(args) -> None:
               f"{r['tokens_per_s'] or 0:10.0f} {r['peak_allocated_gb'] or 0:6.2f} {r['peak_reserved_gb'] or 0:8.2f} "
               f"{r['speed_vs_plain'] or '':>7} {r['memory_vs_plain'] or '':>5} {r['speed_vs_unsloth'] or '':>6} "
               f"{r['step_speed_vs_unsloth'] or '':>6} {r['memory_vs_unsloth'] or '':>7}")
+    for workload in WORKLOADS:  # the first steps' losses of each arm on the same rows (issue #26: they agree)
+        first = {p["arm"]: p.get("losses", [])[:5] for p in parts if p["workload"] == workload and p.get("losses")}
+        if first:
+            print(f"{workload} first losses: " + "; ".join(f"{arm} {', '.join(f'{v:.4f}' for v in losses)}"
+                                                       for arm, losses in first.items()))
     for r in rows:
         if r.get("mfu"):
             print(f"{r['workload']} {r['arm']}: {r['model_tflops']} model TFLOP/s = MFU {r['mfu']:.1%} "

@@ -13,6 +13,7 @@ Workloads
   b    fixed 2,048-token rows: 64 rows (--quick 48), micro-batch 4
   c24  the longest context that trains on a simulated 24 GB card: one row of T tokens per step
   c16  the same on a simulated 16 GB card
+  c12  the same on a simulated 12 GB card
   d    32,768-token rows on the whole card: what each long-context lever costs (studio variants)
 
 Arms
@@ -84,6 +85,7 @@ WORKLOADS = {
     "b": {"title": "fixed 2,048-token rows, batch 4", "max_length": 2048, "batch": 4, "epochs": 2},
     "c24": {"title": "longest context on a simulated 24 GB card", "card": 24, "batch": 1},
     "c16": {"title": "longest context on a simulated 16 GB card", "card": 16, "batch": 1},
+    "c12": {"title": "longest context on a simulated 12 GB card", "card": 12, "batch": 1},
     "d": {"title": "32,768-token rows, whole card: cost of the long-context levers", "max_length": 32768, "batch": 1},
 }
 # name: config overrides; every variant is the studio arm with one thing changed
@@ -109,6 +111,7 @@ VARIANTS = {
     "stock_walks": {"train.experimental.stock_loop_walks": True},
     "reentrant": {"train.experimental.reentrant_checkpoints": True},
     "card8": {"train.experimental.card_gb": 8},  # issue #26's 8 GB target: the planner's levers on a simulated 8 GB card
+    "tiled_norms": {"train.experimental.tiled_norms": True},  # long context: with c12 / c16 / c24
     "dropout05": {"lora.dropout": 0.05},  # the default before lever 19 (bench/NOTES-speed.md)
 }
 PLAIN_LADDER = [4096, 8192, 12288, 16384, 24576, 32768]
@@ -301,7 +304,7 @@ def run_one(args) -> dict | None:
     steps = steps_for(args.workload, args.quick)
     epochs = workload.get("epochs")
     context = args.context or (128 if args.smoke else workload.get("max_length"))
-    if context is None:  # c24 / c16 without --context: the planner's longest
+    if context is None:  # c24 / c16 / c12 without --context: the planner's longest
         context = longest_planned_context(folder, card, overrides)
     lengths = row_lengths(args.workload, context, steps, rows_for(args.workload, args.quick, args.smoke, args.rows)
                           if epochs else 0, args.smoke)
@@ -428,13 +431,13 @@ def spawn(workload: str, arm: str, args, context: int | None = None) -> dict | N
 def run_many(args) -> None:
     for workload in args.run.split(","):
         for arm in args.arms.split(","):
-            if workload in ("c24", "c16") and arm == "plain":
+            if workload.startswith("c") and arm == "plain":
                 ladder = [4096, 8192, 16384] if args.quick else PLAIN_LADDER
                 for context in ladder:  # up the ladder until the plain recipe runs out of memory
                     record = spawn(workload, arm, args, context)
                     if record is None or record["status"] != "trained":
                         break
-            elif workload in ("c24", "c16") and not args.quick:
+            elif workload.startswith("c") and not args.quick:
                 record = spawn(workload, arm, args)
                 if record is not None and record["status"] == "oom":  # one step down, to find what trains
                     spawn(workload, arm, args, record["context"] - 8192)
@@ -499,7 +502,7 @@ def report(args) -> None:
                            "memory_vs_unsloth": _memory_ratio(p, unsloth)} | _utilisation(p))
     longest = {}
     for p in parts:
-        if p["workload"] in ("c24", "c16") and p["status"] == "trained":
+        if p["workload"].startswith("c") and p["status"] == "trained":
             key = (p["workload"], p["arm"])
             longest[key] = max(longest.get(key, 0), p["context"])
     # the project's environment heads the file; the unsloth arm's own is in its part

@@ -148,6 +148,8 @@ class ExperimentalSettings(_Section):
     """Packed attention one row at a time, never torch's one-launch varlen kernel (for comparison)."""
     prefetch_offload: bool = False
     """With offloaded checkpoints: bring each one back a layer early, overlapped with compute (one more hidden state on the GPU)."""
+    tiled_norms: bool = False
+    """With the MLP tiled (long rows): each layer's norms run inside tiles too, so neither norm's output exists for the whole sequence (two hidden states less; the q, k and v projections run once more)."""
     reentrant_checkpoints: bool = False
     """torch's reentrant activation checkpoints: the first forward of each layer runs without autograd (less host work per step)."""
     automatic_gc: bool = False

@@ -212,7 +212,8 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
              optimizer: str = "adamw", model_name: str = "", liger: bool = False, packed: bool = False,
              attention: str = "sdpa", masked: bool = False, offload: bool = False, loss: str | None = None,
              expandable_segments: bool = True, checkpoint_every: int = 1, mlp_tile: int | None = None,
-             lean_lora: bool = True, offload_prefetch: bool = False, embedding_4bit: bool = False) -> Estimate:
+             lean_lora: bool = True, offload_prefetch: bool = False, embedding_4bit: bool = False,
+             tiled_norms: bool = False) -> Estimate:
     """Peak memory of one QLoRA training step on one GPU, part by part.
 
     `packed`: one sequence of seq_len tokens holding several rows (micro_batch is 1); `masked`:
@@ -221,7 +222,8 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
     checkpoint only every n-th layer (the others keep their activations); `mlp_tile`: the MLP runs
     over tiles of this many tokens, recomputed in the backward, so only one tile's MLP activations exist;
     `offload_prefetch`: offloaded checkpoints come back a layer early; `embedding_4bit`: the input
-    embedding table in NF4 (model/embedding.py); `lean_lora`: our LoRA forward
+    embedding table in NF4 (model/embedding.py); `tiled_norms`: with `mlp_tile`, the norms run in the
+    tiles (training/speed.py tile_norms); `lean_lora`: our LoRA forward
     (model/lora.py) on the 4-bit layers, as every run (False: peft's, as bench/calibrate_memory.py measured).
     """
     notes: list[str] = []
@@ -265,7 +267,11 @@ def estimate(shape: ModelShape, *, mode: str = "4bit", double_quant: bool = True
         recomputed += mlp_tokens * compute_bytes * ((shape.hidden if mlp_tokens == tokens else 0) + shape.intermediate)
     logits = int(loss_bytes(shape, tokens, loss, compute_bytes))
     hidden_state = tokens * shape.hidden * compute_bytes
-    if mlp_tokens < tokens:
+    if mlp_tokens < tokens and tiled_norms:
+        # the input norm's output (the q, k and v projections' input) exists a tile at a time, and
+        # the post-attention norm's, the MLP's input, is made inside the MLP's tiles
+        recomputed -= (tokens - mlp_tokens) * shape.hidden * compute_bytes
+    elif mlp_tokens < tokens:
         # Tiled, the layer also holds the whole MLP input (the tiles' checkpoints keep views of it,
         # not tile-sized copies). Tensor.split's backward buffers the tiles' input gradients before
         # concatenating them, but that is past the peak: at 64k and 80k tokens (H100, Llama-3.1-8B)

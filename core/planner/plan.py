@@ -210,7 +210,8 @@ def estimate_for(shape: ModelShape, config: RunConfig, a: Assumptions, **setting
         lora_r=lora.r, target_modules=lora.target_modules, lora_dropout=lora.dropout, use_dora=lora.use_dora,
         model_name=config.model.name_or_path, liger=a.liger, packed=a.packed, attention=a.attention,
         masked=not a.packed and values["micro_batch"] > 1, loss=a.loss,
-        expandable_segments=expandable_segments_expected(), offload_prefetch=t.experimental.prefetch_offload, **values,
+        expandable_segments=expandable_segments_expected(), offload_prefetch=t.experimental.prefetch_offload,
+        tiled_norms=t.experimental.tiled_norms, **values,
     ), shape, config, compute_bytes)
 
 

@@ -127,6 +127,12 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], patches: 
         from qlora_studio.core.training.offload import use_async_offload
 
         use_async_offload(loaded.model, patches, prefetch=levers.prefetch_offload)
+    if a.mlp_tile and levers.tiled_norms:  # after lean_4bit_lora: it wraps the q, k and v projections' forward
+        if model_config.model_type not in NORM_TILING_MODEL_TYPES:
+            raise UserError(f"train.experimental.tiled_norms knows where the norms of {', '.join(sorted(NORM_TILING_MODEL_TYPES))} "
+                            f"layers sit, not those of {model_config.model_type}; turn it off")
+        tile_norms(loaded.model, a.mlp_tile, patches)
+        note(f"norms run inside the {a.mlp_tile:,}-token tiles (train.experimental.tiled_norms)")
     if levers.compile_layers:
         compile_decoder_layers(loaded.model, patches)
     return SpeedPlan(a, a.seq_len if packed else None, budget)
@@ -151,6 +157,39 @@ def tile_mlps(model, tokens: int, patches: RunPatches) -> int:
     for mlp in mlps:
         patches.set_attribute(mlp, "forward", _tiled(mlp.forward, tokens))  # wraps Liger's bound forward too
     return len(mlps)
+
+
+# Decoder layers whose norms sit where tile_norms expects them: input_layernorm before attention,
+# post_attention_layernorm before the MLP, each feeding nothing else (Gemma's are placed otherwise)
+NORM_TILING_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def tile_norms(model, tokens: int, patches: RunPatches) -> int:
+    """Long context, with the MLP tiled (`tile_mlps`): each layer's two RMSNorms move into tiles too.
+    The post-attention norm runs inside the MLP's tiles; the input norm inside tiles of the q, k and
+    v projections (once for each: the norm is cheap). Neither norm's output then exists for the whole
+    sequence in the recomputed layer: two hidden states less, for one more forward of the q, k and
+    v projections. Call after the adapters' forward is set (lean_4bit_lora), which it wraps.
+    Returns how many layers."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [layer for layer in model.modules() if isinstance(layer, GradientCheckpointingLayer)
+              and all(hasattr(layer, n) for n in ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp"))]
+    for layer in layers:
+        attention, pre, post = layer.self_attn, layer.input_layernorm, layer.post_attention_layernorm
+        pre_norm, post_norm, mlp = pre.forward, post.forward, layer.mlp.forward
+        for name in ("q_proj", "k_proj", "v_proj"):
+            projection = getattr(attention, name)
+            forward = projection.forward
+            patches.set_attribute(projection, "forward", _tiled(lambda x, f=forward: f(pre_norm(x)), tokens))
+        patches.set_attribute(layer.mlp, "forward", _tiled(lambda h, f=mlp: f(post_norm(h)), tokens))
+        patches.set_attribute(pre, "forward", _unchanged)
+        patches.set_attribute(post, "forward", _unchanged)
+    return len(layers)
+
+
+def _unchanged(hidden_states: torch.Tensor) -> torch.Tensor:
+    return hidden_states
 
 
 def _tiled(forward, tokens: int):

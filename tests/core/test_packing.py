@@ -323,6 +323,34 @@ def test_tiled_mlp_under_checkpointing_gives_the_same_gradients(tiny_model):
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_norms_in_the_tiles_give_the_same_gradients(tiny_model):
+    """train.experimental.tiled_norms: the input norm inside tiles of the q, k and v projections, the
+    post-attention norm inside the MLP's tiles, under layer checkpointing and our adapter forward."""
+    from qlora_studio.core.model.lora import lean_4bit_lora
+    from qlora_studio.core.training.speed import tile_mlps, tile_norms
+
+    rows = make_rows(5, seed=2)
+    batch = PackedCollator(flash_kwargs=True)(rows)
+    n_items = torch.tensor(trained_targets(rows))
+    grads, calls = [], []
+    for tiled in (False, True):
+        model = load_qlora(tiny_model, VARLEN)
+        model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
+        model.train()
+        patches = RunPatches()
+        lean_4bit_lora(model, patches)
+        if tiled:
+            tile_mlps(model, 16, patches)
+            assert tile_norms(model, 16, patches) == 2 and batch["input_ids"].shape[1] > 3 * 16
+            norm = model.get_base_model().model.layers[0].input_layernorm
+            norm.register_forward_hook(lambda module, args, out: calls.append(out is args[0]))
+        model(**batch, num_items_in_batch=n_items).loss.backward()
+        grads.append(lora_grads(model))
+    assert calls and all(calls)  # the layer's own norm call passes the sequence on: the tiles normalize it
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_chunked_loss_and_tiled_mlp_under_bf16_mixed_precision(tiny_model, tmp_path):
     """What a CUDA run does, on the CPU: bf16 weights, the Trainer's bf16 mixed precision (accelerate
     wraps the forward in autocast and returns fp32 outputs), checkpointing, MLP tiles, chunked loss.

@@ -136,6 +136,14 @@ def test_prefetched_offload_holds_one_more_hidden_state(llama8b):
     assert early.peak_allocated_bytes - plain.peak_allocated_bytes == 32768 * 4096 * 2
 
 
+def test_norms_in_the_tiles_take_two_hidden_states_off_the_recomputed_layer(llama8b):
+    config = long_context(llama8b, 65536, offload_checkpoints="on", tiled_mlp="on")
+    tiled = estimate_config(config, 24)
+    norms = estimate_config(config.with_overrides({"train.experimental.tiled_norms": True}), 24)
+    assert tiled.mlp_tile == norms.mlp_tile == 8192
+    assert tiled.peak_allocated_bytes - norms.peak_allocated_bytes == 2 * (65536 - 8192) * 4096 * 2
+
+
 def test_fixed_segments_need_a_larger_margin(llama8b, monkeypatch):
     """The run that died at 32k tokens on 24 GB: reserved-but-unallocated fragmentation. With the
     user's own allocator setting (no expandable segments) the planner keeps a quarter in reserve."""

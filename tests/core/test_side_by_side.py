@@ -11,6 +11,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
+@pytest.mark.filterwarnings("ignore:Could not find a config file")  # peft, saving the recipe's adapter
 def test_the_studio_and_the_plain_recipe_agree_on_the_same_rows(tmp_path, monkeypatch):
     from qlora_studio.core.training import runner
 

@@ -112,6 +112,7 @@ VARIANTS = {
     "reentrant": {"train.experimental.reentrant_checkpoints": True},
     "card8": {"train.experimental.card_gb": 8},  # issue #26's 8 GB target: the planner's levers on a simulated 8 GB card
     "tiled_norms": {"train.experimental.tiled_norms": True},  # long context: with c12 / c16 / c24
+    "ram32": {"train.experimental.host_ram_gb": 32},  # long context planned for a 32 GB workstation's pinned memory
     "dropout05": {"lora.dropout": 0.05},  # the default before lever 19 (bench/NOTES-speed.md)
 }
 PLAIN_LADDER = [4096, 8192, 12288, 16384, 24576, 32768]

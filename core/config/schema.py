@@ -158,6 +158,8 @@ class ExperimentalSettings(_Section):
     """transformers' per-step walks over every module and parameter (train mode, zero_grad, clip, FLOP count) instead of lists taken once (for comparison)."""
     card_gb: float | None = Field(None, gt=0)
     """Train as on a card of this many GiB: the process's CUDA memory is capped there and the planner plans for it (rehearsals on a bigger GPU)."""
+    host_ram_gb: float | None = Field(None, gt=0)
+    """Plan as on a computer with this much RAM (offloaded checkpoints are pinned: at most half of it); empty = this computer's."""
 
 
 class TrainSettings(_Section):

@@ -10,7 +10,7 @@ from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.model.devices import host_ram_bytes
 from qlora_studio.core.model.shape import model_shape
 from qlora_studio.core.planner.estimate import GIB, Estimate
-from qlora_studio.core.planner.host_memory import pinned_fits
+from qlora_studio.core.planner.host_memory import pinned_fits, planned_ram_bytes
 from qlora_studio.core.planner.plan import MLP_TILE_TOKENS, assume, estimate_for, model_config_of, with_reasons
 
 
@@ -94,7 +94,7 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
     choices = {"off": (False,), "on": (True,), "auto": (False, True)}
     levers = [(offload, tiled) for offload in choices[config.train.offload_checkpoints]
               for tiled in choices[config.train.tiled_mlp]]
-    ram = host_ram_bytes()
+    ram = planned_ram_bytes(config, host_ram_bytes())
     quantizable = config.quantization.mode == "4bit" and shape.lm_head is not None  # untied: plan._choose_embedding
     embeddings = choices[config.quantization.embeddings] if quantizable else (False,)
     for length in lengths:

@@ -21,3 +21,9 @@ def ram_needed_sentence(host_bytes: int) -> str:
     if smallest is None:
         return f"more than half of {WORKSTATION_RAM_GB[-1]} GB of RAM"
     return f"a computer with {smallest} GB of RAM or more"
+
+
+def planned_ram_bytes(config, detected: int | None) -> int | None:
+    """The RAM a plan is made for: train.experimental.host_ram_gb, else this computer's (`detected`)."""
+    wanted = config.train.experimental.host_ram_gb
+    return int(wanted * GIB) if wanted else detected

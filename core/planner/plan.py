@@ -27,7 +27,7 @@ from qlora_studio.core.errors import UserError
 from qlora_studio.core.model.devices import expandable_segments_expected, host_ram_bytes, liger_applies
 from qlora_studio.core.model.shape import ModelShape, builtin_shape_note, load_model_config, model_shape
 from qlora_studio.core.planner.estimate import GIB, Estimate, estimate
-from qlora_studio.core.planner.host_memory import PINNED_SHARE, pinned_fits
+from qlora_studio.core.planner.host_memory import PINNED_SHARE, pinned_fits, planned_ram_bytes
 from qlora_studio.core.planner.loss_memory import CHUNK_TOKENS_MAX, liger_chunk_tokens
 from qlora_studio.core.planner.method_memory import method_batch_sentence, method_loss, method_rows, with_generation
 
@@ -170,10 +170,10 @@ def _choose_offload(config: RunConfig, shape: ModelShape, a: Assumptions, budget
     if kept.total_bytes <= budget_bytes:
         return False, f"the checkpoints fit on the GPU ({kept.total_bytes / GIB:.1f} GiB in {budget_bytes / GIB:g} GiB)"
     moved = estimate_for(shape, config, a, offload=True).host_bytes  # every layer's checkpoint
-    ram = host_ram_bytes()
+    ram = planned_ram_bytes(config, host_ram_bytes())
     if not pinned_fits(moved, ram):
         return False, (f"the checkpoints ({moved / GIB:.1f} GiB) do not fit beside the rest in {budget_bytes / GIB:g} GiB, "
-                       f"and pinning them would take more than {PINNED_SHARE:.0%} of this computer's "
+                       f"and pinning them would take more than {PINNED_SHARE:.0%} of the computer's "
                        f"{ram / GIB:.0f} GiB of RAM")
     return True, (f"the checkpoints ({moved / GIB:.1f} GiB) do not fit beside the rest in "
                   f"{budget_bytes / GIB:g} GiB: they go to pinned CPU memory")
@@ -223,12 +223,12 @@ def estimate_config(config: RunConfig, budget_gb: float | None = None) -> Estima
     budget = int(budget_gb * GIB) if budget_gb else None
     a = assume(config, model_config, shape, budget_bytes=budget)
     result = with_reasons(estimate_for(shape, config, a), a)
-    ram = host_ram_bytes()
+    ram = planned_ram_bytes(config, host_ram_bytes())
     if not result.offload and a.reasons.get("offload", "").endswith("of RAM"):  # offloading was refused for the host's sake
         result.warnings.append(f"offloading was not planned: {a.reasons['offload']}")
     if result.offload and not pinned_fits(result.host_bytes, ram):
         result.warnings.append(f"the offloaded checkpoints need {result.host_bytes / GIB:.1f} GiB of pinned CPU memory, "
-                               f"more than {PINNED_SHARE:.0%} of this computer's {ram / GIB:.0f} GiB of RAM: the "
+                               f"more than {PINNED_SHARE:.0%} of the computer's {ram / GIB:.0f} GiB of RAM: the "
                                "system may swap or stop; use shorter micro-batches")
     if builtin_shape_note(model_config):
         result.notes.append(builtin_shape_note(model_config))

@@ -121,11 +121,13 @@ def test_pinned_memory_is_planned_against_the_computers_ram(llama8b, monkeypatch
     set_ram(monkeypatch, 16)
     small = estimate_config(config, 24)
     assert not small.offload and not small.fits(24)
-    assert any("this computer's 16 GiB of RAM" in w for w in small.warnings)
+    assert any("the computer's 16 GiB of RAM" in w for w in small.warnings)
     fitted = make_it_fit(config, 24)
     assert fitted.estimate.fits(24) and fitted.estimate.host_bytes <= 8 * GIB
     forced = estimate_config(config.with_overrides({"train.offload_checkpoints": "on"}), 24)
     assert any("16.0 GiB of pinned CPU memory" in w for w in forced.warnings)
+    workstation = config.with_overrides({"train.experimental.host_ram_gb": 64})  # planned for another computer
+    assert estimate_config(workstation, 24).offload and make_it_fit(workstation, 24).config.data.max_length == 65536
 
 
 def test_prefetched_offload_holds_one_more_hidden_state(llama8b):

@@ -7,11 +7,11 @@ from typing import Any
 
 from qlora_studio.core.config.choices import OPTIMIZERS
 from qlora_studio.core.config.schema import RunConfig
-from qlora_studio.core.model.devices import host_ram_bytes
 from qlora_studio.core.model.shape import model_shape
 from qlora_studio.core.planner.estimate import GIB, Estimate
 from qlora_studio.core.planner.host_memory import pinned_fits, planned_ram_bytes
-from qlora_studio.core.planner.plan import MLP_TILE_TOKENS, assume, estimate_for, model_config_of, with_reasons
+from qlora_studio.core.planner.plan import (MLP_TILE_TOKENS, assume, embedding_quantizable, estimate_for, model_config_of,
+                                             with_reasons)
 
 
 @dataclass
@@ -94,9 +94,8 @@ def make_it_fit(config: RunConfig, budget_gb: float) -> FitResult:
     choices = {"off": (False,), "on": (True,), "auto": (False, True)}
     levers = [(offload, tiled) for offload in choices[config.train.offload_checkpoints]
               for tiled in choices[config.train.tiled_mlp]]
-    ram = planned_ram_bytes(config, host_ram_bytes())
-    quantizable = config.quantization.mode == "4bit" and shape.lm_head is not None  # untied: plan._choose_embedding
-    embeddings = choices[config.quantization.embeddings] if quantizable else (False,)
+    ram = planned_ram_bytes(config)
+    embeddings = choices[config.quantization.embeddings] if embedding_quantizable(config, shape) else (False,)
     for length in lengths:
         best = None
         for overrides, kept in _batch_options(config, length):

@@ -3,6 +3,8 @@ keeps them to a share of the computer's RAM and says which workstations hold the
 
 from __future__ import annotations
 
+from qlora_studio.core.model.devices import host_ram_bytes
+
 GIB = 1024**3
 
 # Pinned (page-locked) memory can never be swapped out: the OS, the model's loading, the dataset and
@@ -23,7 +25,7 @@ def ram_needed_sentence(host_bytes: int) -> str:
     return f"a computer with {smallest} GB of RAM or more"
 
 
-def planned_ram_bytes(config, detected: int | None) -> int | None:
-    """The RAM a plan is made for: train.experimental.host_ram_gb, else this computer's (`detected`)."""
+def planned_ram_bytes(config) -> int | None:
+    """The RAM a plan is made for: train.experimental.host_ram_gb, else this computer's."""
     wanted = config.train.experimental.host_ram_gb
-    return int(wanted * GIB) if wanted else detected
+    return int(wanted * GIB) if wanted else host_ram_bytes()

@@ -24,7 +24,7 @@ from typing import Any
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.data.packing import packing_plan, tokens_per_batch
 from qlora_studio.core.errors import UserError
-from qlora_studio.core.model.devices import expandable_segments_expected, host_ram_bytes, liger_applies
+from qlora_studio.core.model.devices import expandable_segments_expected, liger_applies
 from qlora_studio.core.model.shape import ModelShape, builtin_shape_note, load_model_config, model_shape
 from qlora_studio.core.planner.estimate import GIB, Estimate, estimate
 from qlora_studio.core.planner.host_memory import PINNED_SHARE, pinned_fits, planned_ram_bytes
@@ -50,6 +50,7 @@ class Assumptions:
     reasons: dict[str, str] = field(default_factory=dict)
     mlp_tile: int | None = None  # tokens per MLP tile when the MLP is tiled
     embedding_4bit: bool = False  # the input embedding table in NF4 (model/embedding.py)
+    warnings: list[str] = field(default_factory=list)  # a lever refused where the user must act (the estimate's)
 
     @property
     def tokens(self) -> int:
@@ -133,15 +134,19 @@ def _choose_loss(config: RunConfig, model_config, shape: ModelShape, tokens: int
     return "chunked", "Liger is not running; the full logits would be large"
 
 
+def embedding_quantizable(config: RunConfig, shape: ModelShape, fsdp: bool = False) -> bool:
+    """Whether the input embedding table can go to NF4: single-process 4-bit runs of untied models."""
+    return config.quantization.mode == "4bit" and not fsdp and shape.lm_head is not None
+
+
 def _choose_embedding(config: RunConfig, shape: ModelShape, a: Assumptions, budget_bytes: int | None,
                       fsdp: bool) -> tuple[bool, str]:
     setting = config.quantization.embeddings
     if setting == "off":
         return False, "quantization.embeddings is off"
-    if config.quantization.mode != "4bit" or fsdp:
-        return False, "only single-process 4-bit runs quantize the embedding table"
-    if shape.lm_head is None:
-        return False, "the output head shares the embedding table (tied weights)"
+    if not embedding_quantizable(config, shape, fsdp):
+        return False, ("the output head shares the embedding table (tied weights)" if shape.lm_head is None
+                       else "only single-process 4-bit runs quantize the embedding table")
     if setting == "on":
         return True, "quantization.embeddings is on"
     if budget_bytes is None:
@@ -170,11 +175,12 @@ def _choose_offload(config: RunConfig, shape: ModelShape, a: Assumptions, budget
     if kept.total_bytes <= budget_bytes:
         return False, f"the checkpoints fit on the GPU ({kept.total_bytes / GIB:.1f} GiB in {budget_bytes / GIB:g} GiB)"
     moved = estimate_for(shape, config, a, offload=True).host_bytes  # every layer's checkpoint
-    ram = planned_ram_bytes(config, host_ram_bytes())
+    ram = planned_ram_bytes(config)
     if not pinned_fits(moved, ram):
-        return False, (f"the checkpoints ({moved / GIB:.1f} GiB) do not fit beside the rest in {budget_bytes / GIB:g} GiB, "
-                       f"and pinning them would take more than {PINNED_SHARE:.0%} of the computer's "
-                       f"{ram / GIB:.0f} GiB of RAM")
+        why = (f"the checkpoints ({moved / GIB:.1f} GiB) do not fit beside the rest in {budget_bytes / GIB:g} GiB, "
+               f"and pinning them would take more than {PINNED_SHARE:.0%} of the computer's {ram / GIB:.0f} GiB of RAM")
+        a.warnings.append(f"offloading was not planned: {why}")
+        return False, why
     return True, (f"the checkpoints ({moved / GIB:.1f} GiB) do not fit beside the rest in "
                   f"{budget_bytes / GIB:g} GiB: they go to pinned CPU memory")
 
@@ -223,9 +229,7 @@ def estimate_config(config: RunConfig, budget_gb: float | None = None) -> Estima
     budget = int(budget_gb * GIB) if budget_gb else None
     a = assume(config, model_config, shape, budget_bytes=budget)
     result = with_reasons(estimate_for(shape, config, a), a)
-    ram = planned_ram_bytes(config, host_ram_bytes())
-    if not result.offload and a.reasons.get("offload", "").endswith("of RAM"):  # offloading was refused for the host's sake
-        result.warnings.append(f"offloading was not planned: {a.reasons['offload']}")
+    ram = planned_ram_bytes(config)
     if result.offload and not pinned_fits(result.host_bytes, ram):
         result.warnings.append(f"the offloaded checkpoints need {result.host_bytes / GIB:.1f} GiB of pinned CPU memory, "
                                f"more than {PINNED_SHARE:.0%} of the computer's {ram / GIB:.0f} GiB of RAM: the "
@@ -237,6 +241,7 @@ def estimate_config(config: RunConfig, budget_gb: float | None = None) -> Estima
 
 def with_reasons(e: Estimate, a: Assumptions) -> Estimate:
     e.decisions = plain_decisions(a)
+    e.warnings += [w for w in a.warnings if w not in e.warnings]
     return e
 
 

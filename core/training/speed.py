@@ -20,7 +20,7 @@ import torch
 from qlora_studio.core.config.schema import RunConfig
 from qlora_studio.core.errors import UserError
 from qlora_studio.core.model.patches import RunPatches
-from qlora_studio.core.planner.estimate import Estimate
+from qlora_studio.core.planner.estimate import GIB, Estimate
 from qlora_studio.core.planner.plan import Assumptions, assume, estimate_for, model_config_of, run_packing_plan, with_reasons
 
 
@@ -100,7 +100,7 @@ def plan_speed(config: RunConfig, loaded, note: Callable[[str], None], patches: 
         from qlora_studio.core.model.embedding import quantize_input_embeddings
 
         freed = quantize_input_embeddings(loaded.model)
-        note(f"input embedding table in 4-bit NF4 ({freed / 1024**3:.2f} GiB less): {a.reasons['embeddings']}")
+        note(f"input embedding table in 4-bit NF4 ({freed / GIB:.2f} GiB less): {a.reasons['embeddings']}")
     if static.packed and not packed:  # auto expected to pack and the model said no: worth a warning
         note(f"packing off: {reason}")
     if a.offload:

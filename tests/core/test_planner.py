@@ -37,10 +37,9 @@ def _workstation_ram(monkeypatch):
 
 
 def set_ram(monkeypatch, gib: float) -> None:
-    from qlora_studio.core.planner import fit, plan
+    from qlora_studio.core.planner import host_memory
 
-    for module in (plan, fit):
-        monkeypatch.setattr(module, "host_ram_bytes", lambda: int(gib * GIB))
+    monkeypatch.setattr(host_memory, "host_ram_bytes", lambda: int(gib * GIB))
 
 
 def long_context(folder, tokens: int, **train) -> RunConfig:

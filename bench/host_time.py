@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, save  # noqa: E402
+from step_gaps import GcClock  # noqa: E402
 
 VARIANTS = {
     "default": {},
@@ -49,13 +50,7 @@ def run_variant(name: str, rows: int, work: Path) -> dict:
     folder = shape_folder("narrow32", work)
     rows_file = sbs.make_rows("b", work, 128, [128] * rows)
     marks: list[tuple[str, float]] = []
-    collections = {"seconds": 0.0, "started": None}
-
-    def clock(phase, info):
-        if phase == "start":
-            collections["started"] = time.perf_counter()
-        elif collections["started"] is not None:
-            collections["seconds"] += time.perf_counter() - collections["started"]
+    clock = GcClock()
 
     class Marks(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -73,7 +68,7 @@ def run_variant(name: str, rows: int, work: Path) -> dict:
     return {"variant": name, "overrides": VARIANTS[name], "steps": len(steps),
             "median_step_ms": round(statistics.median(steps), 1), "mean_step_ms": round(statistics.mean(steps), 1),
             "slowest_step_ms": round(max(steps), 1), "epoch_s": [e["seconds"] for e in record["epochs"]],
-            "collection_s": round(collections["seconds"], 3), "status": record["status"]}
+            "collection_s": round(clock.step_seconds, 3), "status": record["status"]}
 
 
 def main() -> None:

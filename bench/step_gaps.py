@@ -36,7 +36,8 @@ TRACE = (7, 10)  # steps traced on CPU and GPU
 
 
 class GcClock:
-    """Python's collections during training: count and seconds per generation, and per step."""
+    """Python's collections (a gc.callbacks entry): count and seconds per generation, and a running
+    total (`step_seconds`) that per-step marks take differences of."""
 
     def __init__(self):
         self.started: float | None = None

@@ -55,6 +55,19 @@ def chat_lengths(rows: int, median: int = 880, sigma: float = 0.6, longest: int 
     return [int(min(longest, max(shortest, round(x)))) for x in draws]
 
 
+def train_finished(config):
+    """run_training(config), which must finish: (result, events, metrics.jsonl's records, wall seconds)."""
+    from qlora_studio.core.runs.store import RunFolder
+    from qlora_studio.core.training.runner import run_training
+
+    events = []
+    started = time.time()
+    result = run_training(config, events.append)
+    wall = time.time() - started
+    assert result.status == "finished", result.error
+    return result, events, RunFolder(result.run_dir).read_metrics(), wall
+
+
 def add_trainer_callback(callback) -> None:
     """Every Trainer that run_training builds in this process gets `callback` (a benchmark's hook)."""
     from qlora_studio.core.training import runner

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import time
 from pathlib import Path
 
-from common import save
+from common import save, train_finished
 
 
 def main() -> None:
@@ -23,8 +22,6 @@ def main() -> None:
     from qlora_studio.core.after.evaluation import evaluate, save_evaluation
     from qlora_studio.core.after.inference import load_session
     from qlora_studio.core.quiet import quiet_libraries
-    from qlora_studio.core.training.runner import run_training
-    from qlora_studio.core.runs.store import RunFolder
     from qlora_studio.resources import PRESETS, sample_path
 
     parser = argparse.ArgumentParser()
@@ -34,12 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_libraries()
     config = load_config(PRESETS / "demo.yaml", [f"model.name_or_path={args.model}", f"output_dir={args.work}/runs", *args.set])
-    events = []
-    started = time.time()
-    result = run_training(config, events.append)
-    wall = time.time() - started
-    assert result.status == "finished", result.error
-    metrics = RunFolder(result.run_dir).read_metrics()
+    result, events, metrics, wall = train_finished(config)
     run_started = next(e for e in events if e.type == "run_started")
     evals = [e.eval_loss for e in events if e.type == "eval"]
     gc.collect()

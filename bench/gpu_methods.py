@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import environment, rows_of_lengths, save, shape_folder
+from common import environment, rows_of_lengths, save, shape_folder, train_finished
 
 PARTS = ("learn-dpo", "learn-grpo", "mem-dpo", "mem-grpo")
 SHAPE = "llama-3.1-8b"
@@ -36,8 +36,6 @@ def learn(part: str, args) -> dict:
     from qlora_studio.core.after.evaluation import evaluate
     from qlora_studio.core.after.inference import load_session
     from qlora_studio.core.config import RunConfig
-    from qlora_studio.core.runs.store import RunFolder
-    from qlora_studio.core.training.runner import run_training
     from qlora_studio.resources import sample_path
 
     model = args.model if not args.smoke else str(shape_folder("tiny", Path(args.work)))
@@ -57,12 +55,7 @@ def learn(part: str, args) -> dict:
     })
     if not dpo:  # the probes, sampled and scored at each checkpoint
         config = config.with_overrides({"train.save_every_steps": 20, "train.probe_max_new_tokens": 24})
-    events = []
-    started = time.time()
-    result = run_training(config, events.append)
-    wall = time.time() - started
-    assert result.status == "finished", result.error
-    metrics = RunFolder(result.run_dir).read_metrics()
+    result, events, metrics, wall = train_finished(config)
     keys = ("rewards/accuracies", "rewards/margins") if dpo else ("reward", "completions/mean_length")
     curve = [{"step": m["step"], **{k: m["method"].get(k) for k in keys}} for m in metrics]
     evals = [{"step": e.step, "accuracy": e.metrics.get("eval_rewards/accuracies"),

@@ -9,9 +9,7 @@ a tiny random Llama of its own (tests/tiny.py) in a temporary folder.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -68,16 +66,10 @@ def shoot_after(window, model: Path, runs_dir: Path, out_dir: Path) -> None:
 
 
 def main(out_dir: Path) -> int:
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
+    sys.path.insert(0, str(HERE))
+    from make_screenshots import SIZE, settle, shots_home
 
-    warnings.filterwarnings("ignore", message=r"bitsandbytes::.*autograd kernel")
-    work = Path(tempfile.mkdtemp(prefix="qlora-studio-after-shots-"))
-    os.environ["QLORA_STUDIO_SETTINGS"] = str(work / "settings.ini")
-    sys.path[:0] = [str(HERE), str(ROOT / "tests")]
-    from make_screenshots import SIZE, settle
+    work = shots_home("qlora-studio-after-shots-")
     from tiny import build_tiny_llama
 
     from qlora_studio.gui.app import create_app

@@ -9,9 +9,7 @@ playground-compare-1024.png (OUT_DIR defaults to /tmp/shots).
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -67,16 +65,10 @@ def shoot_compare(window, runs_dir: Path, sft_dir: str, dpo_dir: str, out_dir: P
 
 
 def main(out_dir: Path) -> int:
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
+    sys.path.insert(0, str(HERE))
+    from make_screenshots import settle, shots_home
 
-    warnings.filterwarnings("ignore", message=r"bitsandbytes::.*autograd kernel")
-    work = Path(tempfile.mkdtemp(prefix="qlora-studio-compare-shots-"))
-    os.environ["QLORA_STUDIO_SETTINGS"] = str(work / "settings.ini")
-    sys.path[:0] = [str(HERE), str(ROOT / "tests")]
-    from make_screenshots import settle
+    work = shots_home("qlora-studio-compare-shots-")
     from tiny import build_tiny_llama
 
     from qlora_studio.gui.app import create_app

@@ -36,6 +36,24 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_MS = int(os.environ.get("SHOTS_TIMEOUT_MS", "600000"))
 
 
+def shots_home(prefix: str) -> Path:
+    """The setting every screenshot script shoots in: offscreen Qt unless a platform is set, no Hub,
+    settings in a fresh temporary folder (returned, for runs and models too), tests/ importable
+    (its tiny models)."""
+    import warnings
+
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes' CPU 4-bit kernels warn on every backward pass; the window never shows stderr
+    warnings.filterwarnings("ignore", message=r"bitsandbytes::.*autograd kernel")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["QLORA_STUDIO_SETTINGS"] = str(work / "settings.ini")
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    return work
+
+
 def wait_for(signal, accept: Callable[..., bool] = lambda *a: True, timeout_ms: int = TIMEOUT_MS) -> tuple[Any, ...]:
     """Run the event loop until `signal` fires with arguments `accept` likes."""
     from PySide6.QtCore import QEventLoop, QTimer
@@ -195,19 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     size = tuple(int(v) for v in args.size.lower().split("x"))
 
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes' CPU 4-bit kernels warn on every backward pass; the window never shows stderr
-    import warnings
-
-    warnings.filterwarnings("ignore", message=r"bitsandbytes::.*autograd kernel")
-    work = Path(tempfile.mkdtemp(prefix="qlora-studio-shots-"))
-    os.environ["QLORA_STUDIO_SETTINGS"] = str(work / "settings.ini")
-    sys.path.insert(0, str(ROOT / "tests"))
+    work = shots_home("qlora-studio-shots-")
 
     from qlora_studio.core.config import RunConfig, load_config
-    from qlora_studio.core.runs import events as ev
     from qlora_studio.gui.app import create_app
     from qlora_studio.resources import PRESETS
 
